@@ -1,0 +1,1 @@
+"""Benchmark scripts: each measures one thing and writes a section of BENCHMARKS.md."""

@@ -1,0 +1,53 @@
+"""Shared helpers: machine description, result fragments, assembling BENCHMARKS.md.
+
+Each benchmark writes `benchmarks/results/NAME.md` (a Markdown section) and `NAME.json` (the
+raw figures). `assemble()` joins the sections in a fixed order under a header naming the
+machine, so re-running one benchmark keeps the others' sections.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ORDER = ["demo", "sudoku9", "throughput"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}")
+
+
+def write_fragment(name: str, markdown: str, data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + f"\n\n_Measured {stamp} on: {machine()}._\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"measured": stamp, "machine": machine(), **data}, indent=1))
+
+
+def assemble() -> Path:
+    parts = ["# Benchmarks", "",
+             "Written by `make bench` (scripts in `benchmarks/`, one section each; a section names the machine "
+             "and date it was measured on). Timings on a shared 2-core machine are noisy: ratios are measured "
+             "in the same run and medians are over repeats.", ""]
+    for name in ORDER + sorted(p.stem for p in RESULTS.glob("*.md") if p.stem not in ORDER):
+        path = RESULTS / f"{name}.md"
+        if path.exists():
+            parts += [path.read_text().rstrip(), ""]
+    out = ROOT / "BENCHMARKS.md"
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,101 @@
+"""Deep supervision's carry and the sample stream that feeds it.
+
+TRM/HRM keep a batch of B "slots" across optimizer steps: each slot holds one sample and its
+latent state; a slot whose sample halted takes a fresh sample before the next step. In the
+reference code every slot receives the loader's next batch row and non-halted slots discard it,
+so most loader samples are never seen. Here the loader is a stream and only halted slots draw
+from it, so every delivered sample is supervised; the counters prove it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ponder.data.base import Augment, Split
+from ponder.types import Batch, State
+
+
+class SampleStream:
+    """Endless, seeded, resumable stream of training samples.
+
+    Each epoch is a fresh permutation (seeded by (seed, epoch)); augmentation of the k-th
+    delivered sample is seeded by (seed, k), so the stream's whole state is three integers.
+    """
+
+    def __init__(self, split: Split, *, seed: int, augment: Augment | None):
+        self.split, self.seed, self.augment = split, seed, augment
+        self.epoch, self.pos, self.delivered = 0, 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+
+    def take(self, k: int) -> Batch:
+        """The next k samples (crossing epoch boundaries as needed)."""
+        idx = []
+        while len(idx) < k:
+            if self.pos == len(self._perm):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+            take = min(k - len(idx), len(self._perm) - self.pos)
+            idx.extend(self._perm[self.pos:self.pos + take])
+            self.pos += take
+        sub = self.split.subset(np.asarray(idx, dtype=np.int64))
+        inputs, labels = sub.inputs, sub.labels
+        if self.augment is not None and k > 0:
+            inputs, labels = self.augment(inputs, labels, np.random.default_rng([self.seed, 1, self.delivered]))
+        self.delivered += k
+        return Batch(torch.as_tensor(inputs), torch.as_tensor(labels), torch.as_tensor(sub.difficulty))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "delivered": self.delivered}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.delivered = state["epoch"], state["pos"], state["delivered"]
+        self._perm = self._permutation(self.epoch)
+
+
+class Carry:
+    """B slots of samples in flight, their latent state, steps taken and exploration floor."""
+
+    def __init__(self, model, batch_size: int, seq_len: int, device: torch.device):
+        self.device = device
+        z = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+        self.batch = Batch(z, z.clone(), torch.zeros(batch_size, device=device))
+        self.state: State = model.init_state(batch_size, device)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.min_steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.needs_sample = torch.ones(batch_size, dtype=torch.bool, device=device)
+
+    def refill(self, model, stream: SampleStream, *, max_steps: int, explore_prob: float,
+               generator: torch.Generator) -> int:
+        """Give every finished slot a fresh sample and fresh latents. Returns how many."""
+        slots = self.needs_sample.nonzero().squeeze(1)  # (k,)
+        k = int(slots.numel())
+        if k == 0:
+            return 0
+        fresh = stream.take(k).to(self.device)
+        self.batch.inputs[slots] = fresh.inputs
+        self.batch.labels[slots] = fresh.labels
+        self.batch.difficulty[slots] = fresh.difficulty.to(self.batch.difficulty.dtype)
+        self.state = model.reset_state(self.state, self.needs_sample)
+        self.steps[slots] = 0
+        # TRM's exploration: with probability p a slot must run at least U{2..M} steps
+        explore = torch.rand(k, generator=generator) < explore_prob
+        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator)
+        self.min_steps[slots] = torch.where(explore, floor, torch.zeros_like(floor)).to(self.device)
+        self.needs_sample[slots] = False
+        return k
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"inputs": self.batch.inputs, "labels": self.batch.labels, "difficulty": self.batch.difficulty,
+                "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
+                "needs_sample": self.needs_sample}
+
+    def load_state_dict(self, s: dict[str, Tensor]) -> None:
+        d = self.device
+        self.batch = Batch(s["inputs"].to(d), s["labels"].to(d), s["difficulty"].to(d))
+        self.state = State(s["y"].to(d), s["z"].to(d))
+        self.steps, self.min_steps = s["steps"].to(d), s["min_steps"].to(d)
+        self.needs_sample = s["needs_sample"].to(d)

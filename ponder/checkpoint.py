@@ -1,0 +1,144 @@
+"""Checkpoints: atomic writes, exact resume, clear errors for missing or corrupt files.
+
+Layout of a run directory:
+
+    RUN_DIR/config.json                      resolved config (also copied into each checkpoint)
+    RUN_DIR/metrics.jsonl, metrics.csv       one record per log/eval event
+    RUN_DIR/checkpoints/step-0000500/        model.safetensors, ema.safetensors, state.pt, config.json
+    RUN_DIR/checkpoints/latest               name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary directory, fsynced, renamed into place, and only
+then named in `latest` (itself replaced atomically). A crash or Ctrl-C at any moment therefore
+leaves the previous checkpoint intact and `latest` pointing at a complete one.
+Weights go to safetensors; optimizer, EMA-free training state, RNG states, data position and the
+deep-supervision carry go to the `state.pt` sidecar.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ponder.errors import PonderError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see either the old or the new file, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model_state: dict[str, Tensor],
+                    ema_state: dict[str, Tensor] | None, training_state: dict[str, Any],
+                    config: dict, keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically and point `latest` at it; keep the newest `keep`."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
+        if ema_state is not None:
+            save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
+        torch.save(training_state, tmp / "state.pt")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # a re-run of the same step after a crash: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(root / LATEST, name + "\n")
+    complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory (-> its latest checkpoint) or a checkpoint directory -> checkpoint dir."""
+    path = Path(path)
+    if not path.exists():
+        raise PonderError(f"no such run or checkpoint: {path}")
+    if (path / "model.safetensors").exists() or (path / "state.pt").exists():
+        return path
+    latest = path / CHECKPOINTS / LATEST
+    if latest.exists():
+        name = latest.read_text().strip()
+        ckpt = path / CHECKPOINTS / name
+        if not ckpt.is_dir():
+            raise PonderError(f"{latest} names {name!r}, which is missing")
+        return ckpt
+    raise PonderError(f"{path} holds no checkpoint (expected {CHECKPOINTS}/{LATEST} or model.safetensors)")
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint directory belongs to."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt
+
+
+def load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Read a checkpoint directory: {"model", "ema" (or None), "state", "config"}."""
+    ckpt = Path(ckpt)
+    out: dict[str, Any] = {}
+    try:
+        out["model"] = load_file(str(ckpt / "model.safetensors"))
+        ema_path = ckpt / "ema.safetensors"
+        out["ema"] = load_file(str(ema_path)) if ema_path.exists() else None
+        out["state"] = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        out["config"] = json.loads((ckpt / "config.json").read_text())
+    except FileNotFoundError as e:
+        raise PonderError(f"checkpoint {ckpt} is incomplete: missing {Path(e.filename).name}") from None
+    except (SafetensorError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise PonderError(f"checkpoint {ckpt} is corrupt or truncated ({reason})") from None
+    return out

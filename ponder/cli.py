@@ -1,0 +1,112 @@
+"""Command line: `ponder train | eval | presets`.
+
+Every user error (unknown preset or key, wrong type, missing or corrupt file, impossible task)
+prints one line `ponder: error: ...` and exits with status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ponder.errors import PonderError
+
+
+def _cmd_presets(args, extra) -> int:
+    from ponder.presets import DEFAULT_PRESET, PRESETS
+
+    for name in PRESETS.names():
+        p = PRESETS.get(name)
+        mark = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<12} {p.expected_time:>8}  {p.summary}{mark}")
+    return 0
+
+
+def _cmd_train(args, extra) -> int:
+    from ponder.config import apply_overrides, load_config
+    from ponder.presets import get_config
+    from ponder.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise PonderError(f"{run_dir} is not a run directory (no config.json)")
+        cfg = load_config(run_dir / "config.json")
+        if args.preset and args.preset != cfg.preset:
+            raise PonderError(f"{run_dir} is a run of preset {cfg.preset!r}, not {args.preset!r}")
+        cfg = apply_overrides(cfg, extra)
+    else:
+        if not args.preset:
+            raise PonderError("name a preset (see `ponder presets`) or --resume RUN_DIR")
+        cfg = apply_overrides(get_config(args.preset), extra)
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    train(cfg, run_dir, resume=bool(args.resume))
+    return 0
+
+
+def _cmd_eval(args, extra) -> int:
+    import torch
+
+    from ponder.build import build_model
+    from ponder.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
+    from ponder.config import apply_overrides, from_dict
+    from ponder.data import build_task
+    from ponder.report import evaluate_run
+    from ponder.train import resolve_device
+
+    ckpt_dir = resolve_checkpoint(Path(args.path))
+    ckpt = load_checkpoint(ckpt_dir)
+    cfg = apply_overrides(from_dict(ckpt["config"]), extra)
+    device = resolve_device(cfg.train.device)
+    task = build_task(cfg.task)
+    model = build_model(cfg, task)
+    weights = ckpt["ema"] if (ckpt["ema"] is not None and cfg.eval.use_ema) else ckpt["model"]
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("_cos", "_sin"))]:
+        raise PonderError(f"checkpoint {ckpt_dir} does not match its config's model "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.to(device)
+    torch.set_num_threads(cfg.train.threads) if cfg.train.threads > 0 else None
+    evaluate_run(model, task, cfg, run_dir_of(ckpt_dir), device=device, split=args.split)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Recursive reasoning models with learned halting.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a preset (overrides: --section.key=value)")
+    p.add_argument("preset", nargs="?", help="preset name (see `ponder presets`)")
+    p.add_argument("--run-dir", help="where to write the run (default runs/PRESET-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("eval", help="evaluate a run or checkpoint on held-out data")
+    p.add_argument("path", help="RUN_DIR (latest checkpoint) or a checkpoint directory")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.set_defaults(fn=_cmd_eval)
+    p = sub.add_parser("presets", help="list presets: task, model size, expected time")
+    p.set_defaults(fn=_cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith("--") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --section.key=value)")
+    if extra and args.command == "presets":
+        parser.error("`ponder presets` takes no overrides")
+    try:
+        return args.fn(args, extra)
+    except PonderError as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ponder: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Task families. Importing this package registers every task in `TASKS`."""
+from ponder.data.base import TASKS, Split, TaskData, build_task
+from ponder.data import sudoku as _sudoku  # noqa: F401  (registers "sudoku")
+from ponder.data import mazes as _mazes  # noqa: F401  (registers "maze")
+
+__all__ = ["TASKS", "Split", "TaskData", "build_task"]

@@ -1,0 +1,268 @@
+"""Maze task: seeded grid mazes with a unique shortest path from S to G, TRM tokens.
+
+A perfect maze is carved by a randomised depth-first search on the cells at odd coordinates;
+then a fraction `loop_fraction` of the remaining internal walls is knocked out to create
+alternative routes. S and G are placed on distinct open cells such that the shortest S-G path
+is unique (BFS with shortest-path counting) and at least `min_path_len` steps long.
+We do not use `mazelib` from PyPI: it needs a Cython build, draws from Python's global `random`
+rather than a seeded numpy Generator, and does not control shortest-path uniqueness.
+
+Tokens (TRM charset "# SGo"): PAD=0, wall=1, open=2, start=3, goal=4, path=5. Inputs are the
+maze with S and G; labels mark the interior cells of the shortest path with 'o'. Difficulty is
+the shortest path length in steps (edges). Train and test are disjoint up to the 8 symmetries
+of the square (the augmentation).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ponder.data.base import TASKS, Split, TaskData
+from ponder.data.cache import cached_arrays
+from ponder.errors import PonderError
+
+__all__ = ["MazeConfig", "build_maze", "augment", "maze_key", "generate_maze", "shortest_paths", "CHARSET"]
+
+VERSION = 1
+PAD, WALL, OPEN, START, GOAL, PATH = range(6)
+CHARSET = "# SGo"  # token t >= 1 is drawn as CHARSET[t - 1]
+_STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+@dataclass(kw_only=True)
+class MazeConfig:
+    """Maze data set of `size` x `size` grids (outer wall included; odd, >= 5)."""
+
+    name: str = "maze"
+    size: int = 9
+    n_train: int = 2000
+    n_test: int = 500
+    loop_fraction: float = 0.0  # fraction of the perfect maze's internal walls knocked out
+    min_path_len: int = 0  # minimum shortest-path length (steps) from S to G
+    seed: int = 0
+    augment: bool = True
+
+
+def max_path_len(size: int) -> int:
+    """Upper bound on the shortest-path length (steps) in a maze of this size.
+
+    Open cells alternate between cell nodes (odd, odd) and passages, so a simple path visits at
+    most m*m cell nodes and m*m + 1 passages, m = (size - 1) // 2.
+    """
+    m = (size - 1) // 2
+    return 2 * m * m
+
+
+def _validate(cfg: MazeConfig) -> None:
+    if cfg.size < 5 or cfg.size % 2 == 0:
+        raise PonderError(f"maze size must be odd and >= 5 (got {cfg.size})")
+    if not 0.0 <= cfg.loop_fraction <= 1.0:
+        raise PonderError(f"maze loop_fraction must be in [0, 1] (got {cfg.loop_fraction})")
+    bound = max_path_len(cfg.size)
+    if cfg.min_path_len > bound:
+        raise PonderError(
+            f"maze min_path_len={cfg.min_path_len} is impossible for size {cfg.size}: "
+            f"a shortest path there has at most {bound} steps"
+        )
+    if cfg.n_test < 1 or cfg.n_train < 0:
+        raise PonderError(f"maze needs n_test >= 1 and n_train >= 0 (got n_train={cfg.n_train}, n_test={cfg.n_test})")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _carve(size: int, loop_fraction: float, rng: np.random.Generator) -> list[bool]:
+    """Flat (size*size,) open mask: randomised-DFS perfect maze plus knocked-out walls."""
+    m = (size - 1) // 2
+    is_open = [False] * (size * size)
+    visited = [False] * (m * m)
+    first = int(rng.integers(m * m))
+    draws = rng.random(m * m).tolist()  # one draw per carved passage
+    k = 0
+    visited[first] = True
+    is_open[(2 * (first // m) + 1) * size + 2 * (first % m) + 1] = True
+    stack = [first]
+    while stack:
+        i, j = divmod(stack[-1], m)
+        nbrs = [
+            (i + di, j + dj)
+            for di, dj in _STEPS
+            if 0 <= i + di < m and 0 <= j + dj < m and not visited[(i + di) * m + j + dj]
+        ]
+        if not nbrs:
+            stack.pop()
+            continue
+        ni, nj = nbrs[int(draws[k] * len(nbrs))]
+        k += 1
+        visited[ni * m + nj] = True
+        is_open[(i + ni + 1) * size + (j + nj + 1)] = True  # the wall between the two cells
+        is_open[(2 * ni + 1) * size + 2 * nj + 1] = True
+        stack.append(ni * m + nj)
+    if loop_fraction > 0:
+        walls = [
+            r * size + c
+            for r in range(1, size - 1)
+            for c in range(1, size - 1)
+            if (r % 2) != (c % 2) and not is_open[r * size + c]
+        ]
+        n_knock = int(round(loop_fraction * len(walls)))
+        for w in rng.choice(len(walls), size=n_knock, replace=False).tolist():
+            is_open[walls[w]] = True
+    return is_open
+
+
+def shortest_paths(is_open: list[bool], size: int, src: int) -> tuple[list[int], list[int]]:
+    """BFS from `src` over open cells (the border must be wall).
+
+    Returns:
+        dist: (size*size,) steps from src, -1 if unreachable;
+        count: (size*size,) number of shortest paths from src, capped at 2.
+    """
+    dist = [-1] * (size * size)
+    count = [0] * (size * size)
+    dist[src], count[src] = 0, 1
+    queue = [src]
+    for v in queue:  # the list grows while we walk it: a FIFO queue without popping
+        d = dist[v] + 1
+        for u in (v - size, v + size, v - 1, v + 1):
+            if not is_open[u]:
+                continue
+            if dist[u] < 0:
+                dist[u], count[u] = d, count[v]
+                queue.append(u)
+            elif dist[u] == d:
+                count[u] = min(2, count[u] + count[v])
+    return dist, count
+
+
+def generate_maze(size: int, loop_fraction: float, min_path_len: int, rng: np.random.Generator) -> Optional[tuple[np.ndarray, np.ndarray, int]]:
+    """One maze with a unique shortest S-G path of >= min_path_len steps, or None if this try failed.
+
+    Returns:
+        (inputs, labels, path_len): inputs and labels (size, size) uint8 tokens.
+    """
+    is_open = _carve(size, loop_fraction, rng)
+    cells = [i for i, o in enumerate(is_open) if o]
+    for _ in range(8):  # a few starts per maze before carving a new one
+        start = cells[int(rng.integers(len(cells)))]
+        dist, count = shortest_paths(is_open, size, start)
+        goals = [v for v in cells if dist[v] >= max(1, min_path_len) and count[v] == 1]
+        if goals:
+            break
+    else:
+        return None
+    goal = goals[int(rng.integers(len(goals)))]
+    grid = np.where(np.array(is_open), OPEN, WALL).astype(np.uint8)
+    labels = grid.copy()
+    v = goal
+    while dist[v] > 1:  # walk back along the unique predecessor chain
+        v = next(u for u in (v - size, v + size, v - 1, v + 1) if is_open[u] and dist[u] == dist[v] - 1)
+        labels[v] = PATH
+    for arr in (grid, labels):
+        arr[start], arr[goal] = START, GOAL
+    return grid.reshape(size, size), labels.reshape(size, size), dist[goal]
+
+
+def _generate(cfg: MazeConfig) -> dict[str, np.ndarray]:
+    """All mazes of both splits (see `build_maze`)."""
+    rng = np.random.default_rng(cfg.seed)
+    need = cfg.n_train + cfg.n_test
+    max_attempts, max_stall = 10 * need + 1000, 2000 + need
+    seen: set[bytes] = set()
+    inputs, labels, lengths = [], [], []
+    attempts = stall = 0
+    with tqdm(total=need, desc=f"maze {cfg.size}x{cfg.size}", unit="maze", leave=False, disable=need <= 200) as bar:
+        while len(inputs) < need and attempts < max_attempts and stall < max_stall:
+            attempts += 1
+            stall += 1
+            made = generate_maze(cfg.size, cfg.loop_fraction, cfg.min_path_len, rng)
+            if made is None:
+                continue
+            key = maze_key(made[0])
+            if key in seen:
+                continue
+            seen.add(key)
+            inputs.append(made[0].ravel())
+            labels.append(made[1].ravel())
+            lengths.append(made[2])
+            stall = 0
+            bar.update(1)
+    if len(inputs) < need:
+        raise PonderError(
+            f"could only generate {len(inputs)} distinct {cfg.size}x{cfg.size} mazes (up to rotation/reflection) "
+            f"with loop_fraction={cfg.loop_fraction} and min_path_len={cfg.min_path_len} in {attempts} attempts, "
+            f"but n_train + n_test = {need}; lower n_train/n_test or min_path_len, or use a larger size"
+        )
+    x, y, d = np.stack(inputs), np.stack(labels), np.array(lengths, dtype=np.float32)
+    t = cfg.n_test  # mazes are i.i.d. with distinct keys: the first n_test are the test split
+    return {
+        "test_inputs": x[:t], "test_labels": y[:t], "test_difficulty": d[:t],
+        "train_inputs": x[t:], "train_labels": y[t:], "train_difficulty": d[t:],
+    }
+
+
+def build_maze(cfg: MazeConfig) -> TaskData:
+    """Build (or load from the cache) the maze task of `cfg`.
+
+    Returns:
+        TaskData with inputs/labels (n_*, size*size) int64 tokens, difficulty (n_*,) float32
+        shortest-path length in steps.
+    """
+    _validate(cfg)
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment")}
+    arrays = cached_arrays("maze", VERSION, params, lambda: _generate(cfg))
+
+    def split(prefix: str) -> Split:
+        return Split(
+            arrays[f"{prefix}_inputs"].astype(np.int64),
+            arrays[f"{prefix}_labels"].astype(np.int64),
+            arrays[f"{prefix}_difficulty"].astype(np.float32),
+        )
+
+    return TaskData(
+        name="maze",
+        vocab_size=6,
+        seq_len=cfg.size * cfg.size,
+        grid_shape=(cfg.size, cfg.size),
+        train=split("train"),
+        test=split("test"),
+        augment=augment if cfg.augment else None,
+        difficulty_name="path length",
+    )
+
+
+TASKS.add("maze", (MazeConfig, build_maze))
+
+
+# ----------------------------------------------------------------------------- symmetries
+
+
+@lru_cache(maxsize=None)
+def dihedral_index(size: int) -> np.ndarray:
+    """(8, size*size) gather indices of the 8 rotations/reflections of a size x size grid."""
+    a = np.arange(size * size).reshape(size, size)
+    return np.stack([np.rot90(b, k).ravel() for b in (a, a.T) for k in range(4)])
+
+
+def maze_key(grid: np.ndarray) -> bytes:
+    """Canonical key of a maze's inputs (size, size): smallest bytes over the 8 symmetries."""
+    flat = np.asarray(grid, dtype=np.uint8).ravel()
+    size = int(round(flat.size**0.5))
+    return min(flat[idx].tobytes() for idx in dihedral_index(size))
+
+
+def augment(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One random rotation/reflection of the square per row, the same for inputs and labels.
+
+    Args:
+        inputs, labels: (k, size*size) tokens.
+    Returns:
+        new (k, size*size) arrays.
+    """
+    size = int(round(inputs.shape[1] ** 0.5))
+    idx = dihedral_index(size)[rng.integers(8, size=inputs.shape[0])]
+    return np.take_along_axis(inputs, idx, axis=1), np.take_along_axis(labels, idx, axis=1)

@@ -1,0 +1,385 @@
+"""Sudoku task: seeded generator of unique-solution puzzles for any box shape, TRM tokens.
+
+A puzzle is made by filling an empty grid with a randomised solver, then removing givens in a
+random order while the solution stays unique, down to a number of givens drawn uniformly in
+[min_givens, max_givens] (if the puzzle becomes minimal earlier it is kept when it still has at
+most max_givens givens). We checked PyPI first: py-sudoku handles m x n boxes but blanks cells
+at random without checking uniqueness (and its solver only finds one solution), so we use our
+own bitmask solver (`ponder.data.sudoku_solver`).
+
+Tokens (TRM convention): PAD=0, blank=1, digit d -> d+1, vocab_size = N+2. Inputs are the
+puzzle, labels the solution at every cell (givens included). Difficulty is the solver hardness
+of `hardness`. Train and test are disjoint up to augmentation: every puzzle is keyed by
+`puzzle_key`, duplicates are dropped, and each key lands in exactly one split.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
+
+import numpy as np
+from tqdm import tqdm
+
+from ponder.data.base import TASKS, Split, TaskData
+from ponder.data.cache import cached_arrays
+from ponder.data.sudoku_solver import (
+    MAX_SIDE,
+    Geometry,
+    geometric_index,
+    geometric_group_size,
+    blank_singles,
+    count_solutions,
+    geometry,
+    hardness,
+    initial_state,
+    is_valid_solution,
+    propagate,
+    search,
+    solve,
+    state_to_flat,
+)
+from ponder.errors import PonderError
+
+__all__ = [
+    "SudokuConfig", "build_sudoku", "augment", "puzzle_key", "generate_puzzle",
+    "solve", "count_solutions", "is_valid_solution", "hardness", "min_givens_bound",
+]
+
+VERSION = 1
+PAD, BLANK = 0, 1  # digit d is token d + 1
+EXACT_KEY_MAX_GROUP = 5000  # brute-force canonical form when the geometric group is this small
+_KNOWN_MIN_GIVENS = {(2, 2): 4, (2, 3): 8, (3, 3): 17}  # proven minima of unique puzzles
+
+
+@dataclass(kw_only=True)
+class SudokuConfig:
+    """Sudoku data set. Grid side N = box_rows * box_cols (4x4: 2x2 boxes, 6x6: 2x3, 9x9: 3x3).
+
+    The default givens range suits 4x4, which has only about 440 puzzle classes (up to
+    augmentation) with 4-6 givens but about 3800 with 4-10, enough for 2000 + 500. For 9x9
+    use e.g. 25..35, for 6x6 e.g. 12..18.
+    """
+
+    name: str = "sudoku"
+    box_rows: int = 2
+    box_cols: int = 2
+    n_train: int = 2000
+    n_test: int = 500
+    min_givens: int = 4
+    max_givens: int = 10
+    min_hardness: float = 0.0  # keep only puzzles with hardness >= this
+    seed: int = 0
+    augment: bool = True
+
+
+def min_givens_bound(box_rows: int, box_cols: int) -> int:
+    """Fewest givens a unique puzzle can have: the proven minimum for 4x4, 6x6 and 9x9, else
+    N - 1 (with two digits absent, swapping them gives a second solution)."""
+    key = (min(box_rows, box_cols), max(box_rows, box_cols))
+    return _KNOWN_MIN_GIVENS.get(key, box_rows * box_cols - 1)
+
+
+def _validate(cfg: SudokuConfig) -> None:
+    br, bc = cfg.box_rows, cfg.box_cols
+    if br < 1 or bc < 1 or br * bc < 2:
+        raise PonderError(f"sudoku box_rows and box_cols must be >= 1 with a grid side of at least 2 (got {br}x{bc})")
+    n = br * bc
+    if n > MAX_SIDE:
+        raise PonderError(f"sudoku grid side box_rows*box_cols must be at most {MAX_SIDE} (got {n})")
+    lo, hi = min_givens_bound(br, bc), n * n - 1
+    allowed = f"allowed: {lo} <= min_givens <= max_givens <= {hi} for {n}x{n}"
+    if cfg.min_givens < lo:
+        raise PonderError(f"sudoku min_givens={cfg.min_givens} is impossible: a unique {n}x{n} puzzle needs at least {lo} givens ({allowed})")
+    if cfg.max_givens > hi:
+        raise PonderError(f"sudoku max_givens={cfg.max_givens} leaves no blank cell ({allowed})")
+    if cfg.min_givens > cfg.max_givens:
+        raise PonderError(f"sudoku min_givens={cfg.min_givens} > max_givens={cfg.max_givens} ({allowed})")
+    if cfg.n_test < 1 or cfg.n_train < 0:
+        raise PonderError(f"sudoku needs n_test >= 1 and n_train >= 0 (got n_train={cfg.n_train}, n_test={cfg.n_test})")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _random_solution(g: Geometry, rng: np.random.Generator) -> list[int]:
+    """A random full grid (flat digits): search of the empty grid with random digit orders."""
+    order = rng.permuted(np.tile(np.arange(g.n), (g.nn, 1)), axis=1).tolist()
+    found: list[list[int]] = []
+    search(g, [g.full] * g.nn, 1, found, order)
+    return state_to_flat(found[0])
+
+
+def _has_other_solution(g: Geometry, flat: list[int], cell: int, digit: int) -> bool:
+    """Does `flat` (which has `cell` blank) have a solution with `digit` NOT in `cell`?
+
+    Asking for a solution that differs at the removed cell is cheaper than counting to 2.
+    """
+    cand = initial_state(g, flat)
+    if cand is None:
+        return False
+    m = cand[cell] & ~(1 << (digit - 1))
+    if not m:
+        return False
+    cand[cell] = m
+    if not propagate(g, cand, blank_singles(cand, flat)):
+        return False
+    return search(g, cand, 1, []) > 0
+
+
+def generate_puzzle(
+    box_rows: int, box_cols: int, rng: np.random.Generator, min_givens: int, max_givens: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One random unique-solution puzzle, or None if digging stopped above max_givens.
+
+    Returns:
+        (puzzle, solution), each (N, N) int64 with 0 = blank.
+    """
+    g = geometry(box_rows, box_cols)
+    solution = _random_solution(g, rng)
+    target = int(rng.integers(min_givens, max_givens + 1))
+    flat = solution.copy()
+    givens = g.nn
+    for cell in rng.permutation(g.nn).tolist():
+        if givens <= target:
+            break
+        digit = flat[cell]
+        flat[cell] = 0
+        if _has_other_solution(g, flat, cell, digit):
+            flat[cell] = digit  # needed for uniqueness: keep it
+        else:
+            givens -= 1
+    if givens > max_givens:
+        return None
+    shape = (g.n, g.n)
+    return np.array(flat, dtype=np.int64).reshape(shape), np.array(solution, dtype=np.int64).reshape(shape)
+
+
+def _generate(cfg: SudokuConfig) -> dict[str, np.ndarray]:
+    """All puzzles of both splits as uint8 arrays (see `build_sudoku`)."""
+    br, bc = cfg.box_rows, cfg.box_cols
+    g = geometry(br, bc)
+    rng = np.random.default_rng(cfg.seed)
+    need = cfg.n_train + cfg.n_test
+    max_attempts, max_stall = 10 * need + 1000, 2000 + need
+    seen: set[bytes] = set()
+    puzzles, solutions, hard = [], [], []
+    attempts = stall = 0
+    with tqdm(total=need, desc=f"sudoku {g.n}x{g.n}", unit="puzzle", leave=False, disable=need <= 200) as bar:
+        while len(puzzles) < need and attempts < max_attempts and stall < max_stall:
+            attempts += 1
+            stall += 1
+            made = generate_puzzle(br, bc, rng, cfg.min_givens, cfg.max_givens)
+            if made is None:
+                continue
+            puzzle, solution = made
+            key = puzzle_key(puzzle, br, bc)
+            if key in seen:
+                continue
+            h = hardness(puzzle, br, bc)
+            if h < cfg.min_hardness:
+                continue
+            seen.add(key)
+            puzzles.append(puzzle.ravel())
+            solutions.append(solution.ravel())
+            hard.append(h)
+            stall = 0
+            bar.update(1)
+    if len(puzzles) < need:
+        raise PonderError(
+            f"could only generate {len(puzzles)} distinct {g.n}x{g.n} sudoku puzzles (up to augmentation) with "
+            f"{cfg.min_givens}..{cfg.max_givens} givens and hardness >= {cfg.min_hardness} in {attempts} attempts, "
+            f"but n_train + n_test = {need}; lower n_train/n_test, widen the givens range or lower min_hardness"
+        )
+    tok_in = np.stack(puzzles).astype(np.uint8) + 1  # blank 0 -> 1, digit d -> d + 1
+    tok_out = np.stack(solutions).astype(np.uint8) + 1
+    diff = np.array(hard, dtype=np.float32)
+    t = cfg.n_test  # puzzles are i.i.d. with distinct keys: the first n_test are the test split
+    return {
+        "test_inputs": tok_in[:t], "test_labels": tok_out[:t], "test_difficulty": diff[:t],
+        "train_inputs": tok_in[t:], "train_labels": tok_out[t:], "train_difficulty": diff[t:],
+    }
+
+
+def build_sudoku(cfg: SudokuConfig) -> TaskData:
+    """Build (or load from the cache) the Sudoku task of `cfg`.
+
+    Returns:
+        TaskData with inputs/labels (n_*, N*N) int64 tokens, difficulty (n_*,) float32 hardness.
+    """
+    _validate(cfg)
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment")}
+    arrays = cached_arrays("sudoku", VERSION, params, lambda: _generate(cfg))
+    n = cfg.box_rows * cfg.box_cols
+
+    def split(prefix: str) -> Split:
+        return Split(
+            arrays[f"{prefix}_inputs"].astype(np.int64),
+            arrays[f"{prefix}_labels"].astype(np.int64),
+            arrays[f"{prefix}_difficulty"].astype(np.float32),
+        )
+
+    return TaskData(
+        name="sudoku",
+        vocab_size=n + 2,
+        seq_len=n * n,
+        grid_shape=(n, n),
+        train=split("train"),
+        test=split("test"),
+        augment=partial(augment, box_rows=cfg.box_rows, box_cols=cfg.box_cols) if cfg.augment else None,
+        difficulty_name="solver hardness (blanks + rounds + hidden singles + 10 x guesses)",
+    )
+
+
+TASKS.add("sudoku", (SudokuConfig, build_sudoku))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(
+    inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator, box_rows: int = 2, box_cols: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """TRM's Sudoku augmentation, one independent random transform per row.
+
+    Each transform is a digit permutation (blank and PAD kept), a transpose (square boxes only,
+    probability 1/2), a band permutation with row permutations inside each band, and a stack
+    permutation with column permutations inside each stack; inputs and labels of a row get the
+    same transform, so validity and givens/solution agreement are preserved.
+
+    Args:
+        inputs, labels: (k, N*N) tokens (labels may hold IGNORE, which is left alone).
+        rng: source of the transforms; box_rows, box_cols: the box shape (N = their product).
+    Returns:
+        new (k, N*N) arrays.
+    """
+    k = inputs.shape[0]
+    n = box_rows * box_cols
+    rows = _random_line_perm(k, n // box_rows, box_rows, rng)  # (k, N)
+    cols = _random_line_perm(k, n // box_cols, box_cols, rng)
+    idx = rows[:, :, None] * n + cols[:, None, :]
+    if box_rows == box_cols:
+        flip = rng.random(k) < 0.5
+        idx = np.where(flip[:, None, None], cols[:, None, :] * n + rows[:, :, None], idx)
+    idx = idx.reshape(k, n * n)
+    vocab = n + 2
+    tokmap = np.tile(np.arange(vocab), (k, 1))
+    tokmap[:, BLANK + 1 :] = rng.permuted(np.tile(np.arange(BLANK + 1, vocab), (k, 1)), axis=1)
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        x = np.take_along_axis(x, idx, axis=1)
+        ok = (x >= 0) & (x < vocab)
+        mapped = np.take_along_axis(tokmap, np.where(ok, x, 0), axis=1).astype(x.dtype)
+        return np.where(ok, mapped, x)
+
+    return apply(inputs), apply(labels)
+
+
+def _random_line_perm(k: int, n_groups: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(k, n_groups*size) random band/stack-respecting line permutations, one per row."""
+    groups = rng.permuted(np.tile(np.arange(n_groups), (k, 1)), axis=1)
+    within = rng.permuted(np.tile(np.arange(size), (k, n_groups, 1)), axis=2)
+    return (groups[:, :, None] * size + within).reshape(k, n_groups * size)
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def puzzle_key(puzzle: np.ndarray, box_rows: int, box_cols: int) -> bytes:
+    """A key equal for any two puzzles related by an augmentation (digit relabelling + geometry).
+
+    When the geometric group is small (4x4: 128 transforms, 6x6: 3456) the key is the exact
+    canonical form: the lexicographically smallest grid over all transforms, with digits
+    relabelled in order of first appearance. Otherwise (9x9: 3.4M transforms) it is a
+    Weisfeiler-Lehman hash of the cell/line/box/chute incidence structure plus one anonymous
+    node per digit joined to the cells that hold it: invariant by construction, and random
+    distinct puzzles practically never collide.
+
+    Args:
+        puzzle: (N, N) or (N*N,) ints, 0 = blank, digits 1..N.
+    """
+    flat = np.asarray(puzzle, dtype=np.int64).ravel()
+    if geometric_group_size(box_rows, box_cols) <= EXACT_KEY_MAX_GROUP:
+        return b"E" + _canonical_form(flat, box_rows, box_cols).tobytes()
+    return b"W" + _wl_hash(flat, box_rows, box_cols)
+
+
+def _canonical_form(flat: np.ndarray, box_rows: int, box_cols: int) -> np.ndarray:
+    """Lexicographically smallest relabelled grid over all geometric transforms.
+
+    Scans cells in row-major order over all transforms at once, relabelling digits by first
+    appearance on the fly and keeping only the transforms that are minimal so far: most are
+    dropped after a few cells, so this is much cheaper than relabelling every transform fully.
+    """
+    n = box_rows * box_cols
+    x = flat[geometric_index(box_rows, box_cols)]  # (T, nn)
+    alive = np.arange(x.shape[0])
+    label = np.zeros((x.shape[0], n + 1), dtype=np.int64)  # digit -> label given so far (0: none)
+    used = np.zeros(x.shape[0], dtype=np.int64)  # labels given so far
+    out = np.zeros(x.shape[1], dtype=np.uint8)
+    for j in range(x.shape[1]):
+        d = x[alive, j]
+        lab = label[alive, d]
+        fresh = (d > 0) & (lab == 0)
+        lab = np.where(fresh, used[alive] + 1, lab)
+        label[alive[fresh], d[fresh]] = lab[fresh]
+        used[alive] += fresh
+        value = np.where(d > 0, lab, 0)
+        best = value.min()
+        alive = alive[value == best]
+        out[j] = best
+    return out
+
+
+@lru_cache(maxsize=None)
+def _wl_structure(box_rows: int, box_cols: int) -> tuple[list[list[int]], list[int]]:
+    """Adjacency and initial colours of cells, lines, boxes and chutes (bands/stacks)."""
+    g = geometry(box_rows, box_cols)
+    n, nn = g.n, g.nn
+    square = box_rows == box_cols  # rows and columns are interchangeable only then
+    n_bands, n_stacks = n // box_rows, n // box_cols
+    row0, col0, box0 = nn, nn + n, nn + 2 * n
+    band0, stack0 = nn + 3 * n, nn + 3 * n + n_bands
+    total = stack0 + n_stacks
+    adj: list[list[int]] = [[] for _ in range(total)]
+
+    def link(a: int, b: int) -> None:
+        adj[a].append(b)
+        adj[b].append(a)
+
+    for i, (r, c, x) in enumerate(g.rcb):
+        link(i, row0 + r), link(i, col0 + c), link(i, box0 + x)
+    for r in range(n):
+        link(row0 + r, band0 + r // box_rows)
+    for c in range(n):
+        link(col0 + c, stack0 + c // box_cols)
+    for x in range(n):
+        link(box0 + x, band0 + x // n_stacks), link(box0 + x, stack0 + x % n_stacks)
+    colour = [0] * nn + [2] * n + [2 if square else 3] * n + [4] * n
+    colour += [5] * n_bands + [5 if square else 6] * n_stacks
+    return adj, colour
+
+
+def _wl_hash(flat: np.ndarray, box_rows: int, box_cols: int, rounds: int = 5) -> bytes:
+    base_adj, base_colour = _wl_structure(box_rows, box_cols)
+    adj = [list(a) for a in base_adj]
+    colour = list(base_colour)
+    for i, v in enumerate(flat.tolist()):
+        if v:
+            colour[i] = 1
+    digits = sorted({int(v) for v in flat if v})
+    for d in digits:  # one anonymous node per digit: relabelling digits permutes these nodes
+        node = len(adj)
+        adj.append([i for i, v in enumerate(flat.tolist()) if v == d])
+        for i in adj[node]:
+            adj[i].append(node)
+        colour.append(7)
+    h = hashlib.blake2b(f"{box_rows}x{box_cols}".encode(), digest_size=16)
+    for _ in range(rounds):
+        sigs = [(colour[v], *sorted(colour[u] for u in adj[v])) for v in range(len(adj))]
+        # name the new colours by their signatures (canonical), and hash the signature histogram
+        names = {s: j for j, s in enumerate(sorted(set(sigs)))}
+        h.update(repr(sorted(Counter(sigs).items())).encode())
+        colour = [names[s] for s in sigs]
+    return h.digest()

@@ -1,0 +1,273 @@
+"""Transformer pieces shared by the recursive reasoners.
+
+Implements the block used by TRM ("Less is More: Recursive Reasoning with Tiny Networks",
+arXiv 2510.04871) and HRM ("Hierarchical Reasoning Model", arXiv 2506.21734): a POST-norm block
+
+    h = rms_norm(h + mixer(h));  h = rms_norm(h + swiglu(h))
+
+with a parameter-free RMSNorm, a SwiGLU feed-forward, and as mixer either non-causal multi-head
+self-attention (optionally with rotary position embeddings) or TRM's sequence MLP ("mlp_t").
+`ReasoningNet` stacks blocks and adds the input injection first.
+
+Speed notes (CPU, fp32): every projection is one large bias-free matmul over all b*n tokens
+(q/k/v fused, gate/up fused), attention goes through `scaled_dot_product_attention`, rotary uses
+the `roll` form (one copy instead of split + cat), and no op copies a layout it can read strided.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
+TRUNC_STDS = 2.0  # truncated-normal init cuts at +- this many standard deviations
+
+
+def trunc_normal_(weight: Tensor, std: float) -> Tensor:
+    """Fill `weight` in place from N(0, std^2) truncated to +- TRUNC_STDS * std."""
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-TRUNC_STDS * std, b=TRUNC_STDS * std)
+
+
+def lecun_linear(in_features: int, out_features: int) -> nn.Linear:
+    """Bias-free Linear with LeCun init: truncated normal, std 1/sqrt(in_features)."""
+    layer = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        trunc_normal_(layer.weight, 1.0 / math.sqrt(in_features))
+    return layer
+
+
+def _rstd(x: Tensor, eps: float) -> Tensor:
+    """(..., 1) reciprocal root-mean-square of x (..., d): one reduction pass, no (..., d) temporary."""
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])  # (..., 1)
+    return ms.add_(eps).rsqrt_()
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x * rstd(x) with the closed-form gradient rstd * (g - y * mean(g * y))."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        rstd = _rstd(x, eps)  # (..., 1)
+        y = x * rstd  # (..., d)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        y, rstd = ctx.saved_tensors
+        mean_gy = (grad * y).sum(-1, keepdim=True).div_(-y.shape[-1])  # (..., 1), negated
+        return torch.addcmul(grad, y, mean_gy).mul_(rstd), None  # (..., d)
+
+
+def rms_norm(x: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last axis without a learnable scale.
+
+    Same values as `F.rms_norm(x, (d,), eps=eps)`, but on CPU that op decomposes into
+    pow/mean/add/rsqrt/mul and records all of them for autograd; this version does one reduction
+    and one multiply forward and a closed-form backward (about 1.7x faster forward + backward).
+
+    Args:
+        x: (..., d).
+        eps: added to the mean square.
+    Returns:
+        (..., d) with unit root-mean-square along the last axis.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNorm.apply(x, eps)
+    return x * _rstd(x, eps)
+
+
+def rms_norm_(x: Tensor, eps: float) -> Tensor:
+    """In-place `rms_norm` for tensors outside autograd (the no-grad recursion cycles)."""
+    return x.mul_(_rstd(x, eps))
+
+
+def swiglu_hidden(width: int, expansion: float) -> int:
+    """SwiGLU hidden size: expansion * width * 2/3 rounded up to a multiple of SWIGLU_MULTIPLE."""
+    return SWIGLU_MULTIPLE * math.ceil(expansion * width * 2 / 3 / SWIGLU_MULTIPLE)
+
+
+class _SwiGLUGate(torch.autograd.Function):
+    """silu(gate) * up from the fused (..., 2h) projection.
+
+    The backward writes both halves of the (..., 2h) gradient in place of autograd's separate
+    products plus the `cat` that undoing `chunk` would cost.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up: Tensor) -> Tensor:  # type: ignore[override]
+        gate, up = gate_up.chunk(2, dim=-1)  # (..., h) each, strided views
+        act = F.silu(gate)  # (..., h)
+        ctx.save_for_backward(gate_up, act)
+        return act * up  # (..., h)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        gate_up, act = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)  # (..., 2h)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, act, out=grad_up)
+        torch.mul(grad, up, out=grad_gate)
+        torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
+        return grad_gate_up
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward down(silu(gate(x)) * up(x)) with gate and up fused in one Linear.
+
+    Args:
+        width: size of the last input axis.
+        expansion: hidden size factor (see `swiglu_hidden`).
+    """
+
+    def __init__(self, width: int, expansion: float):
+        super().__init__()
+        self.hidden = swiglu_hidden(width, expansion)
+        self.gate_up = lecun_linear(width, 2 * self.hidden)
+        self.down = lecun_linear(self.hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x (..., width). Returns: (..., width)."""
+        gate_up = self.gate_up(x)  # (..., 2 * hidden)
+        if torch.is_grad_enabled():
+            return self.down(_SwiGLUGate.apply(gate_up))  # (..., width)
+        # no graph to keep: activate in the fresh gate_up buffer instead of two new tensors
+        gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each, strided views
+        return self.down(F.silu(gate, inplace=True).mul_(up))  # (..., width)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE) in the rotate-half convention.
+
+    For a head vector x = [x1, x2] (halves) at position p the output is
+    x * cos(p * w) + [-x2, x1] * sin(p * w), computed as x * cos + roll(x, half) * sin_signed,
+    so the dot product of rotated q and k depends only on their position difference.
+
+    Args:
+        head_dim: per-head size (even).
+        max_len: number of positions precomputed.
+        theta: frequency base.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary needs an even head dim, got {head_dim}")
+        self.half = head_dim // 2
+        inv_freq = theta ** -(torch.arange(self.half, dtype=torch.float64) / self.half)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat([cos, cos], -1).float(), persistent=False)  # (L, hd)
+        self.register_buffer("sin", torch.cat([-sin, sin], -1).float(), persistent=False)  # (L, hd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Rotate head vectors by their position.
+
+        Args:
+            x: (b, n, ..., hd) with the position on axis 1 (any number of head axes after it).
+        Returns:
+            (b, n, ..., hd), contiguous.
+        """
+        n = x.shape[1]
+        shape = (n,) + (1,) * (x.dim() - 3) + (x.shape[-1],)
+        cos, sin = self.cos[:n].view(shape), self.sin[:n].view(shape)  # broadcast over heads
+        return torch.addcmul(x * cos, x.roll(self.half, dims=-1), sin)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with a fused q/k/v projection and no biases.
+
+    Args:
+        d_model: model width.
+        n_heads: number of heads (divides d_model).
+        rotary: shared rotary module, or None for no positions inside attention.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, rotary: Rotary | None = None):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.qkv = lecun_linear(d_model, 3 * d_model)
+        self.out = lecun_linear(d_model, d_model)
+        self.rotary = rotary
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x (b, n, d). Returns: (b, n, d)."""
+        b, n, d = x.shape
+        # split (not slice/select) so the backward is one cat instead of zero-fills and adds
+        qk, v = self.qkv(x).split((2 * d, d), dim=-1)  # (b, n, 2d), (b, n, d) strided views
+        qk = qk.view(b, n, 2, self.n_heads, self.head_dim)  # (b, n, 2, h, hd)
+        v = v.view(b, n, self.n_heads, self.head_dim)  # (b, n, h, hd)
+        if self.rotary is not None:
+            qk = self.rotary(qk)  # (b, n, 2, h, hd)
+        q, k = qk.unbind(2)  # (b, n, h, hd) each
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (b, h, n, hd)
+        return self.out(o.transpose(1, 2).reshape(b, n, d))  # (b, n, d)
+
+
+class SequenceMLP(nn.Module):
+    """TRM's "mlp_t" mixer: a SwiGLU across the sequence axis (same weights for every channel).
+
+    Args:
+        seq_len: number of positions n (fixed; the weights are per position).
+        expansion: hidden size factor, hidden = swiglu_hidden(seq_len, expansion).
+    """
+
+    def __init__(self, seq_len: int, expansion: float):
+        super().__init__()
+        self.mlp = SwiGLU(seq_len, expansion)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x (b, n, d). Returns: (b, n, d) (a strided view of a (b, d, n) result)."""
+        return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (b, d, n) -> (b, n, d)
+
+
+class TransformerBlock(nn.Module):
+    """POST-norm block: h = rms_norm(h + mixer(h)); h = rms_norm(h + swiglu(h)).
+
+    Args:
+        mixer: token mixer mapping (b, n, d) -> (b, n, d) (Attention or SequenceMLP).
+        d_model: model width.
+        expansion: SwiGLU hidden size factor.
+        eps: RMSNorm epsilon.
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, expansion: float, eps: float):
+        super().__init__()
+        self.mixer = mixer
+        self.mlp = SwiGLU(d_model, expansion)
+        self.eps = eps
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Args: h (b, n, d). Returns: (b, n, d) with unit RMS over d."""
+        if torch.is_grad_enabled():
+            h = rms_norm(h + self.mixer(h), self.eps)  # (b, n, d)
+            return rms_norm(h + self.mlp(h), self.eps)  # (b, n, d)
+        # no graph to keep: add the residual into the fresh sublayer output and normalise in place
+        h = rms_norm_(self.mixer(h).add_(h), self.eps)  # (b, n, d)
+        return rms_norm_(self.mlp(h).add_(h), self.eps)  # (b, n, d)
+
+
+class ReasoningNet(nn.Module):
+    """A stack of blocks applied to the sum of a state and its injection (TRM's net, HRM's levels).
+
+    Args:
+        blocks: the blocks, applied in order.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, hidden: Tensor, injection: Tensor) -> Tensor:
+        """Args: hidden (b, n, d), injection (b, n, d). Returns: (b, n, d) updated state."""
+        h = hidden + injection  # (b, n, d)
+        for block in self.blocks:
+            h = block(h)  # (b, n, d)
+        return h

@@ -1,0 +1,122 @@
+"""Named experiments: functions returning a full `Config`. Variants call a base and change fields.
+
+`ponder presets` prints one line each: task, model size, expected time on a 2-core CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ponder.config import Config
+from ponder.data.mazes import MazeConfig
+from ponder.data.sudoku import SudokuConfig
+from ponder.evaluate import EvalConfig
+from ponder.models.halting import HaltConfig
+from ponder.models.recursive import ModelConfig
+from ponder.registry import Registry
+from ponder.train import TrainConfig
+
+DEFAULT_PRESET = "demo"
+
+
+@dataclass(frozen=True)
+class Preset:
+    make: Callable[[], Config]
+    summary: str  # task and model size
+    expected_time: str  # on this project's reference machine: 2 CPU cores
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def preset(name: str, summary: str, expected_time: str):
+    def decorate(fn: Callable[[], Config]) -> Callable[[], Config]:
+        def make() -> Config:
+            cfg = fn()
+            cfg.preset = name
+            return cfg
+
+        PRESETS.add(name, Preset(make, summary, expected_time))
+        return fn
+
+    return decorate
+
+
+def get_config(name: str) -> Config:
+    return PRESETS.get(name).make()
+
+
+@preset("debug", "4x4 Sudoku, 200 puzzles, d=32 TRM (tests and smoke runs)", "~10 s")
+def debug() -> Config:
+    return Config(
+        task=SudokuConfig(box_rows=2, box_cols=2, n_train=200, n_test=64, min_givens=5, max_givens=7, seed=0),
+        model=ModelConfig(d_model=32, n_heads=2, n_layers=1, h_cycles=2, l_cycles=1),
+        halt=HaltConfig(max_steps=4),
+        train=TrainConfig(batch_size=16, steps=30, lr=3e-3, warmup_steps=5, log_every=5, eval_every=10,
+                          checkpoint_every=10, threads=1, progress=False),
+        eval=EvalConfig(batch_size=64, train_samples=64, during_training_samples=64),
+    )
+
+
+@preset("demo", "6x6 Sudoku, 8-13 givens, d=64 TRM-mlp, M=8 (the default: make demo)", "~4 min")
+def demo() -> Config:
+    return Config(
+        task=SudokuConfig(box_rows=2, box_cols=3, n_train=3000, n_test=500, min_givens=10, max_givens=14, seed=0),
+        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
+        halt=HaltConfig(max_steps=8),
+        train=TrainConfig(batch_size=128, steps=1500, lr=2e-3, warmup_steps=100, ema_decay=0.99,
+                          log_every=50, eval_every=500, checkpoint_every=500),
+        eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
+    )
+
+
+@preset("sudoku4", "4x4 Sudoku, 4-6 givens, d=64 TRM, M=6", "~1 min")
+def sudoku4() -> Config:
+    cfg = demo()
+    cfg.task = SudokuConfig(box_rows=2, box_cols=2, n_train=2000, n_test=300, min_givens=4, max_givens=6, seed=0)
+    cfg.halt.max_steps = 6
+    cfg.train.steps = 600
+    return cfg
+
+
+@preset("sudoku9", "9x9 Sudoku, 26-34 givens, d=128 TRM-mlp, M=16", "~30 min")
+def sudoku9() -> Config:
+    return Config(
+        task=SudokuConfig(box_rows=3, box_cols=3, n_train=3000, n_test=500, min_givens=26, max_givens=34, seed=0),
+        model=ModelConfig(d_model=128, n_heads=4, n_layers=2, mixer="mlp", h_cycles=3, l_cycles=3),
+        halt=HaltConfig(max_steps=16),
+        train=TrainConfig(batch_size=128, steps=6000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
+                          log_every=50, eval_every=1000, checkpoint_every=500),
+        eval=EvalConfig(batch_size=250, train_samples=500, during_training_samples=256),
+    )
+
+
+@preset("trm-sudoku9", "9x9 Sudoku, TRM size: d=512, 2 layers, 8 heads, T=3, n=6, M=16 (6.8M params)", "days")
+def trm_sudoku9() -> Config:
+    cfg = sudoku9()
+    cfg.model = ModelConfig(d_model=512, n_heads=8, n_layers=2, mixer="attention", h_cycles=3, l_cycles=6)
+    cfg.train = TrainConfig(batch_size=64, steps=50000, optimizer="adam_atan2", lr=1e-4, weight_decay=1.0,
+                            warmup_steps=2000, ema_decay=0.999, eval_every=2000, checkpoint_every=1000)
+    return cfg
+
+
+@preset("maze9", "9x9 mazes (shortest path), d=64 TRM-attention, M=8", "~4 min")
+def maze9() -> Config:
+    return Config(
+        task=MazeConfig(size=9, n_train=3000, n_test=500, seed=0),
+        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="attention", h_cycles=2, l_cycles=2),
+        halt=HaltConfig(max_steps=8),
+        train=TrainConfig(batch_size=128, steps=1500, lr=2e-3, warmup_steps=100, ema_decay=0.99,
+                          log_every=50, eval_every=500, checkpoint_every=500),
+        eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
+    )
+
+
+@preset("maze15", "15x15 mazes with loops (shortest path), d=128 TRM-attention, M=12", "~30 min")
+def maze15() -> Config:
+    cfg = maze9()
+    cfg.task = MazeConfig(size=15, n_train=4000, n_test=500, loop_fraction=0.1, seed=0)
+    cfg.model.d_model = 128
+    cfg.halt.max_steps = 12
+    cfg.train.steps = 5000
+    return cfg

@@ -1,0 +1,369 @@
+"""The one training loop: deep supervision with learned halting, evaluation, exact resume.
+
+Each optimizer step runs ONE ACT step on the carry (TRM/HRM deep supervision): slots whose
+sample halted take fresh samples from the stream, the model advances every slot by one step, the
+task loss and the halting loss are minimised, and the head decides which slots halt. Evaluation
+runs every `eval_every` steps on held-out data (and a training subset, reported separately);
+checkpoints are atomic and hold everything needed for a bit-exact resume on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ponder.callbacks import Callbacks, MetricsLog
+from ponder.carry import Carry, SampleStream
+from ponder.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ponder.errors import PonderError
+from ponder.evaluate import evaluate_split, exact_and_cells
+from ponder.optim import ExponentialMovingAverage, build_optimizer, lr_factor
+from ponder.types import IGNORE
+
+if TYPE_CHECKING:
+    from ponder.config import Config
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        seed: seeds weights, sample order, augmentation and exploration.
+        batch_size: B, slots in the deep-supervision carry.
+        steps: optimizer steps (each is one ACT step of every slot).
+        optimizer: "adamw" or "adam_atan2".
+        lr, beta1, beta2, weight_decay: optimizer settings (decay on matrices only).
+        warmup_steps, schedule ("constant" | "cosine"), min_lr_ratio: learning-rate schedule.
+        grad_clip: max global gradient norm (0 = off).
+        ema_decay: EMA of weights used for evaluation (0 = off).
+        loss: "softmax" cross-entropy or TRM's "stablemax" (computed in float64).
+        log_every, eval_every, checkpoint_every: intervals in optimizer steps (0 = never).
+        keep_checkpoints: newest checkpoints kept on disk.
+        device: "cpu", "cuda", "mps" or "auto".
+        threads: torch CPU threads (0 = torch's default).
+        progress: show a progress bar with ETA.
+        max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
+    """
+
+    seed: int = 0
+    batch_size: int = 64
+    steps: int = 1000
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    loss: str = "softmax"
+    log_every: int = 50
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    threads: int = 0
+    progress: bool = True
+    max_minutes: float = 0.0
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise PonderError("train.steps and train.batch_size must be >= 1")
+        if self.schedule not in ("constant", "cosine"):
+            raise PonderError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.loss not in ("softmax", "stablemax"):
+            raise PonderError(f"train.loss must be 'softmax' or 'stablemax', got {self.loss!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PonderError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an unavailable device is a PonderError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise PonderError(f"train.device must be cpu, cuda, mps or auto, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PonderError("train.device=cuda but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise PonderError("train.device=mps but MPS is not available")
+    return torch.device(name)
+
+
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """TRM's stablemax CE in float64: s(x) = x+1 (x>=0) else 1/(1-x); p = s/sum(s). (b, n) loss."""
+    x = logits.double()
+    s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
+    logp = s.log() - s.sum(-1, keepdim=True).log()
+    safe = labels.clamp(min=0)
+    loss = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
+
+
+def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """Mean over supervised positions of each sample, then mean over samples (scalar)."""
+    if kind == "stablemax":
+        per_token = stablemax_cross_entropy(logits, labels)  # (b, n)
+    else:
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    count = (labels != IGNORE).sum(1).clamp(min=1)  # (b,)
+    return (per_token.sum(1) / count).mean()
+
+
+class _Window:
+    """Running sums of per-step metrics between two log records."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.halt_steps: list[int] = []
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.n) for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "n": self.n, "halt_steps": list(self.halt_steps)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.sums, self.n, self.halt_steps = dict(s["sums"]), s["n"], list(s["halt_steps"])
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C / SIGTERM into a request honoured at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # second press: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_compatible(saved: dict, cfg: "Config", run_dir: Path) -> None:
+    from ponder.config import to_dict
+
+    now = to_dict(cfg)
+    if saved.get("preset") != now["preset"] or saved["task"] != now["task"] or saved["model"] != now["model"]:
+        raise PonderError(f"{run_dir} holds a run of preset {saved.get('preset')!r} with another task or "
+                          f"model; it cannot be resumed as {now['preset']!r}")
+
+
+def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list | None = None,
+          final_eval: bool = True) -> dict:
+    """Train (or resume) the run described by `cfg` in `run_dir`.
+
+    Returns the final evaluation report (or the last metrics when `final_eval` is False).
+    """
+    from ponder.build import build_model
+    from ponder.config import save_config, to_dict
+    from ponder.data import build_task
+
+    tc = cfg.train
+    tc.validate()  # every section is checked before any data is generated
+    cfg.halt.validate()
+    cfg.model.validate()
+    run_dir = Path(run_dir)
+    device = resolve_device(tc.device)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+
+    if not resume and (run_dir / "checkpoints").exists():
+        raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    task = build_task(cfg.task)
+    model = build_model(cfg, task).to(device)
+    head = model.halting
+    opt = build_optimizer(model, name=tc.optimizer, lr=tc.lr, beta1=tc.beta1, beta2=tc.beta2,
+                          weight_decay=tc.weight_decay)
+    ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
+    carry = Carry(model, tc.batch_size, task.seq_len, device)
+    explore_gen = torch.Generator().manual_seed(tc.seed + 1)
+    log = MetricsLog(run_dir)
+    cbs = Callbacks(callbacks or [])
+    window = _Window()
+    counters = {"samples_taken": 0, "samples_completed": 0, "skipped_steps": 0, "steps_completed_total": 0}
+    start = 0
+
+    if resume:
+        ckpt = load_checkpoint(resolve_checkpoint(run_dir))
+        _check_compatible(ckpt["config"], cfg, run_dir)
+        model.load_state_dict(ckpt["model"])
+        if ema is not None and ckpt["ema"] is not None:
+            ema.load_state_dict(ckpt["ema"])
+        st = ckpt["state"]
+        opt.load_state_dict(st["optimizer"])
+        stream.load_state_dict(st["stream"])
+        carry.load_state_dict(st["carry"])
+        explore_gen.set_state(st["explore_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        window.load_state_dict(st["window"])
+        counters.update(st["counters"])
+        cbs.load_state_dict(st.get("callbacks", []))
+        start = st["step"]
+        log.truncate_after(start)  # drop records written after the checkpoint
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+    config_dict = to_dict(cfg)
+
+    def checkpoint(step: int) -> None:
+        state = {"step": step, "optimizer": opt.state_dict(), "stream": stream.state_dict(),
+                 "carry": carry.state_dict(), "explore_rng": explore_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "window": window.state_dict(),
+                 "counters": dict(counters), "callbacks": cbs.state_dict()}
+        save_checkpoint(run_dir, step, model_state=model.state_dict(),
+                        ema_state=ema.state_dict() if ema else None, training_state=state,
+                        config=config_dict, keep=tc.keep_checkpoints)
+        log.write_csv()
+
+    def eval_model():
+        if ema is None or not cfg.eval.use_ema:
+            return model
+        shadow = copy.deepcopy(model)
+        ema.copy_to(shadow)
+        return shadow
+
+    def evaluate_now(step: int) -> dict:
+        m = eval_model()
+        rng = np.random.default_rng(0)  # fixed subsets: comparable across evaluations and runs
+        record: dict[str, Any] = {"step": step, "kind": "eval"}
+        for name, split, k in (("test", task.test, cfg.eval.during_training_samples),
+                               ("train", task.train, cfg.eval.train_samples)):
+            sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
+            r = evaluate_split(m, m.halting, sub, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
+                               device=device, budgets=False)
+            record.update({f"{name}_exact": r["exact"], f"{name}_cell": r["cell"], f"{name}_mean_steps": r["mean_steps"]})
+        log.write(record)
+        cbs.call("on_eval_end", run, record)
+        return record
+
+    run = {"config": cfg, "run_dir": run_dir, "model": model, "optimizer": opt, "task": task}
+    cbs.call("on_train_start", run)
+    model.train()
+    bar = tqdm(total=tc.steps, initial=start, disable=not tc.progress, desc="train", unit="step",
+               dynamic_ncols=True)
+    last_record: dict = {}
+    t_window = time.perf_counter()
+    interrupted = False
+    t_start = time.perf_counter()
+    with _StopRequest() as stop:
+        for step in range(start, tc.steps):
+            for group in opt.param_groups:  # schedule from the step index: resume-exact
+                group["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps,
+                                                schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
+            counters["samples_taken"] += carry.refill(model, stream, max_steps=cfg.halt.max_steps,
+                                                      explore_prob=cfg.halt.explore_prob, generator=explore_gen)
+            new_state, out = model.step(carry.state, carry.batch.inputs)
+            labels = carry.batch.labels
+            lm = task_loss(out.logits, labels, tc.loss)
+            with torch.no_grad():
+                exact, cells, total = exact_and_cells(out.logits.argmax(-1), labels)  # (b,)
+            halt_loss, halt_stats = head.loss(out, exact)
+            loss = lm + halt_loss
+            opt.zero_grad(set_to_none=True)
+            skipped = not torch.isfinite(loss).item()
+            grad_norm = float("nan")
+            if not skipped:
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+                grad_norm = norm.item()
+                skipped = not math.isfinite(grad_norm)
+            if skipped:  # refuse a non-finite step; restart every slot from fresh latents
+                counters["skipped_steps"] += 1
+                opt.zero_grad(set_to_none=True)
+                carry.needs_sample[:] = True
+            else:
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                carry.state = new_state
+                carry.steps += 1
+                halted = head.should_halt(out, carry.steps) & (carry.steps >= carry.min_steps)
+                halted |= carry.steps >= cfg.halt.max_steps
+                n_halt = int(halted.sum())
+                counters["samples_completed"] += n_halt
+                counters["steps_completed_total"] += int(carry.steps[halted].sum())
+                window.halt_steps.extend(carry.steps[halted].tolist())
+                carry.needs_sample |= halted
+                window.add({"loss": loss.item(), "lm_loss": lm.item(), **halt_stats, "grad_norm": grad_norm,
+                            "step_exact": exact.float().mean().item(),
+                            "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(),
+                            "halt_logit_mean": out.halt_logits.mean().item(),
+                            "halt_logit_std": out.halt_logits.std().item() if len(out.halt_logits) > 1 else 0.0})
+            done = step + 1
+            cbs.call("on_step_end", run, {"step": done, "loss": loss.item(), "skipped": skipped})
+            bar.update(1)
+            if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
+                hs = window.halt_steps
+                record = {"step": done, "kind": "train", **window.means(), "lr": opt.param_groups[0]["lr"],
+                          **counters, "samples_dropped": 0,
+                          "halted_mean_steps": float(np.mean(hs)) if hs else None,
+                          "time_sec_per_step": (time.perf_counter() - t_window) / max(1, window.n)}
+                log.write(record)
+                last_record = record
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                                exact=f"{record.get('step_exact', 0):.2f}",
+                                steps=f"{record['halted_mean_steps'] or 0:.1f}")
+                window = _Window()
+                t_window = time.perf_counter()
+            if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
+                last_record = evaluate_now(done)
+            out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
+            if out_of_time and not (tc.eval_every and done % tc.eval_every == 0):
+                last_record = evaluate_now(done)
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stop.requested \
+                    or out_of_time:
+                checkpoint(done)
+            if out_of_time:
+                tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}")
+                break
+            if stop.requested:
+                interrupted = True
+                break
+    bar.close()
+    if interrupted:
+        raise PonderError(f"interrupted at step {done}; checkpoint saved, continue with: ponder train "
+                          f"{cfg.preset or 'PRESET'} --resume {run_dir}")
+    cbs.call("on_train_end", run)
+    log.write_csv()
+    if not final_eval:
+        return last_record
+    from ponder.report import evaluate_run
+
+    return evaluate_run(eval_model(), task, cfg, run_dir, device=device)
