@@ -142,3 +142,36 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise PonderError(f"checkpoint {ckpt} is corrupt or truncated ({reason})") from None
     return out
+
+
+def partial_load(model: torch.nn.Module, weights: dict[str, Tensor]) -> dict[str, list[str]]:
+    """Load every tensor of `weights` whose name and shape match `model`; keep the rest as built.
+
+    Returns a report: loaded, newly_initialised (in the model, not in the weights),
+    shape_mismatched (same name, other shape: left as initialised), unexpected (in the weights
+    only).
+    """
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "newly_initialised": [], "shape_mismatched": [], "unexpected": []}
+    matched = {}
+    for name, tensor in weights.items():
+        if name not in own:
+            report["unexpected"].append(name)
+        elif own[name].shape != tensor.shape:
+            report["shape_mismatched"].append(f"{name}: {tuple(tensor.shape)} -> {tuple(own[name].shape)}")
+        else:
+            matched[name] = tensor
+            report["loaded"].append(name)
+    report["newly_initialised"] = [n for n in own if n not in weights]
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def format_load_report(report: dict[str, list[str]], source: Path) -> str:
+    lines = [f"init-from {source}: loaded {len(report['loaded'])}, newly initialised "
+             f"{len(report['newly_initialised'])}, shape-mismatched {len(report['shape_mismatched'])}, "
+             f"unexpected {len(report['unexpected'])}"]
+    for key in ("newly_initialised", "shape_mismatched", "unexpected"):
+        for name in report[key]:
+            lines.append(f"  {key}: {name}")
+    return "\n".join(lines)

@@ -36,13 +36,24 @@ def _cmd_train(args, extra) -> int:
         if args.preset and args.preset != cfg.preset:
             raise PonderError(f"{run_dir} is a run of preset {cfg.preset!r}, not {args.preset!r}")
         cfg = apply_overrides(cfg, extra)
+        if args.extend_steps is not None:
+            from ponder.checkpoint import load_checkpoint, resolve_checkpoint
+
+            if args.extend_steps < 1:
+                raise PonderError(f"--extend-steps must be >= 1, got {args.extend_steps}")
+            done = load_checkpoint(resolve_checkpoint(run_dir))["state"]["step"]
+            cfg.train.steps = done + args.extend_steps  # the LR schedule stretches to the new end
     else:
+        if args.extend_steps is not None:
+            raise PonderError("--extend-steps continues a run: use it with --resume RUN_DIR")
         if not args.preset:
             raise PonderError("name a preset (see `ponder presets`) or --resume RUN_DIR")
+        if args.init_from and not Path(args.init_from).exists():
+            raise PonderError(f"--init-from: no such run or checkpoint: {args.init_from}")
         cfg = apply_overrides(get_config(args.preset), extra)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run directory: {run_dir}", file=sys.stderr)
-    train(cfg, run_dir, resume=bool(args.resume))
+    train(cfg, run_dir, resume=bool(args.resume), init_from=Path(args.init_from) if args.init_from else None)
     return 0
 
 
@@ -80,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", nargs="?", help="preset name (see `ponder presets`)")
     p.add_argument("--run-dir", help="where to write the run (default runs/PRESET-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--extend-steps", type=int, metavar="N", help="with --resume: N more optimizer steps")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="start a new run from the matching weights of a run")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("eval", help="evaluate a run or checkpoint on held-out data")
     p.add_argument("path", help="RUN_DIR (latest checkpoint) or a checkpoint directory")

@@ -52,7 +52,8 @@ def exact_and_cells(preds: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tens
 @torch.no_grad()
 def rollout_all_steps(model, head, split: Split, *, max_steps: int, batch_size: int,
                       device: torch.device) -> dict[str, np.ndarray]:
-    """Run every sample for `max_steps` steps (no early exit).
+    """Run every sample for `max_steps` steps (no early exit); budget t answers with the head's
+    answer at step t (the readout, or ACT's mean-field output so far).
 
     Returns arrays: exact (N, M) bool, cells (N, M) correct counts, total (N,) supervised counts,
     halt_step (N,) the first step at which the head's rule says halt (M if never).
@@ -67,15 +68,17 @@ def rollout_all_steps(model, head, split: Split, *, max_steps: int, batch_size: 
         labels = torch.as_tensor(split.labels[lo:lo + batch_size], device=device)
         b = inputs.shape[0]
         state = model.init_state(b, device)
+        memo = head.start(b, device)
         halted = torch.zeros(b, dtype=torch.bool, device=device)
         first = torch.full((b,), max_steps, dtype=torch.long, device=device)
         for t in range(1, max_steps + 1):
             state, out = model.step(state, inputs)
-            ex, corr, tot = exact_and_cells(out.logits.argmax(-1), labels)
+            decision, memo = head.decide(out, torch.full((b,), t, device=device), memo)
+            ex, corr, tot = exact_and_cells(head.answer(out, memo).argmax(-1), labels)
             exact[lo:lo + b, t - 1] = ex.cpu().numpy()
             cells[lo:lo + b, t - 1] = corr.cpu().numpy()
             total[lo:lo + b] = tot.cpu().numpy()
-            stop = head.should_halt(out, torch.full((b,), t, device=device)) & ~halted
+            stop = decision & ~halted
             first[stop] = t
             halted |= stop
         halt_step[lo:lo + b] = first.cpu().numpy()
@@ -97,19 +100,21 @@ def adaptive_inference(model, head, inputs: Tensor, *, max_steps: int) -> tuple[
     steps = torch.full((b,), max_steps, dtype=torch.long, device=device)
     active = torch.arange(b, device=device)  # original row of each active sample
     state: State = model.init_state(b, device)
+    memo = head.start(b, device)
     for t in range(1, max_steps + 1):
         state, out = model.step(state, inputs[active])
-        stop = head.should_halt(out, torch.full((len(active),), t, device=device))
+        stop, memo = head.decide(out, torch.full((len(active),), t, device=device), memo)
         if t == max_steps:
             stop = torch.ones_like(stop)
         done = active[stop]
-        preds[done] = out.logits[stop].argmax(-1)
+        preds[done] = head.answer(out, memo)[stop].argmax(-1)
         steps[done] = t
         keep = ~stop
         if not keep.any():
             break
         active = active[keep]
         state = state.index(keep)  # finished samples leave: later steps cost less
+        memo = {k: v[keep] for k, v in memo.items()}
     return preds, steps
 
 
@@ -140,7 +145,9 @@ def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int
     """Adaptive-halting accuracy (real early exit) and, optionally, accuracy per step budget.
 
     Returns a dict with keys: n, exact, cell, mean_steps, steps_histogram (list, index s-1 ->
-    count of samples that used s steps), spearman_steps_difficulty, seconds_adaptive, and with
+    count of samples that used s steps), spearman_steps_difficulty, halt_first_frac and
+    halt_max_frac (fractions stopping at step 1 / running to M), wrong_halt_frac (of the samples
+    the head stopped before M, the fraction answered wrongly; None if none), seconds_adaptive, and with
     budgets: exact_by_budget, cell_by_budget (lists over budgets 1..M), seconds_all_steps,
     halt_consistent (fraction of samples whose early-exit step equals the full rollout's).
     """
@@ -158,6 +165,7 @@ def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int
     seconds_adaptive = time.perf_counter() - t0
     ex = torch.cat(ex_all).numpy()
     steps = torch.cat(steps_all).numpy()
+    halted_early = steps < max_steps  # halts decided by the head, not forced by the cap
     report = {
         "n": n,
         "exact": float(ex.mean()),
@@ -166,6 +174,9 @@ def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int
         "max_steps": max_steps,
         "steps_histogram": np.bincount(steps - 1, minlength=max_steps).tolist(),
         "spearman_steps_difficulty": _spearman(steps, split.difficulty),
+        "halt_first_frac": float((steps == 1).mean()),
+        "halt_max_frac": float((steps == max_steps).mean()),
+        "wrong_halt_frac": float((~ex[halted_early]).mean()) if halted_early.any() else None,
         "seconds_adaptive": seconds_adaptive,
     }
     if budgets:

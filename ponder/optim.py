@@ -59,11 +59,20 @@ class AdamATan2(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, beta1: float, beta2: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW or AdamATan2; weight decay only on matrices (not biases, norms or init vectors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                    weight_decay: float, halting_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW or AdamATan2; weight decay only on matrices (not biases, norms or init vectors).
+
+    The halting head (`model.halting`, if any) gets its own parameter group whose learning rate
+    is `halting_lr_scale` times the base (group key "lr_scale", applied by the schedule).
+    """
+    halting = getattr(model, "halting", None)
+    head_ids = {id(p) for p in halting.parameters()} if isinstance(halting, nn.Module) else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": [p for p in body if p.ndim < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
+    if head:
+        groups.append({"params": head, "weight_decay": 0.0, "lr_scale": halting_lr_scale})
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2))
     if name == "adam_atan2":

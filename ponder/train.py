@@ -1,14 +1,15 @@
-"""The one training loop: deep supervision with learned halting, evaluation, exact resume.
+"""The one training loop: learned halting, evaluation, checkpoints, exact resume.
 
-Each optimizer step runs ONE ACT step on the carry (TRM/HRM deep supervision): slots whose
-sample halted take fresh samples from the stream, the model advances every slot by one step, the
-task loss and the halting loss are minimised, and the head decides which slots halt. Evaluation
+What one optimizer step computes is the objective's business (ponder.objectives): one ACT step of
+every slot of the deep-supervision carry (Q-halt heads), or a whole unrolled trajectory (ACT,
+PonderNet). The loop refuses non-finite steps, clips, steps the optimizer and EMA. Evaluation
 runs every `eval_every` steps on held-out data (and a training subset, reported separately);
 checkpoints are atomic and hold everything needed for a bit-exact resume on CPU.
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
 import time
@@ -18,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from tqdm import tqdm
 
 from ponder.callbacks import Callbacks, MetricsLog
-from ponder.carry import Carry, SampleStream
-from ponder.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ponder.carry import SampleStream
+from ponder.checkpoint import (atomic_write_text, format_load_report, load_checkpoint, partial_load,
+                               resolve_checkpoint, save_checkpoint)
 from ponder.errors import PonderError
-from ponder.evaluate import evaluate_split, exact_and_cells
+from ponder.evaluate import evaluate_split
+from ponder.objectives import build_objective
 from ponder.optim import ExponentialMovingAverage, build_optimizer, lr_factor
-from ponder.types import IGNORE
 
 if TYPE_CHECKING:
     from ponder.config import Config
@@ -107,33 +107,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """TRM's stablemax CE in float64: s(x) = x+1 (x>=0) else 1/(1-x); p = s/sum(s). (b, n) loss."""
-    x = logits.double()
-    s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
-    logp = s.log() - s.sum(-1, keepdim=True).log()
-    safe = labels.clamp(min=0)
-    loss = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
-
-
-def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
-    """Mean over supervised positions of each sample, then mean over samples (scalar)."""
-    if kind == "stablemax":
-        per_token = stablemax_cross_entropy(logits, labels)  # (b, n)
-    else:
-        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-    count = (labels != IGNORE).sum(1).clamp(min=1)  # (b,)
-    return (per_token.sum(1) / count).mean()
-
-
 class _Window:
     """Running sums of per-step metrics between two log records."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
         self.n = 0
-        self.halt_steps: list[int] = []
 
     def add(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -144,10 +123,10 @@ class _Window:
         return {k: v / max(1, self.n) for k, v in self.sums.items()}
 
     def state_dict(self) -> dict:
-        return {"sums": dict(self.sums), "n": self.n, "halt_steps": list(self.halt_steps)}
+        return {"sums": dict(self.sums), "n": self.n}
 
     def load_state_dict(self, s: dict) -> None:
-        self.sums, self.n, self.halt_steps = dict(s["sums"]), s["n"], list(s["halt_steps"])
+        self.sums, self.n = dict(s["sums"]), s["n"]
 
 
 class _StopRequest:
@@ -185,9 +164,13 @@ def _check_compatible(saved: dict, cfg: "Config", run_dir: Path) -> None:
 
 
 def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list | None = None,
-          final_eval: bool = True) -> dict:
+          final_eval: bool = True, init_from: Path | None = None) -> dict:
     """Train (or resume) the run described by `cfg` in `run_dir`.
 
+    Args:
+        resume: continue the run in `run_dir` exactly from its latest checkpoint.
+        init_from: a run or checkpoint whose matching weights start a NEW run (fine-tuning, e.g.
+            to more steps or with new modules); a load report is printed and saved.
     Returns the final evaluation report (or the last metrics when `final_eval` is False).
     """
     from ponder.build import build_model
@@ -208,19 +191,27 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
     task = build_task(cfg.task)
     model = build_model(cfg, task).to(device)
-    head = model.halting
     opt = build_optimizer(model, name=tc.optimizer, lr=tc.lr, beta1=tc.beta1, beta2=tc.beta2,
-                          weight_decay=tc.weight_decay)
+                          weight_decay=tc.weight_decay, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
-    carry = Carry(model, tc.batch_size, task.seq_len, device)
-    explore_gen = torch.Generator().manual_seed(tc.seed + 1)
+    objective = build_objective(model, stream, batch_size=tc.batch_size, halt_cfg=cfg.halt, loss_kind=tc.loss,
+                                device=device, seed=tc.seed)
     log = MetricsLog(run_dir)
     cbs = Callbacks(callbacks or [])
     window = _Window()
-    counters = {"samples_taken": 0, "samples_completed": 0, "skipped_steps": 0, "steps_completed_total": 0}
+    skipped_steps = 0
     start = 0
 
+    if init_from is not None and not resume:
+        source = resolve_checkpoint(Path(init_from))
+        src = load_checkpoint(source)
+        load_report = partial_load(model, src["ema"] if src["ema"] is not None else src["model"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **load_report}, indent=1))
+        tqdm.write(format_load_report(load_report, source))
+        if ema is not None:
+            ema = ExponentialMovingAverage(model, tc.ema_decay)  # start the average at the loaded weights
     if resume:
         ckpt = load_checkpoint(resolve_checkpoint(run_dir))
         _check_compatible(ckpt["config"], cfg, run_dir)
@@ -230,11 +221,10 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
         st = ckpt["state"]
         opt.load_state_dict(st["optimizer"])
         stream.load_state_dict(st["stream"])
-        carry.load_state_dict(st["carry"])
-        explore_gen.set_state(st["explore_rng"])
+        objective.load_state_dict(st["objective"])
         torch.set_rng_state(st["torch_rng"])
         window.load_state_dict(st["window"])
-        counters.update(st["counters"])
+        skipped_steps = st["skipped_steps"]
         cbs.load_state_dict(st.get("callbacks", []))
         start = st["step"]
         log.truncate_after(start)  # drop records written after the checkpoint
@@ -244,9 +234,8 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
 
     def checkpoint(step: int) -> None:
         state = {"step": step, "optimizer": opt.state_dict(), "stream": stream.state_dict(),
-                 "carry": carry.state_dict(), "explore_rng": explore_gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "window": window.state_dict(),
-                 "counters": dict(counters), "callbacks": cbs.state_dict()}
+                 "objective": objective.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "window": window.state_dict(), "skipped_steps": skipped_steps, "callbacks": cbs.state_dict()}
         save_checkpoint(run_dir, step, model_state=model.state_dict(),
                         ema_state=ema.state_dict() if ema else None, training_state=state,
                         config=config_dict, keep=tc.keep_checkpoints)
@@ -268,7 +257,9 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
             sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
             r = evaluate_split(m, m.halting, sub, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
                                device=device, budgets=False)
-            record.update({f"{name}_exact": r["exact"], f"{name}_cell": r["cell"], f"{name}_mean_steps": r["mean_steps"]})
+            record.update({f"{name}_{k}": r[k] for k in ("exact", "cell", "mean_steps", "halt_first_frac",
+                                                          "halt_max_frac", "wrong_halt_frac")})
+            record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
         log.write(record)
         cbs.call("on_eval_end", run, record)
         return record
@@ -285,17 +276,10 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
     with _StopRequest() as stop:
         for step in range(start, tc.steps):
             for group in opt.param_groups:  # schedule from the step index: resume-exact
-                group["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps,
+                group["lr"] = tc.lr * group.get("lr_scale", 1.0) * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps,
                                                 schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
-            counters["samples_taken"] += carry.refill(model, stream, max_steps=cfg.halt.max_steps,
-                                                      explore_prob=cfg.halt.explore_prob, generator=explore_gen)
-            new_state, out = model.step(carry.state, carry.batch.inputs)
-            labels = carry.batch.labels
-            lm = task_loss(out.logits, labels, tc.loss)
-            with torch.no_grad():
-                exact, cells, total = exact_and_cells(out.logits.argmax(-1), labels)  # (b,)
-            halt_loss, halt_stats = head.loss(out, exact)
-            loss = lm + halt_loss
+            model.halting.train_step = step  # for the halting penalty's warm-up
+            loss, metrics = objective.forward(step)
             opt.zero_grad(set_to_none=True)
             skipped = not torch.isfinite(loss).item()
             grad_norm = float("nan")
@@ -304,35 +288,25 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
                 grad_norm = norm.item()
                 skipped = not math.isfinite(grad_norm)
-            if skipped:  # refuse a non-finite step; restart every slot from fresh latents
-                counters["skipped_steps"] += 1
+            if skipped:  # refuse a non-finite step before the optimizer sees it; count it
+                skipped_steps += 1
                 opt.zero_grad(set_to_none=True)
-                carry.needs_sample[:] = True
             else:
                 opt.step()
                 if ema is not None:
                     ema.update(model)
-                carry.state = new_state
-                carry.steps += 1
-                halted = head.should_halt(out, carry.steps) & (carry.steps >= carry.min_steps)
-                halted |= carry.steps >= cfg.halt.max_steps
-                n_halt = int(halted.sum())
-                counters["samples_completed"] += n_halt
-                counters["steps_completed_total"] += int(carry.steps[halted].sum())
-                window.halt_steps.extend(carry.steps[halted].tolist())
-                carry.needs_sample |= halted
-                window.add({"loss": loss.item(), "lm_loss": lm.item(), **halt_stats, "grad_norm": grad_norm,
-                            "step_exact": exact.float().mean().item(),
-                            "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(),
-                            "halt_logit_mean": out.halt_logits.mean().item(),
-                            "halt_logit_std": out.halt_logits.std().item() if len(out.halt_logits) > 1 else 0.0})
+                window.add({"loss": loss.item(), **metrics, "grad_norm": grad_norm})
+            objective.commit(not skipped)
             done = step + 1
             cbs.call("on_step_end", run, {"step": done, "loss": loss.item(), "skipped": skipped})
             bar.update(1)
             if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
-                hs = window.halt_steps
+                hs = objective.halt_steps
+                counters = objective.counters
                 record = {"step": done, "kind": "train", **window.means(), "lr": opt.param_groups[0]["lr"],
-                          **counters, "samples_dropped": 0,
+                          **counters, "skipped_steps": skipped_steps, "in_flight": objective.in_flight(),
+                          "samples_dropped": counters["samples_taken"] - counters["samples_completed"]
+                          - objective.in_flight(),
                           "halted_mean_steps": float(np.mean(hs)) if hs else None,
                           "time_sec_per_step": (time.perf_counter() - t_window) / max(1, window.n)}
                 log.write(record)
@@ -341,6 +315,7 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
                                 exact=f"{record.get('step_exact', 0):.2f}",
                                 steps=f"{record['halted_mean_steps'] or 0:.1f}")
                 window = _Window()
+                objective.halt_steps = []
                 t_window = time.perf_counter()
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 last_record = evaluate_now(done)

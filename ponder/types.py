@@ -5,7 +5,7 @@ and (later) the gradient estimators own the loop over steps. These records are h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -69,7 +69,9 @@ class StepOutput:
     Attributes:
         logits: (b, n, v) token logits read out from the answer state.
         halt_logits: (b,) halting logits (meaning set by the halting head; > 0 leans to halt).
+        aux: further per-sample head outputs, batch-first (e.g. HRM's q_continue logits).
     """
 
     logits: Tensor
     halt_logits: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.models.blocks import (
+    CHUNK_BYTES,
     SWIGLU_MULTIPLE,
     Attention,
     ReasoningNet,
@@ -17,6 +18,8 @@ from ponder.models.blocks import (
     TransformerBlock,
     lecun_linear,
     rms_norm,
+    rms_norm_,
+    split_heads,
     swiglu_hidden,
 )
 
@@ -67,6 +70,15 @@ def test_lecun_linear_init_scale() -> None:
     assert layer.weight.abs().max() <= 2.0 / math.sqrt(256) + 1e-6
 
 
+def rotated_qk(rot: Rotary, q: torch.Tensor, k: torch.Tensor, i: int, j: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q placed at position i and k at j of a one-head (1, length, 3 * hd) projection, rotated."""
+    hd = q.shape[0]
+    qkv = torch.zeros(1, length, 3, hd)
+    qkv[0, i, 0], qkv[0, j, 1] = q, k
+    rq, rk, _ = split_heads(qkv.view(1, length, 3 * hd), 1, rot)  # (1, 1, length, hd) each
+    return rq[0, 0, i], rk[0, 0, j]
+
+
 def test_rotary_scores_depend_only_on_relative_position() -> None:
     torch.manual_seed(0)
     hd, length = 8, 32
@@ -74,10 +86,8 @@ def test_rotary_scores_depend_only_on_relative_position() -> None:
     q, k = torch.randn(hd), torch.randn(hd)
 
     def score(i: int, j: int) -> float:
-        x = torch.zeros(1, length, 2, hd)  # (b, n, {q,k}, hd)
-        x[0, i, 0], x[0, j, 1] = q, k
-        r = rot(x)
-        return float(r[0, i, 0] @ r[0, j, 1])
+        rq, rk = rotated_qk(rot, q, k, i, j, length)
+        return float(rq @ rk)
 
     for i, j in [(0, 3), (5, 1), (2, 2)]:
         base = score(i, j)
@@ -88,11 +98,39 @@ def test_rotary_scores_depend_only_on_relative_position() -> None:
 
 
 def test_rotary_preserves_norm_and_position_zero() -> None:
+    torch.manual_seed(0)
     rot = Rotary(8, N, 10000.0)
-    x = torch.randn(B, N, HEADS, 8)
-    r = rot(x)
-    assert torch.allclose(r.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
-    assert torch.allclose(r[:, 0], x[:, 0])
+    q, k = torch.randn(8), torch.randn(8)
+    rq, rk = rotated_qk(rot, q, k, 0, 5, N)
+    assert torch.allclose(rq, q) and torch.allclose(rk.norm(), k.norm())
+    assert not torch.allclose(rk, k)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_split_heads_layout_and_gradient(rope: bool) -> None:
+    torch.manual_seed(0)
+    rot = Rotary(4, N, 100.0).double() if rope else None
+    qkv = torch.randn(2, N, 3 * 8, dtype=torch.float64, requires_grad=True)
+    q, k, v = split_heads(qkv, 2, rot)
+    assert q.shape == k.shape == v.shape == (2, 2, N, 4) and q.is_contiguous()
+    assert torch.equal(v, qkv.detach().view(2, N, 3, 2, 4)[:, :, 2].transpose(1, 2))
+    assert torch.autograd.gradcheck(lambda t: split_heads(t, 2, rot), (qkv,))
+
+
+def test_rms_norm_matches_functional_values_and_gradient() -> None:
+    x = (3.0 * torch.randn(B, N, D, dtype=torch.float64) + 1.0).requires_grad_()
+    assert torch.allclose(rms_norm(x, 1e-5), F.rms_norm(x, (D,), eps=1e-5))
+    assert torch.autograd.gradcheck(lambda t: rms_norm(t, 1e-5), (x,))
+    with torch.no_grad():
+        y = x.detach().clone()
+        assert torch.allclose(rms_norm_(y, 1e-5), F.rms_norm(x, (D,), eps=1e-5))
+
+
+def test_swiglu_gradient() -> None:
+    torch.manual_seed(0)
+    mlp = SwiGLU(D, 4.0).double()
+    x = torch.randn(2, 3, D, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mlp, (x,))
 
 
 def test_attention_matches_reference_and_is_non_causal() -> None:
@@ -138,3 +176,17 @@ def test_reasoning_net_adds_injection_then_runs_blocks() -> None:
     net = ReasoningNet(blocks)
     hidden, injection = torch.randn(B, N, D), torch.randn(B, N, D)
     assert torch.allclose(net(hidden, injection), blocks[1](blocks[0](hidden + injection)), atol=1e-6)
+
+
+def test_reasoning_net_row_chunks_match_whole_batch() -> None:
+    torch.manual_seed(0)
+    net = ReasoningNet([make_block("attention", seed=s) for s in range(2)])
+    hidden, injection = torch.randn(8, N, D), torch.randn(8, N, D, requires_grad=True)
+    whole = net(hidden, injection)
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), injection)
+    net.row_elements = CHUNK_BYTES // 4 // 3  # 3 rows per chunk -> chunks of 3, 3, 2
+    chunked = net(hidden, injection)
+    (g_chunked,) = torch.autograd.grad(chunked.square().sum(), injection)
+    assert torch.allclose(chunked, whole, atol=1e-5) and torch.allclose(g_chunked, g_whole, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(net(hidden, injection), whole, atol=1e-5)

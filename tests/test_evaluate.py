@@ -33,8 +33,8 @@ def _model_with_varied_halting():
     task = build_task(cfg.task)
     model = build_model(cfg, task).eval()
     with torch.no_grad():  # a probe whose decision differs across samples and steps
-        model.halting.probe.weight.normal_(0, 3.0)
-        model.halting.probe.bias.fill_(0.0)
+        model.halting.probe.linear.weight.normal_(0, 3.0)
+        model.halting.probe.linear.bias.fill_(0.0)
     return model, task
 
 

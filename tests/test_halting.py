@@ -1,53 +1,126 @@
+"""Q-halt heads (TRM's q_halt, HRM's q_continue) and the stabiliser switches shared by all heads.
+The family-wide conformance suite is tests/test_halting_conformance.py."""
+import pytest
 import torch
 
-from ponder.models.halting import HALTING, HaltConfig, QHaltHead, build_halting
+from ponder.errors import PonderError
+from ponder.models.halting import HALTING, HaltConfig, build_halting
+from ponder.models.halting.q_halt import QContinueHead, QHaltHead
+from ponder.optim import build_optimizer
 from ponder.types import StepOutput
 
 
-def _out(halt_logits):
-    return StepOutput(logits=torch.zeros(len(halt_logits), 3, 4), halt_logits=halt_logits)
+def _out(halt_logits, **aux):
+    return StepOutput(logits=torch.zeros(len(halt_logits), 3, 4), halt_logits=halt_logits, aux=aux)
 
 
 def test_q_halt_starts_deep_and_halts_on_positive_logit_or_at_max():
     head = build_halting(HaltConfig(max_steps=5), d_model=8)
     assert isinstance(head, QHaltHead) and "q_halt" in HALTING
-    y = torch.randn(3, 4, 8)
-    assert torch.allclose(head.logits(y), torch.full((3,), -5.0))  # zero weight, bias -5
-    out = _out(torch.tensor([1.0, -1.0, -1.0]))
-    assert head.should_halt(out, torch.tensor([1, 2, 5])).tolist() == [True, False, True]
+    assert torch.allclose(head.logits(torch.randn(3, 4, 8)), torch.full((3,), -5.0))  # zero weight, bias -5
+    halt, _ = head.decide(_out(torch.tensor([1.0, -1.0, -1.0])), torch.tensor([1, 2, 5]), {})
+    assert halt.tolist() == [True, False, True]
+
+
+def test_min_steps_blocks_early_halts():
+    head = build_halting(HaltConfig(max_steps=5, min_steps=3), d_model=8)
+    halt, _ = head.decide(_out(torch.tensor([4.0, 4.0, -4.0])), torch.tensor([2, 3, 5]), {})
+    assert halt.tolist() == [False, True, True]
 
 
 def test_q_halt_loss_has_gradient_on_its_parameters():
     """Catches the known bugs: loss on integer counts or detached with .item() gives no gradient."""
     head = build_halting(HaltConfig(loss_weight=0.5), d_model=8)
     y = torch.randn(6, 4, 8, requires_grad=True)
-    out = _out(head.logits(y))
-    loss, stats = head.loss(out, torch.tensor([True, False, True, False, False, True]))
+    correct = torch.tensor([True, False, True, False, False, True])
+    loss, stats = head.loss(_out(head.logits(y)), correct, steps=torch.ones(6, dtype=torch.long))
     loss.backward()
-    assert head.probe.bias.grad.abs() > 0 and head.probe.weight.grad.abs().sum() > 0
+    assert head.probe.linear.bias.grad.abs() > 0 and head.probe.linear.weight.grad.abs().sum() > 0
     assert y.grad.abs().sum() == 0  # zero-initialised weight: the state gets gradient once it moves
     with torch.no_grad():
-        head.probe.weight.add_(0.1)
+        head.probe.linear.weight.add_(0.1)
     y.grad = None
-    loss, _ = head.loss(_out(head.logits(y)), torch.ones(6, dtype=torch.bool))
+    loss, _ = head.loss(_out(head.logits(y)), correct, steps=torch.ones(6, dtype=torch.long))
     loss.backward()
-    assert y.grad.abs().sum() > 0
-    assert 0 <= stats["q_halt_acc"] <= 1
+    assert y.grad.abs().sum() > 0 and 0 <= stats["q_halt_acc"] <= 1
 
 
 def test_q_halt_learns_to_predict_correctness():
-    """Trained on a separable toy signal, the probe's halting decision tracks correctness."""
     torch.manual_seed(0)
     head = build_halting(HaltConfig(), d_model=4)
     opt = torch.optim.Adam(head.parameters(), lr=0.1)
+    steps = torch.ones(64, dtype=torch.long)
     for _ in range(200):
         y = torch.randn(64, 2, 4)
-        correct = y[:, :, 0].mean(1) > 0
-        loss, _ = head.loss(_out(head.logits(y)), correct)
+        loss, _ = head.loss(_out(head.logits(y)), y[:, :, 0].mean(1) > 0, steps=steps)
         opt.zero_grad()
         loss.backward()
         opt.step()
     y = torch.randn(256, 2, 4)
-    correct = y[:, :, 0].mean(1) > 0
-    halts = head.should_halt(_out(head.logits(y)), torch.ones(256, dtype=torch.long))
-    assert (halts == correct).float().mean() > 0.9
+    halts, _ = head.decide(_out(head.logits(y)), torch.ones(256, dtype=torch.long), {})
+    assert (halts == (y[:, :, 0].mean(1) > 0)).float().mean() > 0.9
+
+
+def test_q_continue_bootstraps_from_the_next_step_and_halts_when_q_halt_wins():
+    head = build_halting(HaltConfig(kind="q_continue", max_steps=4), d_model=8)
+    assert isinstance(head, QContinueHead) and head.needs_next_step
+    q_halt, aux = head.logits(torch.randn(3, 2, 8))
+    assert torch.allclose(q_halt, torch.full((3,), -5.0)) and torch.allclose(aux["q_continue"], torch.zeros(3))
+    halt, _ = head.decide(_out(torch.tensor([1.0, -1.0, -1.0]), q_continue=torch.tensor([0.0, 0.0, 0.0])),
+                          torch.tensor([1, 1, 4]), {})
+    assert halt.tolist() == [True, False, True]
+    out = _out(torch.zeros(2, requires_grad=True), q_continue=torch.zeros(2, requires_grad=True))
+    nxt = _out(torch.tensor([3.0, -3.0]), q_continue=torch.tensor([-1.0, 2.0]))
+    loss, stats = head.loss(out, torch.tensor([True, False]), steps=torch.tensor([1, 1]), next_out=nxt)
+    loss.backward()
+    # target = sigmoid(max(next q_halt, next q_continue)) = sigmoid([3, 2]); gradient = w*(sigmoid(0) - target)/b
+    expected = 0.5 * (0.5 - torch.sigmoid(torch.tensor([3.0, 2.0]))) / 2
+    assert torch.allclose(out.aux["q_continue"].grad, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="next step"):
+        head.loss(out, torch.tensor([True, False]), steps=torch.tensor([1, 1]))
+
+
+def test_bounded_logit_and_step_gate_and_l1():
+    head = build_halting(HaltConfig(logit_bound=2.0, bias_init=50.0, step_gate=True, max_steps=4, l1_weight=0.1), d_model=4)
+    raw = head.logits(torch.zeros(2, 3, 4))
+    assert torch.allclose(raw, torch.full((2,), 2.0), atol=1e-4)  # bounded by the scaled tanh
+    shaped = head.probe.shape(raw, torch.tensor([1, 4]))
+    assert shaped[0] < shaped[1]  # the cycle-aware factor (c+1)/C grows with the step
+    loss, _ = head.loss(_out(raw), torch.tensor([True, True]), steps=torch.tensor([1, 4]))
+    loss.backward()
+    assert head.probe.gate.grad is not None and head.probe.cycle_embedding.grad is not None
+
+
+def test_penalty_warmup_scales_the_halting_loss():
+    head = build_halting(HaltConfig(penalty_warmup_steps=10), d_model=4)
+    out, correct, steps = _out(torch.zeros(2)), torch.tensor([True, False]), torch.ones(2, dtype=torch.long)
+    head.train_step = 0
+    early, _ = head.loss(out, correct, steps=steps)
+    head.train_step = 20
+    late, _ = head.loss(out, correct, steps=steps)
+    assert torch.isclose(early * 10, late)
+
+
+def test_halting_head_gets_its_own_learning_rate_group():
+    from ponder.build import build_model
+    from ponder.config import apply_overrides
+    from ponder.presets import get_config
+
+    cfg = apply_overrides(get_config("debug"), ["--halt.lr_scale=0.1"])
+
+    class Task:
+        vocab_size, seq_len = 6, 16
+
+    model = build_model(cfg, Task)
+    opt = build_optimizer(model, name="adamw", lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1,
+                          halting_lr_scale=cfg.halt.lr_scale)
+    head_group = opt.param_groups[-1]
+    assert head_group["lr_scale"] == 0.1
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in model.halting.parameters()}
+
+
+def test_bad_halting_config_is_a_clear_error():
+    with pytest.raises(PonderError, match="unknown halting head 'nope'; valid: .*q_halt"):
+        build_halting(HaltConfig(kind="nope"), d_model=4)
+    with pytest.raises(PonderError, match="min_steps"):
+        build_halting(HaltConfig(min_steps=9, max_steps=4), d_model=4)

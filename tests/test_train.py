@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ponder.train as train_mod
+import ponder.objectives as objectives
 from ponder.checkpoint import load_checkpoint, resolve_checkpoint
 from ponder.config import apply_overrides
 from ponder.errors import PonderError
@@ -99,7 +99,7 @@ def test_killed_process_resumes_to_identical_metrics(tmp_path):
 
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
-    real = train_mod.task_loss
+    real = objectives.task_loss
     calls = {"n": 0}
 
     def sometimes_nan(logits, labels, kind):
@@ -107,10 +107,10 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
         loss = real(logits, labels, kind)
         return loss * float("nan") if calls["n"] in (3, 4) else loss
 
-    monkeypatch.setattr(train_mod, "task_loss", sometimes_nan)
+    monkeypatch.setattr(objectives, "task_loss", sometimes_nan)
     train(_cfg(), tmp_path, final_eval=False)
     last = [r for r in _records(tmp_path) if r["kind"] == "train"][-1]
-    assert last["skipped_steps"] == 2
+    assert last["skipped_steps"] == 2 and last["samples_dropped"] == 0
     weights = load_checkpoint(resolve_checkpoint(tmp_path))["model"]
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -118,8 +118,8 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 def test_every_delivered_sample_is_supervised(tmp_path):
     train(_cfg(), tmp_path, final_eval=False)
     state = load_checkpoint(resolve_checkpoint(tmp_path))["state"]
-    c = state["counters"]
-    in_flight = int((~state["carry"]["needs_sample"]).sum())
+    c = state["objective"]["counters"]
+    in_flight = int((~state["objective"]["carry"]["needs_sample"]).sum())
     # every sample taken either finished (halted) or is still in a slot: none dropped
     assert c["samples_taken"] == c["samples_completed"] + in_flight
     assert state["stream"]["delivered"] == c["samples_taken"]
@@ -146,3 +146,29 @@ def test_golden_loss_of_debug_preset(tmp_path):
 
 
 GOLDEN_DEBUG_LOSSES = [1.7483, 1.5799, 1.4437]  # measured on the reference 2-core CPU, torch 2.13
+
+
+def test_init_from_loads_matching_tensors_and_reports_the_rest(tmp_path, capsys):
+    from ponder.cli import main
+
+    src = tmp_path / "src"
+    assert main(["train", "debug", "--run-dir", str(src), "--train.steps=10"]) == 0
+    dst = tmp_path / "dst"  # a wider readout is impossible; a bigger halting budget and more cycles are fine
+    assert main(["train", "debug", "--run-dir", str(dst), "--init-from", str(src), "--train.steps=5",
+                 "--halt.max_steps=8", "--model.h_cycles=3", "--model.positions=learned"]) == 0
+    report = json.loads((dst / "init_from.json").read_text())
+    assert "pos" in report["newly_initialised"] and not report["unexpected"] and not report["shape_mismatched"]
+    assert "readout.weight" in report["loaded"]
+    captured = capsys.readouterr()
+    assert "init-from" in captured.out + captured.err
+
+
+def test_extend_steps_continues_a_finished_run(tmp_path, capsys):
+    from ponder.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "debug", "--run-dir", str(run), "--train.steps=10"]) == 0
+    assert main(["train", "--resume", str(run), "--extend-steps", "6"]) == 0
+    assert resolve_checkpoint(run).name == "step-0000016"
+    assert main(["train", "debug", "--run-dir", str(tmp_path / "x"), "--extend-steps", "3"]) == 2
+    assert "use it with --resume" in capsys.readouterr().err

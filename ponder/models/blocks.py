@@ -10,8 +10,11 @@ self-attention (optionally with rotary position embeddings) or TRM's sequence ML
 `ReasoningNet` stacks blocks and adds the input injection first.
 
 Speed notes (CPU, fp32): every projection is one large bias-free matmul over all b*n tokens
-(q/k/v fused, gate/up fused), attention goes through `scaled_dot_product_attention`, rotary uses
-the `roll` form (one copy instead of split + cat), and no op copies a layout it can read strided.
+(q/k/v fused, gate/up fused) and attention goes through `scaled_dot_product_attention`, so large
+matmuls dominate. The elementwise glue is memory-bound, so three small autograd Functions cut its
+passes and temporaries: RMSNorm (one reduction, closed-form backward), the SwiGLU gate (gradient
+written into one buffer) and the head split (RoPE fused with the head-major layout copy). Under
+no_grad (the recursion cycles that are not differentiated) blocks work in place on fresh buffers.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
+CHUNK_BYTES = 16 * 2**20  # ReasoningNet runs big batches in row chunks with intermediates below this
 TRUNC_STDS = 2.0  # truncated-normal init cuts at +- this many standard deviations
 
 
@@ -143,11 +147,66 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate, inplace=True).mul_(up))  # (..., width)
 
 
-class Rotary(nn.Module):
-    """Rotary position embeddings (RoPE) in the rotate-half convention.
+def _rotate_into(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, sign: float = 1.0) -> Tensor:
+    """Rotate-half RoPE of x written into `out` (no temporaries).
 
-    For a head vector x = [x1, x2] (halves) at position p the output is
-    x * cos(p * w) + [-x2, x1] * sin(p * w), computed as x * cos + roll(x, half) * sin_signed,
+    With halves x = [x1, x2]: out = [x1 cos - sign x2 sin, x2 cos + sign x1 sin]; sign=-1 is the
+    inverse (= transposed) rotation, used for the gradient.
+
+    Args:
+        x: (..., n, hd) head vectors; out: same shape, must not overlap x.
+        cos, sin: (n, hd/2) tables for the n positions.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (..., n, hd/2) each
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
+    return out
+
+
+class _Heads(torch.autograd.Function):
+    """Fused q/k/v projection (b, n, 3d) -> q, k, v as contiguous (b, h, n, hd), RoPE on q and k.
+
+    One pass writes the head-major layout attention reads fastest while rotating q and k; the
+    backward writes the (b, n, 3d) gradient into one buffer (instead of autograd's stack or cat,
+    the layout copy and the rotary products' temporaries). cos = sin = None: no rotation.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, cos: Tensor | None, sin: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        b, n, three_d = qkv.shape
+        src = qkv.view(b, n, 3, n_heads, three_d // (3 * n_heads)).permute(2, 0, 3, 1, 4)  # (3, b, h, n, hd)
+        out = qkv.new_empty(src.shape)  # (3, b, h, n, hd)
+        if cos is None or sin is None:
+            out.copy_(src)
+        else:
+            _rotate_into(src[:2], cos, sin, out[:2])
+            out[2].copy_(src[2])
+        ctx.save_for_backward(cos, sin)
+        ctx.n_heads = n_heads
+        return out[0], out[1], out[2]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q: Tensor, grad_k: Tensor, grad_v: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        b, h, n, hd = grad_q.shape
+        grad = grad_q.new_empty(b, n, 3, h, hd)
+        heads = grad.permute(2, 0, 3, 1, 4)  # (3, b, h, n, hd) view
+        if cos is None:
+            heads[0].copy_(grad_q)
+            heads[1].copy_(grad_k)
+        else:
+            _rotate_into(grad_q, cos, sin, heads[0], sign=-1.0)
+            _rotate_into(grad_k, cos, sin, heads[1], sign=-1.0)
+        heads[2].copy_(grad_v)
+        return grad.view(b, n, 3 * h * hd), None, None, None
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, rotate-half convention): cos/sin tables per position.
+
+    Frequencies w_i = theta^(-i / (hd/2)); position p rotates the pair (x_i, x_{i+hd/2}) by p*w_i,
     so the dot product of rotated q and k depends only on their position difference.
 
     Args:
@@ -160,25 +219,26 @@ class Rotary(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary needs an even head dim, got {head_dim}")
-        self.half = head_dim // 2
-        inv_freq = theta ** -(torch.arange(self.half, dtype=torch.float64) / self.half)  # (hd/2,)
+        half = head_dim // 2
+        inv_freq = theta ** -(torch.arange(half, dtype=torch.float64) / half)  # (hd/2,)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
-        cos, sin = angles.cos(), angles.sin()
-        self.register_buffer("cos", torch.cat([cos, cos], -1).float(), persistent=False)  # (L, hd)
-        self.register_buffer("sin", torch.cat([-sin, sin], -1).float(), persistent=False)  # (L, hd)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (L, hd/2)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)  # (L, hd/2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Rotate head vectors by their position.
 
-        Args:
-            x: (b, n, ..., hd) with the position on axis 1 (any number of head axes after it).
-        Returns:
-            (b, n, ..., hd), contiguous.
-        """
-        n = x.shape[1]
-        shape = (n,) + (1,) * (x.dim() - 3) + (x.shape[-1],)
-        cos, sin = self.cos[:n].view(shape), self.sin[:n].view(shape)  # broadcast over heads
-        return torch.addcmul(x * cos, x.roll(self.half, dims=-1), sin)
+def split_heads(qkv: Tensor, n_heads: int, rotary: Rotary | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Split a fused projection into attention heads, rotating q and k when `rotary` is given.
+
+    Args:
+        qkv: (b, n, 3d) output of the fused q/k/v Linear.
+        n_heads: h.
+        rotary: position tables, or None for no positions.
+    Returns:
+        q, k, v: (b, h, n, hd) each, contiguous.
+    """
+    n = qkv.shape[1]
+    cos, sin = (rotary.cos[:n], rotary.sin[:n]) if rotary is not None else (None, None)
+    return _Heads.apply(qkv.contiguous(), cos, sin, n_heads)
 
 
 class Attention(nn.Module):
@@ -187,12 +247,12 @@ class Attention(nn.Module):
     Args:
         d_model: model width.
         n_heads: number of heads (divides d_model).
-        rotary: shared rotary module, or None for no positions inside attention.
+        rotary: shared rotary tables, or None for no positions inside attention.
     """
 
     def __init__(self, d_model: int, n_heads: int, rotary: Rotary | None = None):
         super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.n_heads = n_heads
         self.qkv = lecun_linear(d_model, 3 * d_model)
         self.out = lecun_linear(d_model, d_model)
         self.rotary = rotary
@@ -200,14 +260,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (b, n, d). Returns: (b, n, d)."""
         b, n, d = x.shape
-        # split (not slice/select) so the backward is one cat instead of zero-fills and adds
-        qk, v = self.qkv(x).split((2 * d, d), dim=-1)  # (b, n, 2d), (b, n, d) strided views
-        qk = qk.view(b, n, 2, self.n_heads, self.head_dim)  # (b, n, 2, h, hd)
-        v = v.view(b, n, self.n_heads, self.head_dim)  # (b, n, h, hd)
-        if self.rotary is not None:
-            qk = self.rotary(qk)  # (b, n, 2, h, hd)
-        q, k = qk.unbind(2)  # (b, n, h, hd) each
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (b, h, n, hd)
+        q, k, v = split_heads(self.qkv(x), self.n_heads, self.rotary)  # (b, h, n, hd) each
+        o = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, hd)
         return self.out(o.transpose(1, 2).reshape(b, n, d))  # (b, n, d)
 
 
@@ -257,16 +311,35 @@ class TransformerBlock(nn.Module):
 class ReasoningNet(nn.Module):
     """A stack of blocks applied to the sum of a state and its injection (TRM's net, HRM's levels).
 
+    Batch rows are independent, so a large batch runs in row chunks whose widest intermediate
+    stays under CHUNK_BYTES: glibc serves blocks over 32 MiB with a fresh mmap that page-faults on
+    every use (measured: the (b*n, 2h) SwiGLU projection then runs ~15% below the matmul rate),
+    and chunks that fit the L3 cache also speed up the elementwise glue.
+
     Args:
         blocks: the blocks, applied in order.
+        row_elements: elements of the widest intermediate per batch row (e.g. n * 2h); 0 = never
+            chunk.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module]):
+    def __init__(self, blocks: Sequence[nn.Module], row_elements: int = 0):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.row_elements = row_elements
 
     def forward(self, hidden: Tensor, injection: Tensor) -> Tensor:
         """Args: hidden (b, n, d), injection (b, n, d). Returns: (b, n, d) updated state."""
+        b = hidden.shape[0]
+        rows = CHUNK_BYTES // max(1, self.row_elements * hidden.element_size())
+        if self.row_elements == 0 or b <= rows:
+            return self._run(hidden, injection)
+        n_chunks = -(-b // max(1, rows))
+        sizes = [b // n_chunks + (i < b % n_chunks) for i in range(n_chunks)]
+        # split (one backward cat), not tensor_split (a zero-filled full gradient per chunk)
+        parts = zip(hidden.split(sizes), injection.split(sizes))
+        return torch.cat([self._run(h, i) for h, i in parts])  # (b, n, d)
+
+    def _run(self, hidden: Tensor, injection: Tensor) -> Tensor:
         h = hidden + injection  # (b, n, d)
         for block in self.blocks:
             h = block(h)  # (b, n, d)

@@ -30,7 +30,7 @@ from ponder.models.blocks import (
     Rotary,
     SequenceMLP,
     TransformerBlock,
-    lecun_linear,
+    swiglu_hidden,
     trunc_normal_,
 )
 from ponder.types import State, StepOutput
@@ -154,7 +154,15 @@ class RecursiveReasoner(nn.Module):
             else:
                 mixer = SequenceMLP(self.seq_len, cfg.expansion)
             blocks.append(TransformerBlock(mixer, cfg.d_model, cfg.expansion, cfg.norm_eps))
-        return ReasoningNet(blocks)
+        return ReasoningNet(blocks, row_elements=self._row_elements())
+
+    def _row_elements(self) -> int:
+        """Elements of the widest intermediate per batch row (sizes ReasoningNet's row chunks)."""
+        cfg, n = self.cfg, self.seq_len
+        widest = n * 2 * swiglu_hidden(cfg.d_model, cfg.expansion)  # SwiGLU gate/up projection
+        if cfg.mixer == "attention":
+            return max(widest, n * 3 * cfg.d_model)  # q/k/v projection
+        return max(widest, cfg.d_model * 2 * swiglu_hidden(n, cfg.expansion))  # sequence MLP
 
     # ----------------------------------------------------------------------------- state
 
@@ -203,8 +211,9 @@ class RecursiveReasoner(nn.Module):
         else:
             y, z = self._hrm_cycles(state.y, state.z, x)
         logits = self.readout(y)  # (b, n, v)
-        halt_logits = self.halting.logits(y)  # (b,)
-        return State(y.detach(), z.detach()), StepOutput(logits=logits, halt_logits=halt_logits)
+        halt = self.halting.logits(y)  # (b,), or ((b,), aux dict) for heads with several logits
+        halt_logits, aux = halt if isinstance(halt, tuple) else (halt, {})
+        return State(y.detach(), z.detach()), StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
 
     def forward(self, state: State, inputs: Tensor) -> tuple[State, StepOutput]:
         """Same as `step`."""

@@ -1,0 +1,178 @@
+"""The two ways a recursive reasoner is trained, behind one small interface.
+
+- `DeepSupervision` (TRM/HRM; Q-halt heads): each optimizer step advances every slot of the
+  carry by ONE ACT step; halted slots take fresh samples from the stream.
+- `Unrolled` (ACT, PonderNet): each optimizer step runs a fresh batch for all M steps and the
+  halting head turns the trajectory into one objective.
+
+Both: `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the optimizer step was
+taken (ok) or refused (not ok, non-finite), and `state_dict()` for exact resume.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ponder.carry import Carry, SampleStream
+from ponder.evaluate import exact_and_cells
+from ponder.types import IGNORE
+
+
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """TRM's stablemax CE in float64: s(x) = x+1 (x>=0) else 1/(1-x); p = s/sum(s). (b, n) loss."""
+    x = logits.double()
+    s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
+    logp = s.log() - s.sum(-1, keepdim=True).log()
+    loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
+
+
+def per_sample_task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """(b, n, v) logits, (b, n) labels -> (b,) mean loss over each sample's supervised positions."""
+    if kind == "stablemax":
+        per_token = stablemax_cross_entropy(logits, labels)  # (b, n)
+    else:
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    return per_token.sum(1) / (labels != IGNORE).sum(1).clamp(min=1)
+
+
+def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """Mean over samples of `per_sample_task_loss` (scalar)."""
+    return per_sample_task_loss(logits, labels, kind).mean()
+
+
+def _halt_spread(halt_logits: Tensor) -> dict[str, float]:
+    return {"halt_logit_mean": halt_logits.mean().item(),
+            "halt_logit_std": halt_logits.std().item() if len(halt_logits) > 1 else 0.0}
+
+
+class DeepSupervision:
+    """TRM/HRM deep supervision with the carry kept across optimizer steps."""
+
+    def __init__(self, model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
+                 device: torch.device, seed: int):
+        self.model, self.head, self.stream = model, model.halting, stream
+        self.halt_cfg, self.loss_kind = halt_cfg, loss_kind
+        self.carry = Carry(model, batch_size, model.seq_len, device)
+        self.memo = self.head.start(batch_size, device)
+        self.explore_gen = torch.Generator().manual_seed(seed + 1)
+        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
+        self.halt_steps: list[int] = []  # steps of samples completed since the last log record
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        carry, cfg = self.carry, self.halt_cfg
+        fresh = carry.needs_sample.clone()
+        self.counters["samples_taken"] += carry.refill(self.model, self.stream, max_steps=cfg.max_steps,
+                                                       explore_prob=cfg.explore_prob, generator=self.explore_gen)
+        if fresh.any():  # fresh samples start with a fresh halting memo
+            start = self.head.start(int(fresh.sum()), carry.steps.device)
+            for k in self.memo:
+                self.memo[k][fresh] = start[k]
+        self._new_state, out = self.model.step(carry.state, carry.batch.inputs)
+        labels = carry.batch.labels
+        lm = task_loss(out.logits, labels, self.loss_kind)
+        with torch.no_grad():
+            exact, cells, total = exact_and_cells(out.logits.argmax(-1), labels)  # (b,)
+        next_out = None
+        if self.head.needs_next_step:  # HRM's bootstrapped Q-continue target
+            with torch.no_grad():
+                _, next_out = self.model.step(self._new_state, carry.batch.inputs)
+        steps = carry.steps + 1
+        halt_loss, stats = self.head.loss(out, exact, steps=steps, next_out=next_out)
+        self._out = out
+        metrics = {"lm_loss": lm.item(), **stats, "step_exact": exact.float().mean().item(),
+                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(), **_halt_spread(out.halt_logits)}
+        return lm + halt_loss, metrics
+
+    def commit(self, ok: bool) -> None:
+        carry = self.carry
+        if not ok:  # a refused step: every slot keeps its sample but restarts from fresh latents
+            everyone = torch.ones_like(carry.needs_sample)
+            carry.state = self.model.reset_state(carry.state, everyone)
+            carry.steps.zero_()
+            self.memo = self.head.start(len(everyone), carry.steps.device)
+            return
+        carry.state = self._new_state
+        carry.steps += 1
+        with torch.no_grad():
+            halted, self.memo = self.head.decide(self._out, carry.steps, self.memo)
+        halted = (halted & (carry.steps >= carry.min_steps)) | (carry.steps >= self.halt_cfg.max_steps)
+        self.counters["samples_completed"] += int(halted.sum())
+        self.counters["steps_completed_total"] += int(carry.steps[halted].sum())
+        self.halt_steps.extend(carry.steps[halted].tolist())
+        carry.needs_sample |= halted
+
+    def state_dict(self) -> dict:
+        return {"carry": self.carry.state_dict(), "memo": self.memo, "explore_rng": self.explore_gen.get_state(),
+                "counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.carry.load_state_dict(s["carry"])
+        self.memo = {k: v.to(self.carry.device) for k, v in s["memo"].items()}
+        self.explore_gen.set_state(s["explore_rng"])
+        self.counters.update(s["counters"])
+        self.halt_steps = list(s["halt_steps"])
+
+    def in_flight(self) -> int:
+        return int((~self.carry.needs_sample).sum())
+
+
+class Unrolled:
+    """Whole trajectories: a fresh batch runs all M steps; the head's trajectory loss trains it."""
+
+    def __init__(self, model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
+                 device: torch.device, seed: int):
+        self.model, self.head, self.stream = model, model.halting, stream
+        self.halt_cfg, self.loss_kind, self.device, self.batch_size = halt_cfg, loss_kind, device, batch_size
+        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
+        self.halt_steps: list[int] = []
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        batch = self.stream.take(self.batch_size).to(self.device)
+        self.counters["samples_taken"] += len(batch)
+        state = self.model.init_state(len(batch), self.device)
+        outs = []
+        for _ in range(self.halt_cfg.max_steps):
+            state, out = self.model.step(state, batch.inputs)
+            outs.append(out)
+        loss, stats = self.head.trajectory_loss(outs, batch.labels,
+                                                lambda logits, labels: per_sample_task_loss(logits, labels, self.loss_kind))
+        with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
+            memo = self.head.start(len(batch), self.device)
+            stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+            answer = torch.zeros_like(batch.labels)
+            for t, out in enumerate(outs, start=1):
+                halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
+                new = halt & (stop == 0)
+                answer[new] = self.head.answer(out, memo)[new].argmax(-1)
+                stop[new] = t
+            exact, cells, total = exact_and_cells(answer, batch.labels)
+        self._stop = stop
+        halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
+        metrics = {**stats, "step_exact": exact.float().mean().item(),
+                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(),
+                   **_halt_spread(halt_logits.mean(1))}
+        return loss, metrics
+
+    def commit(self, ok: bool) -> None:
+        if ok:
+            self.counters["samples_completed"] += len(self._stop)
+            self.counters["steps_completed_total"] += int(self._stop.sum())
+            self.halt_steps.extend(self._stop.tolist())
+
+    def state_dict(self) -> dict:
+        return {"counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.counters.update(s["counters"])
+        self.halt_steps = list(s["halt_steps"])
+
+    def in_flight(self) -> int:
+        return 0
+
+
+def build_objective(model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
+                    device: torch.device, seed: int):
+    kind = Unrolled if model.halting.unrolled else DeepSupervision
+    return kind(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind, device=device, seed=seed)
