@@ -266,7 +266,7 @@ def check_collapse(records: list[dict], cfg: HealthConfig) -> Verdict:
         figures["mode"] = "never_halts"
         return Verdict("collapse", True, f"never halts: {at_max:.0%} of samples run to the step cap M "
                                          f"(mean steps {_fmt(e['mean_steps'])})", figures)
-    return Verdict("collapse", False, f"halting is spread over steps: {first:.0%} stop at step 1, "
+    return Verdict("collapse", False, f"no collapse: {first:.0%} of samples stop at step 1, "
                                       f"{at_max:.0%} run to M", figures)
 
 

@@ -43,8 +43,10 @@ def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
 
 
 def _halt_spread(halt_logits: Tensor) -> dict[str, float]:
+    """Mean and spread across inputs of the halt logits, and the mean halting probability."""
     return {"halt_logit_mean": halt_logits.mean().item(),
-            "halt_logit_std": halt_logits.std().item() if len(halt_logits) > 1 else 0.0}
+            "halt_logit_std": halt_logits.std().item() if len(halt_logits) > 1 else 0.0,
+            "halt_prob_mean": torch.sigmoid(halt_logits).mean().item()}
 
 
 class DeepSupervision:
@@ -150,9 +152,9 @@ class Unrolled:
             exact, cells, total = exact_and_cells(answer, batch.labels)
         self._stop = stop
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
-        metrics = {**stats, "step_exact": exact.float().mean().item(),
+        metrics = {"step_exact": exact.float().mean().item(),
                    "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(),
-                   **_halt_spread(halt_logits.mean(1))}
+                   **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
         return loss, metrics
 
     def commit(self, ok: bool) -> None:

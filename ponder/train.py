@@ -198,7 +198,9 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
     objective = build_objective(model, stream, batch_size=tc.batch_size, halt_cfg=cfg.halt, loss_kind=tc.loss,
                                 device=device, seed=tc.seed)
     log = MetricsLog(run_dir)
-    cbs = Callbacks(callbacks or [])
+    from ponder.halting_health import HaltingHealthMonitor
+
+    cbs = Callbacks([HaltingHealthMonitor(), *(callbacks or [])])  # halting health is always watched
     window = _Window()
     skipped_steps = 0
     start = 0
@@ -258,7 +260,7 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
             r = evaluate_split(m, m.halting, sub, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
                                device=device, budgets=False)
             record.update({f"{name}_{k}": r[k] for k in ("exact", "cell", "mean_steps", "halt_first_frac",
-                                                          "halt_max_frac", "wrong_halt_frac")})
+                                                          "halt_max_frac", "wrong_halt_frac", "steps_histogram")})
             record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
         log.write(record)
         cbs.call("on_eval_end", run, record)

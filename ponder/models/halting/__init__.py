@@ -175,5 +175,6 @@ def build_halting(cfg: HaltConfig, d_model: int) -> nn.Module:
 
 
 from ponder.models.halting import q_halt as _q_halt  # noqa: E402,F401  (registers q_halt, q_continue)
+from ponder.models.halting import act as _act, pondernet as _pondernet  # noqa: E402,F401
 
 __all__ = ["HALTING", "HaltConfig", "HaltProbe", "HaltingHead", "Memo", "TaskLoss", "build_halting", "penalty_scale"]

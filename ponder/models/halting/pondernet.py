@@ -1,0 +1,163 @@
+"""PonderNet (Banino et al. 2021, arXiv 2107.05407): a learned halting distribution, trained on
+whole unrolled trajectories.
+
+lambda_n = sigmoid(shaped logit) is the probability of halting at step n given step n was
+reached; the halting distribution is p_n = lambda_n prod_{j<n} (1 - lambda_j), computed in log
+space with logsigmoid (log lambda = logsigmoid(x), log(1 - lambda) = logsigmoid(-x)), so nothing
+turns into NaN when lambda underflows. Truncation: lambda_M := 1, so p sums to one over M steps.
+min_steps: lambda_n := 0 before min_steps (p_n = 0 there; the mass moves to later steps).
+
+Objective: sum_n p_n task_loss_n + kl_weight * KL(p || prior) (+ the probe's L1 penalty), where
+the prior is Geometric(prior_lambda) truncated at M and renormalised, and
+KL(p || prior) = sum_n p_n (log p_n - log prior_n) -- p against the prior, not the reverse;
+terms with p_n = 0 count 0.
+
+Inference (`halt.eval_rule`):
+- "threshold": halt at the first step whose cumulative halting mass 1 - prod_{j<=n} (1 - lambda_j)
+  reaches `halt.threshold` (the memo keeps the log of the remaining mass);
+- "sample": halt at step n with probability lambda_n (torch.bernoulli). Sampled decisions are
+  not reproducible unless the global torch RNG is seeded, or `head.generator` is set to a
+  seeded `torch.Generator`; the training loop saves and restores the global RNG, so training
+  runs stay resume-exact.
+Both respect min_steps and always halt at M. The answer is the step's own readout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ponder.models.halting import HALTING, HaltConfig, HaltProbe, Memo, TaskLoss, penalty_scale
+from ponder.models.halting.act import step_grid
+from ponder.types import StepOutput
+
+
+@HALTING.register("pondernet")
+class PonderNetHead(nn.Module):
+    """PonderNet: halting distribution p_n = lambda_n prod_{j<n}(1 - lambda_j), expected task
+    loss under p plus beta * KL(p || truncated geometric prior).
+
+    Inference memo (batch-first): log_remaining (b,) = sum_{j<=t} log(1 - lambda_j), the log of
+    the probability mass not yet halted after the steps decided so far.
+    """
+
+    unrolled = True
+    needs_next_step = False
+
+    def __init__(self, cfg: HaltConfig, d_model: int):
+        super().__init__()
+        self.cfg = cfg
+        self.probe = HaltProbe(cfg, d_model)
+        self.train_step = 0  # set by the training loop (penalty warm-up)
+        self.generator: torch.Generator | None = None  # for eval_rule "sample"; None = global RNG
+
+    def logits(self, y: Tensor) -> Tensor:
+        return self.probe(y).squeeze(-1)  # (b,)
+
+    # -- the halting distribution ---------------------------------------------------------------
+    def _log_lambdas(self, raw: Tensor, steps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(b,) raw logits at (b,) steps -> shaped logit, allowed (b,) bool, log lambda and
+        log(1 - lambda), with lambda := 0 before min_steps (log lambda is then a finite dummy:
+        use `allowed`)."""
+        shaped = self.probe.shape(raw, steps)
+        allowed = steps >= self.cfg.min_steps
+        log_halt = torch.where(allowed, F.logsigmoid(shaped), torch.zeros_like(shaped))
+        log_go_on = torch.where(allowed, F.logsigmoid(-shaped), torch.zeros_like(shaped))
+        return shaped, allowed, log_halt, log_go_on
+
+    def _log_distribution(self, halt_logits: Tensor, steps: Tensor | None = None) -> dict[str, Tensor]:
+        """(b, M) raw halt logits -> log p (b, M) (finite everywhere), support (b, M) bool
+        (where p may be non-zero), shaped logits (b, M). Truncation: lambda at column M is 1."""
+        b, m = halt_logits.shape
+        steps = step_grid(halt_logits, steps)
+        log_p, support, shaped = [], [], []
+        log_remaining = halt_logits.new_zeros(b)
+        for i in range(m):
+            x, allowed, log_halt, log_go_on = self._log_lambdas(halt_logits[:, i].contiguous(),
+                                                                steps[:, i].contiguous())
+            if i == m - 1:  # lambda_M := 1: the rest of the mass halts here
+                log_halt, allowed = torch.zeros_like(log_halt), torch.ones_like(allowed)
+            log_p.append(log_remaining + log_halt)
+            support.append(allowed)
+            shaped.append(x)
+            log_remaining = log_remaining + log_go_on
+        return {"log_p": torch.stack(log_p, 1), "support": torch.stack(support, 1), "shaped": torch.stack(shaped, 1)}
+
+    def halting_distribution(self, halt_logits: Tensor, steps: Tensor | None = None) -> Tensor:
+        """(b, M) raw halt logits -> (b, M) halting distribution p (sums to one over the M steps).
+
+        steps: the step count of each column, (M,) or (b, M); default 1..M."""
+        d = self._log_distribution(halt_logits, steps)
+        return torch.where(d["support"], d["log_p"].exp(), torch.zeros_like(d["log_p"]))
+
+    def halting_steps(self, halt_logits: Tensor, steps: Tensor | None = None) -> Tensor:
+        """(b, M) raw halt logits -> (b,) step the "threshold" rule halts at (what `decide` returns
+        with eval_rule "threshold"), accumulated exactly as `decide` does."""
+        b, m = halt_logits.shape
+        steps = step_grid(halt_logits, steps)
+        memo = self.start(b, halt_logits.device)
+        stop = steps[:, -1].clone()
+        halted = torch.zeros(b, dtype=torch.bool, device=halt_logits.device)
+        for i in range(m):
+            halt, memo = self._threshold_decide(halt_logits[:, i].contiguous(), steps[:, i].contiguous(), memo,
+                                                last=i == m - 1)
+            stop = torch.where(halt & ~halted, steps[:, i], stop)
+            halted |= halt
+        return stop
+
+    def log_prior(self, m: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(M,) log of Geometric(prior_lambda) truncated at M and renormalised."""
+        lp = self.cfg.prior_lambda
+        n = torch.arange(m, device=device, dtype=torch.float64)
+        log_prior = math.log(lp) + n * math.log1p(-lp)
+        return (log_prior - torch.logsumexp(log_prior, 0)).to(dtype)
+
+    # -- training -------------------------------------------------------------------------------
+    def trajectory_loss(self, outs: list[StepOutput], labels: Tensor,
+                        task_loss: TaskLoss) -> tuple[Tensor, dict[str, float]]:
+        halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
+        d = self._log_distribution(halt_logits)
+        support, log_p = d["support"], d["log_p"]
+        p = torch.where(support, log_p.exp(), torch.zeros_like(log_p))
+        losses = torch.stack([task_loss(o.logits, labels) for o in outs], 1).to(p.dtype)  # (b, M)
+        reconstruction = (p * losses).sum(1).mean()
+        log_prior = self.log_prior(len(outs), halt_logits.device, p.dtype)
+        # 0 * log 0 = 0: off-support log p is a finite dummy and p is exactly 0 there
+        kl = torch.where(support, p * (log_p - log_prior), torch.zeros_like(p)).sum(1).mean()
+        weight = self.cfg.kl_weight * penalty_scale(self.cfg, self.train_step)
+        loss = reconstruction + weight * kl + self.probe.penalty(d["shaped"])
+        with torch.no_grad():
+            n = torch.arange(1, len(outs) + 1, device=p.device, dtype=p.dtype)
+            stats = {"kl": kl.item(), "expected_steps": (p * n).sum(1).mean().item(),
+                     "reconstruction": reconstruction.item(),
+                     "halt_prob_mean": torch.sigmoid(d["shaped"]).mean().item()}
+        return loss, stats
+
+    def loss(self, out, correct, *, steps, next_out=None):
+        raise NotImplementedError("pondernet trains on unrolled trajectories (unrolled = True)")
+
+    # -- inference ------------------------------------------------------------------------------
+    def start(self, batch_size: int, device: torch.device) -> Memo:
+        return {"log_remaining": torch.zeros(batch_size, device=device)}
+
+    def _threshold_decide(self, raw: Tensor, steps: Tensor, memo: Memo, *, last: Tensor | bool) -> tuple[Tensor, Memo]:
+        _, allowed, _, log_go_on = self._log_lambdas(raw, steps)
+        log_remaining = memo["log_remaining"].to(log_go_on.dtype) + log_go_on
+        # cumulative mass 1 - exp(log_remaining) >= threshold  <=>  log_remaining <= log(1 - threshold)
+        bound = math.log1p(-self.cfg.threshold) if self.cfg.threshold < 1 else -math.inf
+        return (allowed & (log_remaining <= bound)) | last, {"log_remaining": log_remaining}
+
+    def decide(self, out: StepOutput, steps: Tensor, memo: Memo) -> tuple[Tensor, Memo]:
+        at_max = steps >= self.cfg.max_steps
+        if self.cfg.eval_rule == "threshold":
+            return self._threshold_decide(out.halt_logits, steps, memo, last=at_max)
+        shaped, allowed, _, log_go_on = self._log_lambdas(out.halt_logits, steps)
+        lam = torch.sigmoid(shaped).detach()
+        draw = torch.bernoulli(lam, generator=self.generator).bool()
+        log_remaining = memo["log_remaining"].to(log_go_on.dtype) + log_go_on
+        return (draw & allowed) | at_max, {"log_remaining": log_remaining}
+
+    def answer(self, out: StepOutput, memo: Memo) -> Tensor:
+        return out.logits
