@@ -14,32 +14,36 @@ from ponder.report import format_report
 from ponder.train import train
 
 MINUTES = float(os.environ.get("PONDER_BENCH_MINUTES", "30"))
+THREADS = int(os.environ.get("PONDER_BENCH_THREADS", "1"))  # one thread: steady under other load
 
 
 def main() -> None:
     cfg = apply_overrides(get_config("sudoku9"), [f"--train.max_minutes={MINUTES}", "--train.steps=1000000",
-                                                  "--train.progress=false"])
+                                                  "--train.progress=false", f"--train.threads={THREADS}"])
     run_dir = ROOT / "runs" / f"bench-sudoku9-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     report = train(cfg, run_dir)
     wall = time.perf_counter() - t0
+    load = os.getloadavg()
     steps_done = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir()
                      if p.name.startswith("step-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "eval" / "accuracy_vs_steps.png", RESULTS / "sudoku9_accuracy_vs_steps.png")
     h = report["held_out"]
     m = h["max_steps"]
-    md = ["## 9x9 Sudoku after 30 minutes of CPU training (`sudoku9` preset)", "",
-          f"{MINUTES:g} minutes of training ({steps_done} optimizer steps of batch {cfg.train.batch_size}; "
+    md = [f"## 9x9 Sudoku after {MINUTES:g} minutes of CPU training (`sudoku9` preset)", "",
+          f"{MINUTES:g} minutes of training on {THREADS} thread(s) (load average at the end "
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; {steps_done} optimizer steps of batch {cfg.train.batch_size}; "
           f"{cfg.task.min_givens}-{cfg.task.max_givens} givens, {cfg.task.n_train} training puzzles with "
           f"augmentation, {h['n']} held-out puzzles), then evaluation of the EMA weights. Run: "
-          f"`ponder train sudoku9 --train.max_minutes={MINUTES:g}`; whole benchmark {wall / 60:.1f} min.", "",
+          f"`ponder train sudoku9 --train.max_minutes={MINUTES:g} --train.threads={THREADS}`; whole benchmark {wall / 60:.1f} min.", "",
           format_report(report).split("\n", 2)[2], "",
           f"**Adaptive halting vs always {m} steps:** {100 * h['exact']:.1f}% exact with {h['mean_steps']:.2f} "
           f"mean steps ({100 * h['mean_steps'] / m:.0f}% of the steps) vs {100 * h['exact_by_budget'][-1]:.1f}% "
           f"with {m}; inference wall time {h['seconds_adaptive']:.2f}s vs {h['seconds_all_steps']:.2f}s.", "",
           "![accuracy vs step budget](benchmarks/results/sudoku9_accuracy_vs_steps.png)"]
-    write_fragment("sudoku9", "\n".join(md), {"minutes": MINUTES, "steps": steps_done, "wall_seconds": wall,
+    write_fragment("sudoku9", "\n".join(md), {"minutes": MINUTES, "threads": THREADS, "load": load,
+                                              "steps": steps_done, "wall_seconds": wall,
                                               "report": report})
 
 

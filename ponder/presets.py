@@ -79,13 +79,13 @@ def sudoku4() -> Config:
     return cfg
 
 
-@preset("sudoku9", "9x9 Sudoku, 26-34 givens, d=128 TRM-mlp, M=16", "~30 min")
+@preset("sudoku9", "9x9 Sudoku, 28-36 givens, d=96 TRM-mlp, T=2, n=2, M=16", "~30 min")
 def sudoku9() -> Config:
     return Config(
-        task=SudokuConfig(box_rows=3, box_cols=3, n_train=3000, n_test=500, min_givens=26, max_givens=34, seed=0),
-        model=ModelConfig(d_model=128, n_heads=4, n_layers=2, mixer="mlp", h_cycles=3, l_cycles=3),
+        task=SudokuConfig(box_rows=3, box_cols=3, n_train=5000, n_test=500, min_givens=28, max_givens=36, seed=0),
+        model=ModelConfig(d_model=96, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         halt=HaltConfig(max_steps=16),
-        train=TrainConfig(batch_size=128, steps=6000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
+        train=TrainConfig(batch_size=64, steps=5000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
                           log_every=50, eval_every=1000, checkpoint_every=500),
         eval=EvalConfig(batch_size=250, train_samples=500, during_training_samples=256),
     )
@@ -120,3 +120,4 @@ def maze15() -> Config:
     cfg.halt.max_steps = 12
     cfg.train.steps = 5000
     return cfg
+
