@@ -18,7 +18,7 @@ def main() -> None:
         report = train(cfg, Path(tmp) / "run")  # includes data generation (cold cache) and final eval
         wall = time.perf_counter() - t0
     h = report["held_out"]
-    md = [f"## Default preset `demo` (`make demo`)", "",
+    md = ["## Default preset `demo` (`make demo`)", "",
           f"Wall time of the whole run (data generation, {cfg.train.steps} training steps, final evaluation): "
           f"**{wall / 60:.1f} min**. Held-out exact accuracy with adaptive halting **{100 * h['exact']:.1f}%** "
           f"using {h['mean_steps']:.2f} of at most {h['max_steps']} steps.", "",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
 from ponder.config import apply_overrides

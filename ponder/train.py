@@ -198,7 +198,7 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
     objective = build_objective(model, stream, batch_size=tc.batch_size, halt_cfg=cfg.halt, loss_kind=tc.loss,
                                 device=device, seed=tc.seed)
     log = MetricsLog(run_dir)
-    from ponder.halting_health import HaltingHealthMonitor
+    from ponder.monitors import HaltingHealthMonitor
 
     cbs = Callbacks([HaltingHealthMonitor(), *(callbacks or [])])  # halting health is always watched
     window = _Window()

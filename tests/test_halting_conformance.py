@@ -29,7 +29,7 @@ from ponder.config import apply_overrides
 from ponder.data.base import Split
 from ponder.evaluate import adaptive_inference, rollout_all_steps
 from ponder.models.halting import HALTING, HaltConfig, build_halting
-from ponder.objectives import Unrolled, per_sample_task_loss
+from ponder.objectives import Unrolled
 from ponder.presets import get_config
 from ponder.train import train
 from ponder.types import Batch, StepOutput

@@ -10,10 +10,10 @@ import pytest
 
 from ponder.callbacks import MetricsLog
 from ponder.errors import PonderError
+from ponder.monitors import HaltingHealthMonitor
 from ponder.halting_health import (
     SAME_STEP_OK,
     VERDICTS,
-    HaltingHealthMonitor,
     HealthConfig,
     check_collapse,
     check_drift,

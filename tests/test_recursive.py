@@ -12,7 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from ponder.errors import PonderError
 from ponder.models import ModelConfig, RecursiveReasoner
 from ponder.models.flops import step_flops
-from ponder.types import State
 
 B, N, V, D = 4, 6, 11, 16
 COMBOS = list(itertools.product(["trm", "hrm"], ["attention", "mlp"], ["rope", "learned", "none"]))
