@@ -58,7 +58,7 @@ def debug() -> Config:
     )
 
 
-@preset("demo", "6x6 Sudoku, 8-13 givens, d=64 TRM-mlp, M=8 (the default: make demo)", "~4 min")
+@preset("demo", "6x6 Sudoku, 10-14 givens, d=64 TRM-mlp, M=8 (the default: make demo)", "~4 min")
 def demo() -> Config:
     return Config(
         task=SudokuConfig(box_rows=2, box_cols=3, n_train=3000, n_test=500, min_givens=10, max_givens=14, seed=0),
@@ -68,15 +68,6 @@ def demo() -> Config:
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
     )
-
-
-@preset("sudoku4", "4x4 Sudoku, 4-6 givens, d=64 TRM, M=6", "~1 min")
-def sudoku4() -> Config:
-    cfg = demo()
-    cfg.task = SudokuConfig(box_rows=2, box_cols=2, n_train=2000, n_test=300, min_givens=4, max_givens=6, seed=0)
-    cfg.halt.max_steps = 6
-    cfg.train.steps = 600
-    return cfg
 
 
 @preset("sudoku9", "9x9 Sudoku, 28-36 givens, d=96 TRM-mlp, T=2, n=2, M=16", "~30 min")
@@ -100,24 +91,13 @@ def trm_sudoku9() -> Config:
     return cfg
 
 
-@preset("maze9", "9x9 mazes (shortest path), d=64 TRM-attention, M=8", "~4 min")
+@preset("maze9", "9x9 mazes (shortest path), d=64 TRM-mlp, M=8", "~10 min")
 def maze9() -> Config:
     return Config(
         task=MazeConfig(size=9, n_train=3000, n_test=500, seed=0),
-        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="attention", h_cycles=2, l_cycles=2),
+        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         halt=HaltConfig(max_steps=8),
-        train=TrainConfig(batch_size=128, steps=1500, lr=2e-3, warmup_steps=100, ema_decay=0.99,
+        train=TrainConfig(batch_size=128, steps=1500, lr=1e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
     )
-
-
-@preset("maze15", "15x15 mazes with loops (shortest path), d=128 TRM-attention, M=12", "~30 min")
-def maze15() -> Config:
-    cfg = maze9()
-    cfg.task = MazeConfig(size=15, n_train=4000, n_test=500, loop_fraction=0.1, seed=0)
-    cfg.model.d_model = 128
-    cfg.halt.max_steps = 12
-    cfg.train.steps = 5000
-    return cfg
-

@@ -89,9 +89,10 @@ def plot_budget_curve(r: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(budgets, h["exact_by_budget"], "k-o", label="all")
     ax.plot([h["mean_steps"]], [h["exact"]], "k*", markersize=14, label="adaptive halting")
+    short = r["difficulty_name"].split(" (")[0]  # e.g. "solver hardness", "path length"
     for b in h.get("by_difficulty", []):
         line, = ax.plot(budgets, b["exact_by_budget"], "--", alpha=0.8,
-                        label=f"{r['difficulty_name']} {b['lo']:g}-{b['hi']:g} (n={b['n']})")
+                        label=f"{short} {b['lo']:g}-{b['hi']:g} (n={b['n']})")
         ax.plot([b["mean_steps"]], [b["exact"]], "*", color=line.get_color(), markersize=10)
     ax.set_xlabel("step budget (ACT steps)")
     ax.set_ylabel("exact accuracy (held-out)")

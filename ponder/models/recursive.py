@@ -107,7 +107,9 @@ class RecursiveReasoner(nn.Module):
     multiplied by sqrt(d) (TRM), so the input x has unit-scale entries; learned positions are
     averaged in as (tok + pos) / sqrt(2); the y/z init vectors are truncated normal std 1; the
     readout is truncated normal std READOUT_INIT_SCALE / sqrt(d) (near-uniform predictions at
-    start). The halting head is passed in and keeps its own initialisation.
+    start). The halting head is passed in and keeps its own initialisation. The y/z init vectors
+    only get a gradient when the first net call is differentiated (TRM with T=1, HRM with
+    T=n=1); otherwise they stay at their init, like TRM's fixed buffers.
 
     Args:
         cfg: architecture (validated here).
