@@ -124,3 +124,12 @@ def test_bad_halting_config_is_a_clear_error():
         build_halting(HaltConfig(kind="nope"), d_model=4)
     with pytest.raises(PonderError, match="min_steps"):
         build_halting(HaltConfig(min_steps=9, max_steps=4), d_model=4)
+
+
+def test_q_halt_threshold_trades_compute_for_certainty():
+    logits = torch.tensor([0.5, 2.0, 3.0])  # sigmoid: 0.62, 0.88, 0.95
+    steps = torch.ones(3, dtype=torch.long)
+    default = build_halting(HaltConfig(max_steps=5), d_model=4)
+    strict = build_halting(HaltConfig(max_steps=5, threshold=0.9), d_model=4)
+    assert default.decide(_out(logits), steps, {})[0].tolist() == [True, True, True]
+    assert strict.decide(_out(logits), steps, {})[0].tolist() == [False, False, True]

@@ -46,7 +46,7 @@ class HaltConfig:
         prior_lambda: PonderNet's geometric prior parameter lambda_p.
         kl_weight: PonderNet's beta, weight of KL(p || prior).
         eval_rule: PonderNet at inference: "threshold" (cumulative halt mass >= threshold) or "sample".
-        threshold: see eval_rule.
+        threshold: PonderNet: see eval_rule; Q-halt: halt when sigmoid(q_halt) > threshold.
         l1_weight: L1 penalty on the halt logit (stabiliser; 0 = off).
         logit_bound: bound the halt logit to +-logit_bound with a scaled tanh (0 = off).
         lr_scale: the halting head's learning rate as a multiple of the base LR (own param group).

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,7 +22,9 @@ from ponder.types import StepOutput
 
 @HALTING.register("q_halt")
 class QHaltHead(nn.Module):
-    """TRM's Q-halt: BCE(q, exact-correct); halt when q > 0, at max_steps, never before min_steps."""
+    """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold (0.5, i.e. q > 0,
+    is TRM's rule), at max_steps, never before min_steps. A higher threshold at evaluation trades
+    compute for accuracy without retraining."""
 
     unrolled = False
     needs_next_step = False
@@ -41,7 +45,10 @@ class QHaltHead(nn.Module):
         return self.probe.shape(out.halt_logits, steps)  # (b,)
 
     def decide(self, out: StepOutput, steps: Tensor, memo: Memo) -> tuple[Tensor, Memo]:
-        halt = (self._halt_logit(out, steps) > 0) & (steps >= self.cfg.min_steps)
+        # halt when the predicted probability of "exactly right" exceeds the threshold (0.5: q > 0)
+        t = min(max(self.cfg.threshold, 1e-6), 1 - 1e-6)
+        cut = math.log(t / (1 - t))
+        halt = (self._halt_logit(out, steps) > cut) & (steps >= self.cfg.min_steps)
         return halt | (steps >= self.cfg.max_steps), memo
 
     def answer(self, out: StepOutput, memo: Memo) -> Tensor:
