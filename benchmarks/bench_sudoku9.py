@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, write_fragment
+from benchmarks.common import RESULTS, ROOT, threshold_table, write_fragment
 from ponder.config import apply_overrides
 from ponder.presets import get_config
 from ponder.report import format_report
@@ -17,44 +17,6 @@ from ponder.train import train
 
 MINUTES = float(os.environ.get("PONDER_BENCH_MINUTES", "30"))
 THREADS = int(os.environ.get("PONDER_BENCH_THREADS", "1"))  # one thread: steady under other load
-
-
-THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
-
-
-def threshold_table(run_dir: Path) -> tuple[str, list[dict]]:
-    """Re-evaluate a trained run with stricter Q-halt thresholds (no retraining): exact vs steps."""
-    import torch
-
-    from ponder.build import build_model
-    from ponder.checkpoint import load_checkpoint, resolve_checkpoint
-    from ponder.config import from_dict
-    from ponder.data import build_task
-    from ponder.evaluate import evaluate_split
-
-    ckpt = load_checkpoint(resolve_checkpoint(run_dir))
-    rows = []
-    for t in THRESHOLDS:
-        cfg = apply_overrides(from_dict(ckpt["config"]), [f"--halt.threshold={t}"])
-        task = build_task(cfg.task)
-        model = build_model(cfg, task)
-        model.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"], strict=False)
-        torch.set_num_threads(THREADS)
-        r = evaluate_split(model, model.halting, task.test, max_steps=cfg.halt.max_steps, batch_size=250,
-                           device=torch.device("cpu"), budgets=False)
-        rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
-                     "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})
-    m = cfg.halt.max_steps
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    md = ["Stricter halting at inference (`ponder eval RUN --halt.threshold=T`, same weights): a sample "
-          "halts once the probe's probability that its answer is exactly right exceeds T "
-          f"(table measured {stamp}, {THREADS} thread(s)).", "",
-          "| threshold | exact (held-out) | mean steps | share of M steps | halts on a wrong answer | inference time |",
-          "|---|---|---|---|---|---|"]
-    md += [f"| {r['threshold']:g} | {100 * r['exact']:.1f}% | {r['mean_steps']:.2f} | "
-           f"{100 * r['mean_steps'] / m:.0f}% | {100 * (r['wrong_halt_frac'] or 0):.1f}% | {r['seconds']:.1f}s |"
-           for r in rows]
-    return "\n".join(md), rows
 
 
 def main() -> None:
@@ -93,7 +55,7 @@ def main() -> None:
 
 def add_thresholds(run_dir: Path) -> None:
     """Append the threshold table to the sudoku9 section (and its JSON)."""
-    table, rows = threshold_table(run_dir)
+    table, rows = threshold_table(run_dir, THREADS)
     md_path, json_path = RESULTS / "sudoku9.md", RESULTS / "sudoku9.json"
     text = md_path.read_text()
     marker = "\n\nStricter halting at inference"

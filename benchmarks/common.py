@@ -16,7 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "sudoku9", "throughput"]
+ORDER = ["demo", "sudoku9", "maze9", "finetune", "throughput"]
+THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
 
 def machine() -> str:
@@ -51,3 +52,29 @@ def assemble() -> Path:
     out = ROOT / "BENCHMARKS.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple[str, list[dict]]:
+    """Re-evaluate a trained run with stricter Q-halt thresholds (no retraining): exact vs steps."""
+    from ponder.build import load_trained
+    from ponder.evaluate import evaluate_split
+
+    torch.set_num_threads(threads)
+    rows = []
+    for t in thresholds:
+        model, task, cfg, _ = load_trained(run_dir, [f"--halt.threshold={t}"])
+        r = evaluate_split(model, model.halting, task.test, max_steps=cfg.halt.max_steps, batch_size=250,
+                           device=torch.device("cpu"), budgets=False)
+        rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
+                     "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})
+    m = cfg.halt.max_steps
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    md = ["Stricter halting at inference (`ponder eval RUN --halt.threshold=T`, same weights): a sample "
+          "halts once the probe's probability that its answer is exactly right exceeds T "
+          f"(table measured {stamp}, {threads} thread(s)).", "",
+          "| threshold | exact (held-out) | mean steps | share of M steps | halts on a wrong answer | inference time |",
+          "|---|---|---|---|---|---|"]
+    md += [f"| {r['threshold']:g} | {100 * r['exact']:.1f}% | {r['mean_steps']:.2f} | "
+           f"{100 * r['mean_steps'] / m:.0f}% | {100 * (r['wrong_halt_frac'] or 0):.1f}% | {r['seconds']:.1f}s |"
+           for r in rows]
+    return "\n".join(md), rows

@@ -60,27 +60,16 @@ def _cmd_train(args, extra) -> int:
 def _cmd_eval(args, extra) -> int:
     import torch
 
-    from ponder.build import build_model
-    from ponder.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
-    from ponder.config import apply_overrides, from_dict
-    from ponder.data import build_task
+    from ponder.build import load_trained
+    from ponder.checkpoint import run_dir_of
     from ponder.report import evaluate_run
     from ponder.train import resolve_device
 
-    ckpt_dir = resolve_checkpoint(Path(args.path))
-    ckpt = load_checkpoint(ckpt_dir)
-    cfg = apply_overrides(from_dict(ckpt["config"]), extra)
+    model, task, cfg, ckpt_dir = load_trained(args.path, extra)
     device = resolve_device(cfg.train.device)
-    task = build_task(cfg.task)
-    model = build_model(cfg, task)
-    weights = ckpt["ema"] if (ckpt["ema"] is not None and cfg.eval.use_ema) else ckpt["model"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if not k.endswith(("_cos", "_sin"))]:
-        raise PonderError(f"checkpoint {ckpt_dir} does not match its config's model "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.to(device)
-    torch.set_num_threads(cfg.train.threads) if cfg.train.threads > 0 else None
-    evaluate_run(model, task, cfg, run_dir_of(ckpt_dir), device=device, split=args.split)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=args.split)
     return 0
 
 
