@@ -1,11 +1,12 @@
 """ponder: recursive reasoning models with adaptive computation (TRM / HRM family).
 
-Public API (explicit re-exports):
-- `Config`, `apply_overrides`, `load_config`: configuration
-- `get_config`, `PRESETS`: named experiments
-- `train`: the training loop; `evaluate_split`, `adaptive_inference`: evaluation
-- `RecursiveReasoner`, `ModelConfig`, `HaltConfig`, `QHaltHead`: models
-- `Batch`, `State`, `StepOutput`: core records
+Re-exported here: the core records `Batch`, `State`, `StepOutput` and `PonderError`. The rest is
+imported from its module (kept out of this file so `import ponder` stays light):
+- ponder.config: `Config`, `apply_overrides`, `load_config`
+- ponder.presets: `get_config`, `PRESETS`
+- ponder.train: `train`; ponder.evaluate: `evaluate_split`, `adaptive_inference`
+- ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `HaltConfig`, `HALTING`
+- ponder.build: `build_model`, `load_trained`
 """
 from ponder.types import Batch, State, StepOutput
 from ponder.errors import PonderError

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -89,14 +88,6 @@ class ModelConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise PonderError(f"model {name} must be positive, got {value!r}")
-
-
-class HaltingHead(Protocol):
-    """What the model needs from a halting head."""
-
-    def logits(self, y: Tensor) -> Tensor:
-        """Args: y (b, n, d) answer state. Returns: (b,) halting logits."""
-        ...
 
 
 class RecursiveReasoner(nn.Module):
