@@ -58,7 +58,7 @@ class State:
 
     def where(self, mask: Tensor, other: "State") -> "State":
         """Rows of `other` where mask (b,) is True, rows of self elsewhere."""
-        m = mask.view(-1, 1, 1)
+        m = mask.reshape(-1, 1, 1).clone()  # a copy: autograd may save it, and callers mutate masks
         return State(torch.where(m, other.y, self.y), torch.where(m, other.z, self.z))
 
 

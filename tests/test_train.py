@@ -1,6 +1,7 @@
 """The training loop: exact resume (in-process crash, Ctrl-C, and a killed process), non-finite
 steps refused, every delivered sample supervised, halting learns."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -172,3 +173,13 @@ def test_extend_steps_continues_a_finished_run(tmp_path, capsys):
     assert resolve_checkpoint(run).name == "step-0000016"
     assert main(["train", "debug", "--run-dir", str(tmp_path / "x"), "--extend-steps", "3"]) == 2
     assert "use it with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("style", ["trm", "hrm"])
+def test_single_cycle_deep_supervision_trains_the_init_vectors(tmp_path, style):
+    # T=1 differentiates the first net call, so the refill mask is saved by autograd; it must not
+    # be mutated afterwards (regression: "modified by an inplace operation")
+    cfg = _cfg(f"--model.style={style}", "--model.h_cycles=1", "--model.l_cycles=1", "--train.steps=6",
+               "--train.eval_every=0", "--train.checkpoint_every=0")
+    record = train(cfg, tmp_path, final_eval=False)
+    assert math.isfinite(record["loss"])
