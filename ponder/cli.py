@@ -16,10 +16,13 @@ from ponder.errors import PonderError
 def _cmd_presets(args, extra) -> int:
     from ponder.presets import DEFAULT_PRESET, PRESETS
 
-    for name in PRESETS.names():
+    names = PRESETS.names()
+    wn = max(len(n) for n in names)
+    wt = max(len(PRESETS.get(n).expected_time) for n in names)
+    for name in names:
         p = PRESETS.get(name)
         mark = " (default)" if name == DEFAULT_PRESET else ""
-        print(f"{name:<12} {p.expected_time:>8}  {p.summary}{mark}")
+        print(f"{name:<{wn}}  {p.expected_time:>{wt}}  {p.summary}{mark}")
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Callable
 
 from ponder.config import Config
 from ponder.data.mazes import MazeConfig
+from ponder.data.parity import ParityConfig
 from ponder.data.sudoku import SudokuConfig
 from ponder.evaluate import EvalConfig
 from ponder.models.halting import HaltConfig
@@ -103,3 +104,44 @@ def maze9() -> Config:
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
     )
+
+
+def _parity(length: int, split: str, *, d_model: int, max_steps: int, steps: int) -> Config:
+    """PonderNet's parity task with its halting head. Attention without positions makes the model
+    permutation-equivariant, as the label (parity of the count of +1 entries) is."""
+    return Config(
+        task=ParityConfig(length=length, split=split, n_train=50000, n_test=1000, seed=0),
+        model=ModelConfig(d_model=d_model, n_heads=4, n_layers=2, mixer="attention", positions="none",
+                          h_cycles=1, l_cycles=1),
+        halt=HaltConfig(kind="pondernet", max_steps=max_steps, bias_init=-2.0, prior_lambda=0.2, kl_weight=0.01),
+        train=TrainConfig(batch_size=128, steps=steps, lr=1e-3, warmup_steps=100, log_every=50, eval_every=500,
+                          checkpoint_every=500),
+        eval=EvalConfig(batch_size=1000, train_samples=1000, during_training_samples=1000),
+    )
+
+
+PARITY_STATUS = "not yet learned on the CPU: at chance after 1000 steps (BENCHMARKS.md, parity)"
+
+
+@preset("parity16", f"parity, 16 entries, interpolation, PonderNet, d=64 set attention, M=8; {PARITY_STATUS}",
+        "~20 min")
+def parity16() -> Config:
+    return _parity(16, "interpolation", d_model=64, max_steps=8, steps=3000)
+
+
+@preset("parity16-extrapolation", f"parity, 16 entries, train 1-8 / test 9-16 non-zeros, PonderNet; {PARITY_STATUS}",
+        "~20 min")
+def parity16_extrapolation() -> Config:
+    return _parity(16, "extrapolation", d_model=64, max_steps=8, steps=3000)
+
+
+@preset("parity64", "parity, PonderNet paper size: 64 entries, interpolation, d=128, M=20 (a GPU recipe)",
+        "GPU hours")
+def parity64() -> Config:
+    return _parity(64, "interpolation", d_model=128, max_steps=20, steps=100000)
+
+
+@preset("parity96-extrapolation", "parity, paper size: 96 entries, train 1-48 / test 49-96 non-zeros, M=20 "
+        "(a GPU recipe)", "GPU hours")
+def parity96_extrapolation() -> Config:
+    return _parity(96, "extrapolation", d_model=128, max_steps=20, steps=100000)
