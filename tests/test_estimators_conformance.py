@@ -1,0 +1,115 @@
+"""Conformance suite of the gradient estimators: every estimator registered in ESTIMATORS must
+have a row in ROWS (a test fails otherwise) and pass the checks for its objective.
+
+Objectives: "finite" estimators must equal BPTT's dL(z_T)/dtheta exactly on the linear map;
+"equilibrium" ones the exact implicit gradient (I - J)^-T g of L(z*); "approx" rows only the
+generic checks (shapes, finite, non-zero) plus their own tests below and in test_estimators.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from ponder.estimators import ESTIMATORS, BPTT
+from ponder.estimators.toys import LinearMap, ScalarShrink, TanhMap
+
+T = 60  # enough steps for the rho=0.6 linear map to converge to 1e-13
+
+
+@dataclass
+class Row:
+    name: str
+    settings: dict = field(default_factory=dict)
+    objective: str = "finite"  # finite | equilibrium | approx
+    rtol: float = 1e-10
+    problem: str = "map"  # map | energy
+
+
+ROWS = [
+    Row("bptt"),
+    Row("truncated", {"k": T}),
+    Row("truncated", {"k": 1}, objective="approx"),
+    Row("phantom", {"k": 90, "lam": 0.5}, objective="equilibrium", rtol=1e-6),
+    Row("implicit", {"adjoint": "gmres", "tol": 1e-12, "adjoint_tol": 1e-12}, objective="equilibrium", rtol=1e-9),
+    Row("implicit", {"adjoint": "anderson", "tol": 1e-12, "adjoint_tol": 1e-12}, objective="equilibrium", rtol=1e-9),
+    Row("implicit", {"adjoint": "fixed_point", "solver": "fixed_point", "tol": 1e-12, "adjoint_tol": 1e-12,
+                     "adjoint_max_iter": 200}, objective="equilibrium", rtol=1e-9),
+]
+
+
+def _ids(r: Row) -> str:
+    return "-".join([r.name, *(f"{k}={v}" for k, v in r.settings.items())])
+
+
+def _linear_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    model = LinearMap(seed=seed)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.randn(4, 2, dtype=torch.float64)
+    z0 = torch.zeros(4, 6, dtype=torch.float64)
+    return model, x, y, z0
+
+
+def _run(row: Row, model, z0, x, loss_fn, steps):
+    est = ESTIMATORS.get(row.name)(**row.settings)
+    return est.estimate(model, z0, x, loss_fn, steps=steps, params=list(model.parameters()))
+
+
+def test_every_registered_estimator_has_a_row():
+    assert set(ESTIMATORS.names()) <= {r.name for r in ROWS}
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.objective != "approx" and r.problem == "map"], ids=_ids)
+def test_linear_map_matches_its_objective(row):
+    model, x, y, z0 = _linear_problem()
+    steps = 12 if row.objective == "finite" else T  # short horizon: finite != equilibrium
+    out = _run(row, model, z0, x, model.loss(y), steps)
+    if row.objective == "finite":
+        ref = BPTT().estimate(model, z0, x, model.loss(y), steps=steps, params=list(model.parameters())).grads
+    else:
+        ref = model.implicit_grads(x, y)
+    for g, r in zip(out.grads, ref):
+        torch.testing.assert_close(g, r, rtol=row.rtol, atol=row.rtol * r.abs().max().item())
+
+
+def test_finite_and_equilibrium_gradients_differ_at_short_horizon():
+    """Sanity of the problem: at T=12 BPTT is measurably not the implicit gradient."""
+    model, x, y, z0 = _linear_problem()
+    bptt = BPTT().estimate(model, z0, x, model.loss(y), steps=12, params=list(model.parameters())).grads
+    exact = model.implicit_grads(x, y)
+    assert (bptt[0] - exact[0]).norm() > 1e-4 * exact[0].norm()
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "map"], ids=_ids)
+def test_generic_problem_shapes_finite_nonzero(row):
+    torch.manual_seed(1)
+    model = TanhMap()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    z0 = torch.zeros(5, 8, dtype=torch.float64)
+    params = list(model.parameters())
+    out = _run(row, model, z0, x, model.loss(y), 20)
+    assert out.state.shape == z0.shape and out.loss.dim() == 0 and not out.state.requires_grad
+    assert len(out.grads) == len(params)
+    for g, p in zip(out.grads, params):
+        assert g.shape == p.shape and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert all(isinstance(v, float) for v in out.stats.values())
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "map"], ids=_ids)
+def test_scalar_counterexample(row):
+    """f_k(z) = z - eps k (z - z*): dL(z*)/dk = 0 while dL(z_T)/dk matches the closed form != 0."""
+    model = ScalarShrink()
+    z0 = torch.tensor([[0.5], [-1.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    loss_fn = lambda z: 0.5 * ((z - y) ** 2).sum()  # noqa: E731
+    steps = 10
+    budget = steps if row.objective == "finite" else T  # equilibrium solvers get room to converge
+    out = _run(row, model, z0, x=torch.zeros(2, 1, dtype=torch.float64), loss_fn=loss_fn, steps=budget)
+    closed = model.finite_horizon_grad(z0, y, steps)
+    assert closed.abs() > 1e-3
+    if row.objective == "finite":
+        torch.testing.assert_close(out.grads[0], closed, rtol=1e-10, atol=0)
+    elif row.objective == "equilibrium":
+        assert out.grads[0].abs() < 1e-6 * closed.abs()
