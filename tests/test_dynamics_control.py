@@ -12,6 +12,11 @@ from ponder.dynamics import (contraction_homeostat, jacobian_asymmetry_penalty, 
 from ponder.estimators.toys import TanhMap
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)  # results must not depend on which tests ran before
+
+
 class Matrix(nn.Module):
     """f(z) = z A^T, states (b, d)."""
 

@@ -10,6 +10,11 @@ from ponder.estimators import ESTIMATORS, Implicit, gmres, solve_fixed_point
 from ponder.estimators.toys import LinearMap, TanhMap
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)  # results must not depend on which tests ran before
+
+
 def _diag_map(rates):
     """z <- r * z + 1 per sample: sample i contracts at rate rates[i]; fixed point 1/(1-r)."""
     r = torch.tensor(rates, dtype=torch.float64)[:, None]
