@@ -116,3 +116,30 @@ def test_bad_settings_raise_ponder_error(name, settings):
                      params=list(model.parameters()))
     with pytest.raises(PonderError):
         ESTIMATORS.get("no-such-estimator")
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "identity"])
+def test_holomorphic_ep_with_other_activations(activation):
+    from ponder.estimators import EnergyDescent, EPHolomorphic, HopfieldEnergy
+
+    model = HopfieldEnergy(activation=activation, seed=2)
+    step = EnergyDescent(model, lr=0.5)
+    x, y = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    loss_fn = lambda s: 0.5 * ((model.output(s) - y) ** 2).sum()  # noqa: E731
+    z0, params = torch.zeros(2, 8, dtype=torch.float64), list(model.parameters())
+    ref = Implicit(tol=1e-13, adjoint_tol=1e-13).estimate(step, z0, x, loss_fn, steps=300, params=params).grads
+    out = EPHolomorphic(beta=0.2, nudges=6).estimate(step, z0, x, loss_fn, steps=300, params=params)
+    a, b = torch.cat([g.flatten() for g in out.grads]), torch.cat([g.flatten() for g in ref])
+    assert (a - b).norm() < 1e-3 * b.norm()
+    assert out.stats["nudged_rel_residual_max"] < 1e-10
+
+
+def test_energy_model_errors():
+    from ponder.estimators import EnergyDescent, HopfieldEnergy
+
+    with pytest.raises(PonderError):
+        HopfieldEnergy(activation="relu")
+    with pytest.raises(PonderError):
+        EnergyDescent(HopfieldEnergy(), lr=0.0)
+    with pytest.raises(PonderError):
+        ESTIMATORS.get("ep_holomorphic")(nudges=1)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from ponder.estimators import ESTIMATORS, BPTT
+from ponder.errors import PonderError
+from ponder.estimators import ESTIMATORS, BPTT, Implicit
+from ponder.estimators.ep import EnergyDescent, EquilibriumPropagation, HopfieldEnergy
 from ponder.estimators.toys import LinearMap, ScalarShrink, TanhMap
 
 T = 60  # enough steps for the rho=0.6 linear map to converge to 1e-13
@@ -24,7 +26,7 @@ class Row:
     settings: dict = field(default_factory=dict)
     objective: str = "finite"  # finite | equilibrium | approx
     rtol: float = 1e-10
-    problem: str = "map"  # map | energy
+    problem: str = "map"  # map: any step function | energy: needs an EnergyDescent step
 
 
 ROWS = [
@@ -36,6 +38,9 @@ ROWS = [
     Row("implicit", {"adjoint": "anderson", "tol": 1e-12, "adjoint_tol": 1e-12}, objective="equilibrium", rtol=1e-9),
     Row("implicit", {"adjoint": "fixed_point", "solver": "fixed_point", "tol": 1e-12, "adjoint_tol": 1e-12,
                      "adjoint_max_iter": 200}, objective="equilibrium", rtol=1e-9),
+    Row("ep_one_sided", {"beta": 1e-3}, objective="equilibrium", rtol=1e-3, problem="energy"),
+    Row("ep_symmetric", {"beta": 0.01}, objective="equilibrium", rtol=1e-4, problem="energy"),
+    Row("ep_holomorphic", {"beta": 0.2, "nudges": 6}, objective="equilibrium", rtol=1e-4, problem="energy"),
 ]
 
 
@@ -82,14 +87,82 @@ def test_finite_and_equilibrium_gradients_differ_at_short_horizon():
     assert (bptt[0] - exact[0]).norm() > 1e-4 * exact[0].norm()
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "map"], ids=_ids)
+def _energy_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    model = HopfieldEnergy(seed=seed)
+    x, y = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    loss_fn = lambda s: 0.5 * ((model.output(s) - y) ** 2).sum()  # noqa: E731  (holomorphic in s)
+    return EnergyDescent(model, lr=0.5), x, loss_fn, torch.zeros(3, 8, dtype=torch.float64)
+
+
+def _rel_err(grads, ref) -> float:
+    a = torch.cat([g.flatten() for g in grads])
+    b = torch.cat([g.flatten() for g in ref])
+    return ((a - b).norm() / b.norm()).item()
+
+
+_ENERGY_REF: dict = {}
+
+
+def _energy_reference():
+    """Exact implicit gradient of L(s*) on the Hopfield problem (GMRES, validated on the linear map)."""
+    if not _ENERGY_REF:
+        step, x, loss_fn, z0 = _energy_problem()
+        _ENERGY_REF["g"] = Implicit(tol=1e-13, adjoint_tol=1e-13).estimate(
+            step, z0, x, loss_fn, steps=300, params=list(step.parameters())).grads
+    return _ENERGY_REF["g"]
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "energy" and r.objective == "equilibrium"], ids=_ids)
+def test_energy_model_matches_the_implicit_gradient(row):
+    step, x, loss_fn, z0 = _energy_problem()
+    out = _run(row, step, z0, x, loss_fn, 300)
+    assert _rel_err(out.grads, _energy_reference()) < row.rtol
+
+
+@pytest.mark.parametrize("mode,order", [("symmetric", 2), ("one_sided", 1)])
+def test_ep_error_falls_with_beta_at_its_order(mode, order):
+    """Halving beta divides the error by ~2^order: O(beta^2) symmetric, O(beta) one-sided."""
+    step, x, loss_fn, z0 = _energy_problem()
+    errs = [_rel_err(EquilibriumPropagation(mode=mode, beta=b).estimate(step, z0, x, loss_fn, steps=300,
+                                                                       params=list(step.parameters())).grads,
+                     _energy_reference()) for b in (0.1, 0.05, 0.025)]
+    for big, small in zip(errs, errs[1:]):
+        assert 0.75 * 2 ** order < big / small < 1.25 * 2 ** order
+
+
+def test_holomorphic_ep_error_falls_with_the_number_of_nudges():
+    step, x, loss_fn, z0 = _energy_problem()
+    params = list(step.parameters())
+    run = lambda **kw: EquilibriumPropagation(**kw).estimate(step, z0, x, loss_fn, steps=300, params=params)  # noqa: E731
+    errs = [_rel_err(run(mode="holomorphic", beta=0.5, nudges=n).grads, _energy_reference()) for n in (2, 4, 8)]
+    assert errs[0] > 3 * errs[1] > 9 * errs[2]
+    # two nudges +-|beta| are the symmetric estimate
+    sym = run(mode="symmetric", beta=0.5).grads
+    for a, b in zip(run(mode="holomorphic", beta=0.5, nudges=2).grads, sym):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_ep_needs_an_energy():
+    model = TanhMap()
+    with pytest.raises(PonderError, match="energy"):
+        ESTIMATORS.get("ep_symmetric")().estimate(model, torch.zeros(2, 8, dtype=torch.float64),
+                                                   torch.zeros(2, 4, dtype=torch.float64), lambda z: z.sum(),
+                                                   steps=5, params=list(model.parameters()))
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids)
 def test_generic_problem_shapes_finite_nonzero(row):
     torch.manual_seed(1)
-    model = TanhMap()
-    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    z0 = torch.zeros(5, 8, dtype=torch.float64)
+    if row.problem == "energy":
+        model, x, loss_fn, z0 = _energy_problem(1)
+        steps = 100
+    else:
+        model = TanhMap()
+        x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+        z0, loss_fn, steps = torch.zeros(5, 8, dtype=torch.float64), model.loss(y), 20
     params = list(model.parameters())
-    out = _run(row, model, z0, x, model.loss(y), 20)
+    out = _run(row, model, z0, x, loss_fn, steps)
     assert out.state.shape == z0.shape and out.loss.dim() == 0 and not out.state.requires_grad
     assert len(out.grads) == len(params)
     for g, p in zip(out.grads, params):

@@ -103,8 +103,8 @@ def _anderson_step(xs: Tensor, fs: Tensor, beta: float, lam: float) -> Tensor:
     |sum_i alpha_i (f_i - x_i)| subject to sum alpha = 1."""
     g = fs - xs  # (rows, n, D)
     n = g.shape[1]
-    gram = g @ g.transpose(1, 2)  # (rows, n, n)
-    scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(_TINY)  # (rows,)
+    gram = g.conj() @ g.transpose(1, 2)  # (rows, n, n), Hermitian: complex states work too
+    scale = gram.diagonal(dim1=1, dim2=2).real.mean(1).clamp_min(_TINY)  # (rows,)
     gram = gram + (lam * scale)[:, None, None] * torch.eye(n, dtype=g.dtype, device=g.device)
     ones = torch.ones(g.shape[0], n, 1, dtype=g.dtype, device=g.device)
     sol = torch.linalg.solve(gram, ones)  # (rows, n, 1)
