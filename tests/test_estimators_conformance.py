@@ -222,20 +222,40 @@ def test_forward_gradient_is_unbiased():
     assert (a @ b / (a.norm() * b.norm())).item() > 0.9  # 18 parameters, 400 draws: rel. sd ~ 0.2
 
 
-def test_forward_mode_needs_a_module():
+def test_forward_mode_finds_the_module_and_refuses_without_one():
     model = TanhMap()
     params = list(model.parameters())
+    z0, x = torch.zeros(2, 8, dtype=torch.float64), torch.ones(2, 4, dtype=torch.float64)
+    w = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
     with pytest.raises(PonderError, match="nn.Module"):
-        ESTIMATORS.get("rtrl")().estimate(lambda z, x: model(z, x), torch.zeros(2, 8, dtype=torch.float64),
-                                          torch.zeros(2, 4, dtype=torch.float64), lambda z: z.sum(), steps=2,
-                                          params=params)
-    closure = lambda z, x: model(z, x)  # noqa: E731
-    closure.module = model  # a closure naming its module works
-    out = ESTIMATORS.get("rtrl")().estimate(closure, torch.zeros(2, 8, dtype=torch.float64),
-                                            torch.ones(2, 4, dtype=torch.float64), lambda z: z.sum(), steps=2,
-                                            params=params)
-    assert out.grads[0].abs().sum() > 0
+        ESTIMATORS.get("rtrl")().estimate(lambda z, x: torch.tanh(z @ w.T + 1), z0, x, lambda z: z.sum(), steps=2,
+                                          params=[w])
+    with pytest.raises(PonderError, match="neither a parameter"):
+        ESTIMATORS.get("rtrl")().estimate(model, z0, x, lambda z: z.sum(), steps=2, params=[w])
+    ref = BPTT().estimate(model, z0, x, lambda z: z.sum(), steps=3, params=params).grads
+    closure = lambda z, x: model(z, x)  # noqa: E731  (a closure over the model)
+    named = lambda z, x: model(z, x)  # noqa: E731
+    named.module = model  # or a callable naming its module
+    for fn in (closure, named, model.forward):
+        out = ESTIMATORS.get("rtrl")().estimate(fn, z0, x, lambda z: z.sum(), steps=3, params=params)
+        for g, r in zip(out.grads, ref):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     with pytest.raises(PonderError, match="max_params"):
-        ESTIMATORS.get("rtrl")(max_params=10).estimate(model, torch.zeros(2, 8, dtype=torch.float64),
-                                                       torch.zeros(2, 4, dtype=torch.float64), lambda z: z.sum(),
-                                                       steps=2, params=params)
+        ESTIMATORS.get("rtrl")(max_params=10).estimate(model, z0, x, lambda z: z.sum(), steps=2, params=params)
+
+
+def test_forward_mode_with_the_input_among_the_differentiated_tensors():
+    """An input leaf listed in params (to train an embedding through it) gets its gradient too."""
+    from ponder.estimators import directional_derivative
+
+    model = TanhMap()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 3, dtype=torch.float64)
+    z0, params = torch.zeros(3, 8, dtype=torch.float64), [model.W, x]
+    ref = BPTT().estimate(model, z0, x, model.loss(y), steps=5, params=params).grads
+    out = ESTIMATORS.get("rtrl")().estimate(model, z0, x, model.loss(y), steps=5, params=params).grads
+    for g, r in zip(out, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    v = [torch.randn_like(p) for p in params]
+    d = directional_derivative(model, z0, x, model.loss(y), steps=5, params=params, tangents=v)[2]
+    torch.testing.assert_close(d, sum((g * t).sum() for g, t in zip(ref, v)), rtol=1e-10, atol=0)

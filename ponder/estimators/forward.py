@@ -2,9 +2,10 @@
 (RTRL) and the random-direction forward gradient.
 
 Both need the step as a function of its parameters, so `step_fn` must be an nn.Module owning
-`params`, a bound method of one, or any callable with a `.module` attribute naming it; the
-parameters are swapped with torch.func.functional_call (the loss may read them too, e.g. a
-readout). Every op of the step needs forward-mode AD support.
+`params`, a bound method of one, a callable with a `.module` attribute naming it, or a closure
+over it; the parameters are swapped with torch.func.functional_call (the loss may read them
+too, e.g. a readout). `params` may also contain the input `x` itself (an input leaf). Every op
+of the step needs forward-mode AD support.
 
 - RTRL carries eligibility traces e_t = dz_t/dtheta (one (P_i, *z.shape) block per parameter
   tensor) with e_{t+1} = J_t e_t + df/dtheta|_t, i.e. a batch of JVPs (torch.func.vmap over
@@ -40,49 +41,77 @@ class _Thunk(nn.Module):
 
 @dataclass
 class ParamBinding:
-    """Names of `params` inside the module owning them, for functional calls."""
+    """Where each of `params` lives: names[i] inside `module`, or None when params[i] is the
+    input x itself (an input leaf differentiated like a parameter)."""
 
     module: nn.Module
-    names: list[str]
+    names: list[str | None]
     _wrapper: _Thunk = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._wrapper = _Thunk(self.module)
 
+    def x_index(self) -> int | None:
+        return next((i for i, n in enumerate(self.names) if n is None), None)
+
     def call(self, values: Sequence[Tensor], thunk: Callable[[], object], which: Sequence[int] | None = None):
-        """thunk() with params[i] replaced by values (all params, or only the indices `which`)."""
+        """thunk() with params[i] replaced by values (all params, or only the indices `which`);
+        the input entry (name None) is the caller's to substitute."""
         idx = range(len(self.names)) if which is None else which
-        swap = {f"inner.{self.names[i]}": v for i, v in zip(idx, values)}
+        swap = {f"inner.{self.names[i]}": v for i, v in zip(idx, values) if self.names[i] is not None}
         return torch.func.functional_call(self._wrapper, swap, (thunk,), strict=False)
 
 
-def bind_params(step_fn: StepFn, params: Sequence[Tensor]) -> ParamBinding:
-    """Find the nn.Module owning `params` from step_fn (module, bound method or `.module`)."""
-    module = step_fn if isinstance(step_fn, nn.Module) else getattr(step_fn, "module", None)
-    if module is None and isinstance(getattr(step_fn, "__self__", None), nn.Module):
-        module = step_fn.__self__
-    if not isinstance(module, nn.Module):
+def _find_module(step_fn) -> nn.Module | None:
+    if isinstance(step_fn, nn.Module):
+        return step_fn
+    if isinstance(getattr(step_fn, "module", None), nn.Module):
+        return step_fn.module
+    if isinstance(getattr(step_fn, "__self__", None), nn.Module):
+        return step_fn.__self__
+    for cell in getattr(step_fn, "__closure__", None) or ():  # a closure over the model
+        try:
+            if isinstance(cell.cell_contents, nn.Module):
+                return cell.cell_contents
+        except ValueError:  # empty cell
+            continue
+    return None
+
+
+def bind_params(step_fn: StepFn, params: Sequence[Tensor], x: Tensor | None = None) -> ParamBinding:
+    """Find the nn.Module owning `params` from step_fn: the module itself, its `.module`
+    attribute, a bound method's owner, or a module captured by a closure. A param that is the
+    input `x` itself is allowed (its tangent is fed through x)."""
+    module = _find_module(step_fn)
+    if module is None:
         raise PonderError("forward-mode estimators need the step as an nn.Module, a bound method of one, "
                           "or a callable with a .module attribute")
     by_id = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
-    names = []
+    names: list[str | None] = []
     for p in params:
-        if id(p) not in by_id:
-            raise PonderError("forward-mode estimators: a parameter to differentiate is not owned by the step's module")
-        names.append(by_id[id(p)])
+        if id(p) in by_id:
+            names.append(by_id[id(p)])
+        elif x is not None and p is x and None not in names:
+            names.append(None)
+        else:
+            raise PonderError("forward-mode estimators: a tensor to differentiate is neither a parameter of the "
+                              "step's module nor its input x")
     return ParamBinding(module, names)
 
 
 def directional_derivative(step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                            params: Sequence[Tensor], tangents: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Forward-mode dL(z_T)/dtheta . v for tangents v (one per param). Returns (loss, z_T, dL.v)."""
-    bind = bind_params(step_fn, params)
+    bind = bind_params(step_fn, params, x)
+    xi = bind.x_index()
 
     def rollout(*values: Tensor) -> tuple[Tensor, Tensor]:
+        xv = x if xi is None else values[xi]
+
         def thunk():
             z = z0
             for _ in range(steps):
-                z = step_fn(z, x)
+                z = step_fn(z, xv)
             return loss_fn(z), z
 
         return bind.call(values, thunk)
@@ -137,8 +166,10 @@ class RTRL:
         if n_params > self.max_params:
             raise PonderError(f"rtrl: {n_params} parameters exceed rtrl.max_params={self.max_params} "
                               f"(traces need {n_params} x {z0.numel()} numbers)")
-        bind = bind_params(step_fn, params)
+        bind = bind_params(step_fn, params, x)
         values = [p.detach() for p in params]
+        xi = bind.x_index()
+        x_val = x.detach() if xi is not None else x
         z = z0.detach()
         traces = [torch.zeros(p.numel(), *z.shape, dtype=z.dtype, device=z.device) for p in params]
         units = [torch.eye(p.numel(), dtype=p.dtype, device=p.device).reshape(p.numel(), *p.shape) for p in params]
@@ -146,14 +177,16 @@ class RTRL:
             new_traces = []
             for i, (trace, unit) in enumerate(zip(traces, units)):
                 def f_i(zz: Tensor, p_i: Tensor, i: int = i) -> Tensor:
-                    return bind.call([p_i], lambda: step_fn(zz, x), which=[i])
+                    if i == xi:
+                        return bind.call([], lambda: step_fn(zz, p_i), which=[])
+                    return bind.call([p_i], lambda: step_fn(zz, x_val), which=[i])
 
                 def tangent(ez: Tensor, ep: Tensor, f_i=f_i, i: int = i) -> Tensor:
                     return torch.func.jvp(f_i, (z, values[i]), (ez, ep))[1]
 
                 new_traces.append(torch.func.vmap(tangent, chunk_size=self.chunk_size)(trace, unit))
             with torch.no_grad():
-                z = step_fn(z, x)
+                z = step_fn(z, x_val)
             traces = new_traces
         zt = z.detach().requires_grad_(True)
         with torch.enable_grad():
