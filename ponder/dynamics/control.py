@@ -5,7 +5,8 @@ loss; the gradient flows into the step's parameters through the Jacobian J = df/
 given states (states are treated as constants unless the caller passes them with a graph).
 
 - `jacobian_frobenius_penalty`: weight * mean_b |J|_F^2 per sample, Hutchinson with one VJP
-  (E|J^T v|^2 = |J|_F^2 for v ~ N(0, I)), built with create_graph=True (needs double backward).
+  (E|J^T v|^2 = |J|_F^2 for v ~ N(0, I)), built with create_graph=True (needs double backward;
+  method="fd" uses E|J v|^2 by finite differences instead).
 - `contraction_homeostat`: weight * relu(g - target), g the mean log growth log(|J_t v_t| / |v_t|)
   of a perturbation carried along a trajectory of states (v_{t+1} = J_t v_t, renormalised);
   penalises only expansion beyond exp(target) per step (target log(0.9): rho above ~0.9).
@@ -48,12 +49,26 @@ def _vjp_graph(step_fn: StepFn, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def jacobian_frobenius_penalty(step_fn: StepFn, z: Tensor, x: Tensor, *, weight: float = 1.0, samples: int = 1,
+                               method: str = "vjp", eps: float = 1e-3,
                                generator: torch.Generator | None = None) -> Tensor:
-    """weight * (1/b) sum_b |J_b|_F^2, estimated with `samples` VJPs. z: (b, ...)."""
-    zs, fz = _vjp_graph(step_fn, z, x)
+    """weight * (1/b) sum_b |J_b|_F^2, estimated with `samples` probes. z: (b, ...).
+
+    method "vjp": E|J^T v|^2, one VJP with create_graph=True (the parameter gradient needs double
+    backward); "fd": E|J v|^2 with J v by central differences (first-order autograd only). Use
+    "fd" for models with once-differentiable custom ops (the recursive reasoner's norm, gate and
+    head split): through them "vjp" does not fail but silently drops the terms of the parameter
+    gradient that pass through those ops' backward."""
+    if method not in ("vjp", "fd"):
+        raise PonderError(f"jacobian penalty method must be vjp or fd, got {method!r}")
+    if method == "vjp":
+        zs, fz = _vjp_graph(step_fn, z, x)
     total = 0.0
     for _ in range(samples):
-        w = torch.autograd.grad(fz, zs, _probe(z, generator), create_graph=True)[0]
+        v = _probe(z, generator)
+        if method == "vjp":
+            w = torch.autograd.grad(fz, zs, v, create_graph=True)[0]
+        else:
+            w = _differentiable_jvp(step_fn, z.detach(), x, v, "fd", eps)
         total = total + flat_rows(w).pow(2).sum(1).mean() / samples
     return weight * total
 
