@@ -103,7 +103,8 @@ def contraction_homeostat(step_fn: StepFn, states: Sequence[Tensor] | Tensor, x:
 def jacobian_asymmetry_penalty(step_fn: StepFn, z: Tensor, x: Tensor, *, weight: float = 1.0, samples: int = 1,
                                jvp_mode: str = "jvp", eps: float = 1e-3,
                                generator: torch.Generator | None = None) -> Tensor:
-    """weight * (1/b) sum_b 1/2 |J_b - J_b^T|_F^2 by Hutchinson (E|(J - J^T) v|^2)."""
+    """weight * (1/b) sum_b 1/2 |J_b - J_b^T|_F^2 by Hutchinson (E|(J - J^T) v|^2). J^T v is a
+    VJP with create_graph=True: like the "vjp" Jacobian penalty it needs double backward."""
     zs, fz = _vjp_graph(step_fn, z, x)
     total = 0.0
     for _ in range(samples):
