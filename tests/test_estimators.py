@@ -143,3 +143,13 @@ def test_energy_model_errors():
         EnergyDescent(HopfieldEnergy(), lr=0.0)
     with pytest.raises(PonderError):
         ESTIMATORS.get("ep_holomorphic")(nudges=1)
+
+
+def test_float32_tolerances_are_floored_so_solves_stop_early():
+    model = TanhMap(d=16, m=4, o=2, rho=0.9, dtype=torch.float32)
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    out = Implicit(tol=1e-12, adjoint_tol=1e-12).estimate(model, torch.zeros(8, 16), x, model.loss(y), steps=200,
+                                                           params=list(model.parameters()))
+    floor = 10 * torch.finfo(torch.float32).eps
+    assert out.stats["fwd_iters_max"] < 200 and out.stats["adj_iters_max"] < 100
+    assert out.stats["fwd_rel_residual_max"] < floor and out.stats["adj_rel_residual_max"] < 10 * floor

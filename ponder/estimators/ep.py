@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, grads_or_zeros
-from ponder.estimators.solvers import solve_fixed_point
+from ponder.estimators.solvers import dtype_floor, solve_fixed_point
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,  # holomorphic away from its poles at i pi (k + 1/2)
@@ -192,7 +192,8 @@ class EquilibriumPropagation:
             return out - step_fn.lr * beta * dc
 
         with torch.no_grad():
-            return solve_fixed_point(nudged_step, s0, max_iter=cap, tol=self.tol, method="anderson", m=self.anderson_m)
+            return solve_fixed_point(nudged_step, s0, max_iter=cap, tol=dtype_floor(self.tol, s0.real.dtype),
+                                     method="anderson", m=self.anderson_m)
 
     @staticmethod
     def _energy_grads(step_fn, s: Tensor, x: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn
-from ponder.estimators.solvers import FIXED_POINT_METHODS, SolveResult, flat_rows, gmres, solve_fixed_point
+from ponder.estimators.solvers import (FIXED_POINT_METHODS, SolveResult, dtype_floor, flat_rows, gmres,
+                                      solve_fixed_point)
 
 ADJOINT_METHODS = ("fixed_point", "anderson", "gmres")
 
@@ -40,6 +41,7 @@ class Implicit:
         max_iter: forward cap; None uses `steps`.
         adjoint: "fixed_point", "anderson" or "gmres".
         adjoint_tol, adjoint_max_iter: stopping of the adjoint solve (relative residual).
+        Both tolerances are floored at 10 machine epsilons of the state's dtype (float32: 1.2e-6).
         anderson_m: Anderson memory (forward and adjoint); gmres_restart: Krylov space size.
         per_sample: one system per sample (samples must not interact inside f); False treats the
             whole batch as one vector.
@@ -69,7 +71,7 @@ class Implicit:
         params = list(params)
         cap = self.max_iter if self.max_iter is not None else steps
         with torch.no_grad():
-            fwd = solve_fixed_point(lambda z: step_fn(z, x), z0, max_iter=cap, tol=self.tol,
+            fwd = solve_fixed_point(lambda z: step_fn(z, x), z0, max_iter=cap, tol=dtype_floor(self.tol, z0.dtype),
                                     method=self.solver, per_sample=self.per_sample, m=self.anderson_m)
         zs = fwd.z.detach().requires_grad_(True)
         fz = step_fn(zs, x)
@@ -104,13 +106,14 @@ class Implicit:
             return flat_rows(out, self.per_sample)
 
         g_rows = flat_rows(g_z, self.per_sample).detach()
+        tol = dtype_floor(self.adjoint_tol, g_rows.dtype)
         if self.adjoint == "gmres":
             res = gmres(lambda v: v - vjp_rows(v), g_rows, max_iter=self.adjoint_max_iter,
-                        tol=self.adjoint_tol, restart=self.gmres_restart)
+                        tol=tol, restart=self.gmres_restart)
             lam_rows = res.z
         else:
             res = solve_fixed_point(lambda v: vjp_rows(v) + g_rows, torch.zeros_like(g_rows),
-                                    max_iter=self.adjoint_max_iter, tol=self.adjoint_tol,
+                                    max_iter=self.adjoint_max_iter, tol=tol,
                                     method=self.adjoint, per_sample=True, m=self.anderson_m)
             lam_rows = res.z
             true = torch.linalg.vector_norm(lam_rows - vjp_rows(lam_rows) - g_rows, dim=1)

@@ -23,6 +23,12 @@ FIXED_POINT_METHODS = ("fixed_point", "anderson")
 _TINY = 1e-30
 
 
+def dtype_floor(tol: float, dtype: torch.dtype) -> float:
+    """tol, but at least 10 machine epsilons of dtype (float32: 1.2e-6): tighter tolerances
+    cannot be met reliably and would only run every solve to its cap."""
+    return max(tol, 10.0 * torch.finfo(dtype).eps)
+
+
 def flat_rows(z: Tensor, per_sample: bool = True) -> Tensor:
     """(b, ...) -> (b, D) when per_sample (and z has a batch dimension), else (1, numel)."""
     if not per_sample or z.dim() == 0:
@@ -55,7 +61,8 @@ def solve_fixed_point(fn: Callable[[Tensor], Tensor], z0: Tensor, *, max_iter: i
     Args:
         fn: the map, shape-preserving; evaluated on the whole batch each iteration.
         max_iter: cap on evaluations of fn.
-        tol: per-row stopping threshold on the relative residual (0 = run max_iter evaluations).
+        tol: per-row stopping threshold on the relative residual (0 = run max_iter evaluations;
+            callers floor it with `dtype_floor`).
         method: "fixed_point" (z <- fn(z)) or "anderson" (type-II Anderson with memory m,
             mixing beta, Tikhonov regularisation lam relative to the Gram matrix scale).
     """
