@@ -259,3 +259,32 @@ def test_forward_mode_with_the_input_among_the_differentiated_tensors():
     v = [torch.randn_like(p) for p in params]
     d = directional_derivative(model, z0, x, model.loss(y), steps=5, params=params, tangents=v)[2]
     torch.testing.assert_close(d, sum((g * t).sum() for g, t in zip(ref, v)), rtol=1e-10, atol=0)
+
+
+def test_forward_mode_reports_ops_without_forward_ad_as_not_applicable():
+    from ponder.estimators import NotApplicable
+
+    class Square(torch.autograd.Function):  # old-style: no setup_context, no jvp
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return 2 * a * g
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, z, x):
+            return Square.apply(self.w * z) + x
+
+    step, z0, x = Step(), torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    for name in ("rtrl", "forward_gradient"):
+        with pytest.raises(NotApplicable, match="forward mode"):
+            ESTIMATORS.get(name)().estimate(step, z0, x, lambda z: z.sum(), steps=2, params=[step.w])
+    assert BPTT().estimate(step, z0, x, lambda z: z.sum(), steps=2, params=[step.w]).grads[0] != 0

@@ -27,6 +27,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ponder.errors import PonderError
 from ponder.registry import Registry
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
@@ -58,6 +59,11 @@ class GradientEstimator(Protocol):
 
 
 ESTIMATORS: Registry = Registry("estimator")
+
+
+class NotApplicable(PonderError):
+    """This estimator cannot differentiate this step (EP without an energy, forward mode through
+    ops without forward-mode support, ...): callers comparing estimators report it as n/a."""
 
 
 def grads_or_zeros(out: Tensor, params: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
-from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, grads_or_zeros
+from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, grads_or_zeros
 from ponder.estimators.solvers import dtype_floor, solve_fixed_point
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -150,7 +150,7 @@ class EquilibriumPropagation:
     def estimate(self, step_fn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:
         if not (hasattr(step_fn, "energy") and hasattr(step_fn, "lr")):
-            raise PonderError("equilibrium propagation needs an energy-based step (EnergyDescent); "
+            raise NotApplicable("equilibrium propagation needs an energy-based step (EnergyDescent); "
                               "this model's step has no energy")
         params = list(params)
         cap = self.max_iter if self.max_iter is not None else steps

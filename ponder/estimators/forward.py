@@ -17,6 +17,7 @@ of the step needs forward-mode AD support.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
-from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn
+from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, StepFn
 
 
 class _Thunk(nn.Module):
@@ -84,7 +85,7 @@ def bind_params(step_fn: StepFn, params: Sequence[Tensor], x: Tensor | None = No
     input `x` itself is allowed (its tangent is fed through x)."""
     module = _find_module(step_fn)
     if module is None:
-        raise PonderError("forward-mode estimators need the step as an nn.Module, a bound method of one, "
+        raise NotApplicable("forward-mode estimators need the step as an nn.Module, a bound method of one, "
                           "or a callable with a .module attribute")
     by_id = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
     names: list[str | None] = []
@@ -94,9 +95,21 @@ def bind_params(step_fn: StepFn, params: Sequence[Tensor], x: Tensor | None = No
         elif x is not None and p is x and None not in names:
             names.append(None)
         else:
-            raise PonderError("forward-mode estimators: a tensor to differentiate is neither a parameter of the "
+            raise NotApplicable("forward-mode estimators: a tensor to differentiate is neither a parameter of the "
                               "step's module nor its input x")
     return ParamBinding(module, names)
+
+
+@contextlib.contextmanager
+def _forward_mode_support():
+    """Turn torch's refusal of an op under forward-mode transforms into NotApplicable."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as e:
+        msg = str(e)
+        if any(k in msg for k in ("functorch", "forward AD", "forward-mode", "jvp", "setup_context")):
+            raise NotApplicable(f"forward mode is not supported by an op of this step: {msg.splitlines()[0][:160]}") from e
+        raise
 
 
 def directional_derivative(step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
@@ -117,7 +130,8 @@ def directional_derivative(step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: Loss
         return bind.call(values, thunk)
 
     primals = tuple(p.detach() for p in params)
-    (loss, z), (dloss, _) = torch.func.jvp(rollout, primals, tuple(t.detach() for t in tangents))
+    with torch.no_grad(), _forward_mode_support():  # forward AD needs no grad mode
+        (loss, z), (dloss, _) = torch.func.jvp(rollout, primals, tuple(t.detach() for t in tangents))
     return loss.detach(), z.detach(), dloss.detach()
 
 
@@ -184,7 +198,8 @@ class RTRL:
                 def tangent(ez: Tensor, ep: Tensor, f_i=f_i, i: int = i) -> Tensor:
                     return torch.func.jvp(f_i, (z, values[i]), (ez, ep))[1]
 
-                new_traces.append(torch.func.vmap(tangent, chunk_size=self.chunk_size)(trace, unit))
+                with torch.no_grad(), _forward_mode_support():
+                    new_traces.append(torch.func.vmap(tangent, chunk_size=self.chunk_size)(trace, unit))
             with torch.no_grad():
                 z = step_fn(z, x_val)
             traces = new_traces
