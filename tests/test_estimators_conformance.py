@@ -172,7 +172,7 @@ def test_generic_problem_shapes_finite_nonzero(row):
     assert all(isinstance(v, float) for v in out.stats.values())
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "map"], ids=_ids)
+@pytest.mark.parametrize("row", [r for r in ROWS if r.problem == "map" and r.objective != "approx"], ids=_ids)
 def test_scalar_counterexample(row):
     """f_k(z) = z - eps k (z - z*): dL(z*)/dk = 0 while dL(z_T)/dk matches the closed form != 0."""
     model = ScalarShrink()
