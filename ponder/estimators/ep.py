@@ -151,7 +151,7 @@ class EquilibriumPropagation:
                  params: Sequence[Tensor]) -> Rollout:
         if not (hasattr(step_fn, "energy") and hasattr(step_fn, "lr")):
             raise NotApplicable("equilibrium propagation needs an energy-based step (EnergyDescent); "
-                              "this model's step has no energy")
+                                "this model's step has no energy")
         params = list(params)
         cap = self.max_iter if self.max_iter is not None else steps
         free = self._relax(step_fn, loss_fn, z0.detach(), x, 0.0, cap)

@@ -52,9 +52,10 @@ class Phantom:
     unroll k damped steps z <- (1 - lam) z + lam f(z) with the graph and differentiate L at the end.
 
     The forward pass runs the T deployed steps without a graph. With lam = 1 this is truncated-k
-    started at z_T; smaller lam approximates the implicit gradient (the damped unroll's Jacobian
-    sum is a truncated Neumann series of (I - J)^-1 scaled by lam) and is a descent direction under
-    contraction.
+    started at z_T. In general dz_k/dtheta = lam sum_{j<k} M^j F_theta with M = (1 - lam) I + lam J,
+    a truncated Neumann series of (I - M)^-1 = (I - J)^-1 / lam, so the estimate tends to the
+    implicit gradient as k grows (faster when lam is larger and J contracts); damping keeps the
+    series convergent when J has eigenvalues near -1.
     """
 
     k: int = 5
