@@ -133,7 +133,7 @@ def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps
 
         try:
             roll, seconds = timed(call, repeats)
-        except (PonderError, RuntimeError) as e:  # e.g. forward mode through autograd Functions without jvp
+        except PonderError as e:  # NotApplicable (e.g. forward mode through ops without forward AD), rtrl's size cap
             diag.rows.append({"estimator": label, "name": getattr(est, "name", label), "steps": T,
                               "skipped": str(e).splitlines()[0][:200]})
             continue

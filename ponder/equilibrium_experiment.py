@@ -244,7 +244,7 @@ def verdict(summary: dict) -> str:
     first = {m: v["first"]["rho_T"] for m, v in methods.items()}
     order = sorted(last, key=lambda m: -last[m])
     top, low = order[0], order[-1]
-    parts = [f"Mean spectral radius at z_T, start -> end of training: "
+    parts = ["Mean spectral radius at z_T, start -> end of training: "
              + "; ".join(f"{m} {first[m]:.3f} -> {last[m]:.3f}" for m in order) + "."]
     if last[top] - last[low] < 0.02:
         parts.append("The methods end within 0.02 of each other: no method drifts toward rho = 1 more than the others here.")

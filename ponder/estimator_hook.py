@@ -26,9 +26,6 @@ from ponder.models.recursive import RecursiveReasoner, pack_state, unpack_state
 from ponder.types import State, StepOutput
 
 DEFAULT = "trm"  # TRM's rule: the model's own step, no estimator
-# Registered estimators that cannot differentiate the reasoner's recursion, and why.
-FORWARD_MODE = ("forward_gradient", "rtrl")
-NOT_FOR_RECURSION = "needs {}; the recursive reasoner's step has none"
 
 
 def estimator_names() -> list[str]:
@@ -56,10 +53,9 @@ def make_estimator(name: str, **settings):
     from ponder.estimators.ep import EquilibriumPropagation
 
     if isinstance(cls, type) and issubclass(cls, EquilibriumPropagation):
-        raise PonderError(f"train.estimator={name} " + NOT_FOR_RECURSION.format("an energy-based model"))
-    if name in FORWARD_MODE:
-        raise PonderError(f"train.estimator={name} " + NOT_FOR_RECURSION.format(
-            "torch.func forward-mode support (its fused autograd Functions define no jvp)"))
+        raise PonderError(f"train.estimator={name} needs an energy-based model; the recursive reasoner has none")
+    # forward mode (forward_gradient, rtrl) depends on the model: estimate() raises NotApplicable
+    # (one line) at the first step when an op has no forward AD or rtrl's traces would be too big
     if dataclasses.is_dataclass(cls):
         accepted = {f.name for f in dataclasses.fields(cls) if f.init}
     else:

@@ -119,6 +119,13 @@ def test_estimator_names_are_validated(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ponder: error: train.estimator 'nope' unknown")
     assert not (tmp_path / "r").exists()
+    with pytest.raises(PonderError, match="forward mode is not supported"):  # attention's fused head split
+        _train_losses(tmp_path / "fwd", "forward_gradient")
     with pytest.raises(PonderError, match="deep-supervision"):
         cfg = apply_overrides(get_config("debug"), ["--train.estimator=bptt", "--halt.kind=act"])
         train(cfg, tmp_path / "act", final_eval=False)
+
+
+def test_hrm_style_trains_with_an_estimator(tmp_path):
+    recs = _train_losses(tmp_path, "bptt", "--model.style=hrm", "--train.steps=10")
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in recs])))
