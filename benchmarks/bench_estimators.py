@@ -7,6 +7,7 @@ updates + 1 answer update) through the adapter of ponder.estimator_hook.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -95,11 +96,14 @@ def main() -> None:
         tables.append(result)
         print(format_table(result), flush=True)
     load1 = os.getloadavg()
+    report = run_dir / "eval" / "report.json"
+    held = json.loads(report.read_text())["held_out"] if report.exists() else None
+    quality = (f" (held-out exact {100 * held['exact']:.1f}%, {held['mean_steps']:.2f} mean ACT steps)" if held else "")
 
     md = ["## Gradient estimators on a trained reasoner (`ponder diagnose gradients`)", "",
           "Model: the `demo` preset (6x6 Sudoku, d=64 TRM-mlp, T=2 cycles of 2 latent + 1 answer update) "
           + (f"trained here in {train_seconds / 60:.1f} min on {THREADS} thread" if train_seconds else
-             f"from run `{run_dir.name}`")
+             f"from run `{run_dir.name}` (`ponder train demo --train.threads=1`)") + quality
           + f"; {THREADS} thread; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
           "(the machine is shared: times are noisy, memory is not). One estimator step = one full cycle "
           "through the adapter (`ponder.estimator_hook`). Peak memory = peak live bytes of PyTorch's CPU "
@@ -115,7 +119,7 @@ def main() -> None:
         st = next(r for r in rows if r["estimator"] == "implicit" and r["T"] == T)["stats"]
         md.append(f"| {T} | " + " | ".join(cells) + f" | {st['fwd_iters_mean']:.1f} / {st['fwd_iters_max']:.0f} |")
     md += ["", "Least-squares slopes over T: " + "; ".join(
-        f"{n} {v['bytes_per_step'] / 2**20 + 0.0:.3f} MiB/step ({round(v['bytes_per_step']) + 0:d} B), "
+        f"{n} {round(v['bytes_per_step'] / 2**20, 3) + 0.0:.3f} MiB/step ({round(v['bytes_per_step']) + 0:d} B), "
         f"{v['seconds_per_step'] * 1e3:.1f} ms/step" for n, v in fit.items())
         + ". Implicit: forward fixed-point iteration capped at T (tolerance 1e-5), GMRES adjoint with at most 20 "
         "products; its time follows the forward iterations actually run (last column), its memory does not "

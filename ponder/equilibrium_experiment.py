@@ -230,6 +230,8 @@ def summarize(runs: list[dict]) -> dict:
             "first": {k: sum(h[0][k] for h in hs) / len(hs) for k in keys},
             "last": {k: sum(h[-1][k] for h in hs) / len(hs) for k in keys},
             "max_rho_T": sum(max(rec["rho_T"] for rec in h) for h in hs) / len(hs),
+            "max_rho_T_per_seed": [max(rec["rho_T"] for rec in h) for h in hs],
+            "last_loss_T_per_seed": [h[-1]["val_loss_T"] for h in hs],
         }
     for method in METHODS[1:]:
         pairs = [(h[method][-1]["rho_T"], h["bptt"][-1]["rho_T"]) for h in by_seed.values() if method in h and "bptt" in h]
@@ -253,6 +255,15 @@ def verdict(summary: dict) -> str:
                      f"(1 - rho = {1 - last[low]:.3f}).")
     for m, c in summary["rho_above_bptt"].items():
         parts.append(f"{m} ends with a larger rho than BPTT in {c['count']} of {c['seeds']} seeds.")
+    peaks = {m: v["max_rho_T_per_seed"] for m, v in methods.items()}
+    parts.append("Largest rho reached during training, per seed: " + "; ".join(
+        f"{m} {', '.join(f'{r:.3f}' for r in p)}" for m, p in peaks.items()) + ".")
+    near = {m: sum(r >= 0.99 for r in p) for m, p in peaks.items()}
+    if any(near.values()):
+        parts.append("Runs that reached rho >= 0.99: " + ", ".join(f"{m} {k} of {len(peaks[m])}"
+                                                                  for m, k in near.items()) + ".")
+    best = min(methods, key=lambda m: methods[m]["last"]["val_loss_T"])
+    parts.append(f"Lowest held-out loss at the deployed T: {best} ({methods[best]['last']['val_loss_T']:.4f}).")
     return " ".join(parts)
 
 

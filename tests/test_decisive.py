@@ -1,7 +1,6 @@
 """The decisive experiment (ponder.equilibrium_experiment) on a tiny configuration: same starting
 weights for every method, the measurements it reports, and the report files."""
 import json
-import math
 
 import pytest
 import torch
@@ -83,12 +82,16 @@ def test_report_files_and_verdict(tmp_path):
 
 def test_verdict_reads_the_numbers():
     def runs(rho_end):
-        return [{"seed": 0, "method": m, "history": [{"step": 0, "rho_T": 0.5}, {"step": 1, "rho_T": r}]}
+        return [{"seed": 0, "method": m, "history": [{"step": 0, "rho_T": 0.5, "val_loss_T": 1.0},
+                                                      {"step": 1, "rho_T": r, "val_loss_T": r}]}
                 for m, r in zip(METHODS, rho_end)]
 
-    assert "implicit ends closest to rho = 1" in verdict(summarize(runs([0.7, 0.95, 0.6])))
+    text = verdict(summarize(runs([0.7, 0.995, 0.6])))
+    assert "implicit ends closest to rho = 1" in text
+    assert "reached rho >= 0.99: bptt 0 of 1, implicit 1 of 1" in text
+    assert "Lowest held-out loss at the deployed T: implicit+homeostat (0.6000)" in text
     assert "no method drifts" in verdict(summarize(runs([0.7, 0.71, 0.7])))
-    assert not math.isnan(summarize(runs([0.7, 0.95, 0.6]))["methods"]["bptt"]["max_rho_T"])
+    assert summarize(runs([0.7, 0.95, 0.6]))["methods"]["bptt"]["max_rho_T"] == 0.7
 
 
 def test_cli_decisive_rejects_bad_input(capsys):
