@@ -69,7 +69,8 @@ def estimator_from_train_config(tc):
     if tc.estimator_k < 1 or tc.estimator_max_iter < 1 or not tc.estimator_tol > 0:
         raise PonderError("train.estimator_k and train.estimator_max_iter must be >= 1, train.estimator_tol > 0")
     return make_estimator(tc.estimator, k=tc.estimator_k, tol=tc.estimator_tol, max_iter=tc.estimator_max_iter,
-                          adjoint_tol=tc.estimator_tol, adjoint_max_iter=tc.estimator_max_iter)
+                          adjoint_tol=tc.estimator_tol, adjoint_max_iter=tc.estimator_max_iter,
+                          solver=tc.estimator_solver)
 
 
 def recursion_problem(model: RecursiveReasoner, state: State, inputs: Tensor,

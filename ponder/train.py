@@ -56,8 +56,9 @@ class TrainConfig:
         max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
         estimator: gradient of the recursion: "trm" (T-1 cycles without gradient, then one with) or
             a ponder.estimators name ("bptt", "truncated", "implicit", ...; ponder.estimator_hook).
-        estimator_k, estimator_tol, estimator_max_iter: settings passed to estimators that take
-            them (truncation depth k; solver tolerance and iteration cap).
+        estimator_k, estimator_tol, estimator_max_iter, estimator_solver: settings passed to
+            estimators that take them (truncation depth k; solver tolerance and iteration cap;
+            the implicit forward solver, "fixed_point" or "anderson").
     """
 
     seed: int = 0
@@ -86,6 +87,7 @@ class TrainConfig:
     estimator_k: int = 1
     estimator_tol: float = 1e-4
     estimator_max_iter: int = 50
+    estimator_solver: str = "fixed_point"
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

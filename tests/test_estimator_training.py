@@ -114,6 +114,9 @@ def test_estimator_names_are_validated(tmp_path, capsys):
     with pytest.raises(PonderError, match="energy-based"):
         make_estimator("ep_symmetric")
     assert make_estimator("trm") is None
+    with pytest.raises(PonderError, match="implicit.solver must be one of"):
+        train(apply_overrides(get_config("debug"), ["--train.estimator=implicit", "--train.estimator_solver=x"]),
+              tmp_path / "solver", final_eval=False)
     assert make_estimator("truncated", k=3, tol=1.0).k == 3  # settings it does not take are ignored
     assert main(["train", "debug", "--run-dir", str(tmp_path / "r"), "--train.estimator=nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
