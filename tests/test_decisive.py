@@ -99,3 +99,11 @@ def test_cli_decisive_rejects_bad_input(capsys):
     assert main(["diagnose", "decisive", "debug"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("ponder: error:") for line in err)
+
+
+def test_cli_decisive_writes_the_report(tmp_path, capsys):
+    assert main(["diagnose", "decisive", "--seeds", "1", "--train-steps", "2", "--steps", "3", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    assert "deployed T=3" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["config"]["train_steps"] == 2
+    assert (tmp_path / "decisive.png").exists()
