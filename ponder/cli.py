@@ -1,4 +1,4 @@
-"""Command line: `ponder train | eval | presets`.
+"""Command line: `ponder train | eval | presets | diagnose`.
 
 Every user error (unknown preset or key, wrong type, missing or corrupt file, impossible task)
 prints one line `ponder: error: ...` and exits with status 2; never a traceback.
@@ -76,6 +76,42 @@ def _cmd_eval(args, extra) -> int:
     return 0
 
 
+def _cmd_diagnose(args, extra) -> int:
+    if args.what == "gradients":
+        from ponder.diagnose import diagnose_gradients, format_table, write_json
+
+        if not args.source:
+            raise PonderError("`ponder diagnose gradients` needs a PRESET or RUN_DIR")
+        result = diagnose_gradients(args.source, steps=args.steps, ref_steps=args.ref_steps, batch=args.batch,
+                                    repeats=args.repeats, max_iter=args.max_iter, ref_max_iter=args.ref_max_iter,
+                                    overrides=extra, progress=not args.quiet)
+        print(format_table(result))
+        if args.json:
+            write_json(result, args.json)
+        return 0
+    import torch
+
+    from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
+
+    if args.source:
+        raise PonderError("`ponder diagnose decisive` takes no PRESET or RUN_DIR")
+    if extra:
+        raise PonderError("`ponder diagnose decisive` takes no --section.key overrides")
+    if args.seeds < 1:
+        raise PonderError(f"--seeds must be >= 1, got {args.seeds}")
+    torch.set_num_threads(args.threads)
+    cfg = DecisiveConfig()
+    if args.train_steps is not None:
+        cfg.train_steps = args.train_steps
+    if args.steps is not None:
+        cfg.deployed_steps = args.steps
+    result = run_decisive(cfg, list(range(args.seeds)), progress=not args.quiet)
+    paths = write_report(result, args.out)
+    print(report_markdown(result))
+    print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Recursive reasoning models with learned halting.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="RUN_DIR (latest checkpoint) or a checkpoint directory")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.set_defaults(fn=_cmd_eval)
+    p = sub.add_parser("diagnose", help="gradient estimators on one batch; the decisive fixed-point experiment")
+    p.add_argument("what", choices=("gradients", "decisive"))
+    p.add_argument("source", nargs="?", help="gradients: PRESET or RUN_DIR")
+    p.add_argument("--steps", type=int, help="gradients: cycles T (default the model's); decisive: deployed T")
+    p.add_argument("--ref-steps", type=int, help="gradients: horizon of the BPTT reference (default max(16, 4T))")
+    p.add_argument("--batch", type=int, default=32, help="gradients: held-out samples in the batch")
+    p.add_argument("--repeats", type=int, default=1, help="gradients: timing repeats (median)")
+    p.add_argument("--max-iter", type=int, default=50, help="gradients: implicit solver iterations (forward, adjoint)")
+    p.add_argument("--ref-max-iter", type=int, default=200, help="gradients: iterations of the tight implicit reference")
+    p.add_argument("--json", metavar="PATH", help="gradients: also write the table as JSON")
+    p.add_argument("--seeds", type=int, default=3, help="decisive: seeds 0..N-1")
+    p.add_argument("--train-steps", type=int, help="decisive: training steps per run")
+    p.add_argument("--threads", type=int, default=1, help="decisive: torch threads")
+    p.add_argument("--out", default="runs/decisive", help="decisive: report directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_diagnose)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)
     return parser

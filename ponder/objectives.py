@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ponder.carry import Carry, SampleStream
+from ponder.errors import PonderError
 from ponder.evaluate import exact_and_cells
 from ponder.types import IGNORE
 
@@ -53,9 +54,10 @@ class DeepSupervision:
     """TRM/HRM deep supervision with the carry kept across optimizer steps."""
 
     def __init__(self, model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, estimator=None):
         self.model, self.head, self.stream = model, model.halting, stream
         self.halt_cfg, self.loss_kind = halt_cfg, loss_kind
+        self.estimator = estimator  # None: TRM's gradient (the model's step); see ponder.estimator_hook
         self.carry = Carry(model, batch_size, model.seq_len, device)
         self.memo = self.head.start(batch_size, device)
         self.explore_gen = torch.Generator().manual_seed(seed + 1)
@@ -71,8 +73,16 @@ class DeepSupervision:
             start = self.head.start(int(fresh.sum()), carry.steps.device)
             for k in self.memo:
                 self.memo[k][fresh] = start[k]
-        self._new_state, out = self.model.step(carry.state, carry.batch.inputs)
         labels = carry.batch.labels
+        est_loss, est_stats = None, {}
+        if self.estimator is None:
+            self._new_state, out = self.model.step(carry.state, carry.batch.inputs)
+        else:  # the recursion's gradient comes from the estimator, through a zero-valued term
+            from ponder.estimator_hook import estimated_step
+
+            self._new_state, out, est_loss, est_stats = estimated_step(
+                self.model, carry.state, carry.batch.inputs, lambda lg: task_loss(lg, labels, self.loss_kind),
+                self.estimator)
         lm = task_loss(out.logits, labels, self.loss_kind)
         with torch.no_grad():
             exact, cells, total = exact_and_cells(out.logits.argmax(-1), labels)  # (b,)
@@ -84,8 +94,9 @@ class DeepSupervision:
         halt_loss, stats = self.head.loss(out, exact, steps=steps, next_out=next_out)
         self._out = out
         metrics = {"lm_loss": lm.item(), **stats, "step_exact": exact.float().mean().item(),
-                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(), **_halt_spread(out.halt_logits)}
-        return lm + halt_loss, metrics
+                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(), **_halt_spread(out.halt_logits),
+                   **est_stats}
+        return (lm + halt_loss if est_loss is None else lm + halt_loss + est_loss), metrics
 
     def commit(self, ok: bool) -> None:
         carry = self.carry
@@ -175,6 +186,14 @@ class Unrolled:
 
 
 def build_objective(model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
-                    device: torch.device, seed: int):
-    kind = Unrolled if model.halting.unrolled else DeepSupervision
-    return kind(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind, device=device, seed=seed)
+                    device: torch.device, seed: int, estimator=None):
+    """The objective for the model's halting head; `estimator` (deep supervision only) replaces
+    TRM's gradient of the recursion (ponder.estimator_hook)."""
+    if model.halting.unrolled:
+        if estimator is not None:
+            raise PonderError(f"train.estimator={estimator.name} needs a deep-supervision halting head "
+                              f"(q_halt, q_continue), not {halt_cfg.kind}")
+        return Unrolled(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+                        device=device, seed=seed)
+    return DeepSupervision(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+                           device=device, seed=seed, estimator=estimator)

@@ -54,6 +54,11 @@ class TrainConfig:
         threads: torch CPU threads (0 = torch's default).
         progress: show a progress bar with ETA.
         max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
+        estimator: gradient of the recursion: "trm" (T-1 cycles without gradient, then one with) or
+            a ponder.estimators name ("bptt", "truncated", "implicit", ...; ponder.estimator_hook).
+        estimator_k, estimator_tol, estimator_max_iter, estimator_solver: settings passed to
+            estimators that take them (truncation depth k; solver tolerance and iteration cap;
+            the implicit forward solver, "fixed_point" or "anderson").
     """
 
     seed: int = 0
@@ -78,6 +83,11 @@ class TrainConfig:
     threads: int = 0
     progress: bool = True
     max_minutes: float = 0.0
+    estimator: str = "trm"
+    estimator_k: int = 1
+    estimator_tol: float = 1e-4
+    estimator_max_iter: int = 50
+    estimator_solver: str = "fixed_point"
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -88,6 +98,9 @@ class TrainConfig:
             raise PonderError(f"train.loss must be 'softmax' or 'stablemax', got {self.loss!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise PonderError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        from ponder.estimator_hook import estimator_from_train_config
+
+        estimator_from_train_config(self)  # an unknown name is a one-line PonderError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,8 +208,10 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
                           weight_decay=tc.weight_decay, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
+    from ponder.estimator_hook import estimator_from_train_config
+
     objective = build_objective(model, stream, batch_size=tc.batch_size, halt_cfg=cfg.halt, loss_kind=tc.loss,
-                                device=device, seed=tc.seed)
+                                device=device, seed=tc.seed, estimator=estimator_from_train_config(tc))
     log = MetricsLog(run_dir)
     from ponder.monitors import HaltingHealthMonitor
 

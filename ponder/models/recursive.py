@@ -241,3 +241,42 @@ class RecursiveReasoner(nn.Module):
         z_l = self.l_net(z_l, z_h + x)  # (b, n, d) with gradient
         z_h = self.h_net(z_h, z_l)  # (b, n, d) with gradient
         return z_h, z_l
+
+    # ----------------------------------------------------------------------------- estimator hook
+
+    def cycle(self, packed: Tensor, x: Tensor) -> Tensor:
+        """One full outer cycle on the packed state, with gradient: the step map of the recursion.
+
+        TRM: n updates z = net(z, y + x), then y = net(y, z). HRM: n updates z_L = l_net(z_L,
+        z_H + x), then z_H = h_net(z_H, z_L). A gradient estimator (ponder.estimators) iterates
+        this map; `_trm_cycles` is T - 1 of them without gradient and one with.
+
+        Args:
+            packed: (b, 2, n, d) state from `pack_state` (answer state first).
+            x: (b, n, d) embedded inputs.
+        Returns: (b, 2, n, d) the next packed state.
+        """
+        y, z = unpack_state(packed)
+        if self.cfg.style == "trm":
+            y, z = self._trm_cycle(y, z, x, self.cfg.l_cycles)
+        else:
+            injection = y + x  # (b, n, d)
+            for _ in range(self.cfg.l_cycles):
+                z = self.l_net(z, injection)  # (b, n, d)
+            y = self.h_net(y, z)  # (b, n, d)
+        return pack_state(y, z)
+
+    def recursion_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the recursion's step map (the net or nets; not embedding, readout, head)."""
+        nets = (self.net,) if self.cfg.style == "trm" else (self.l_net, self.h_net)
+        return [p for net in nets for p in net.parameters()]
+
+
+def pack_state(y: Tensor, z: Tensor) -> Tensor:
+    """(b, n, d) answer and latent states -> (b, 2, n, d) batch-first packed state."""
+    return torch.stack([y, z], 1)
+
+
+def unpack_state(packed: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of `pack_state`: (b, 2, n, d) -> (y, z), each (b, n, d)."""
+    return packed[:, 0], packed[:, 1]
