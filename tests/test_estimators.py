@@ -153,3 +153,15 @@ def test_float32_tolerances_are_floored_so_solves_stop_early():
     floor = 10 * torch.finfo(torch.float32).eps
     assert out.stats["fwd_iters_max"] < 200 and out.stats["adj_iters_max"] < 100
     assert out.stats["fwd_rel_residual_max"] < floor and out.stats["adj_rel_residual_max"] < 10 * floor
+
+
+def test_anderson_step_with_a_singular_history_falls_back_to_a_plain_step():
+    # a row whose iterates stopped moving has g = f - x = 0: its Gram matrix is singular in float32
+    from ponder.estimators.solvers import _anderson_step
+
+    xs = torch.ones(3, 4, 8)
+    fs = xs.clone()
+    fs[0] += torch.randn(4, 8)  # one healthy row
+    out = _anderson_step(xs, fs, beta=1.0, lam=0.0)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1:], fs[1:, -1])

@@ -114,13 +114,13 @@ def _anderson_step(xs: Tensor, fs: Tensor, beta: float, lam: float) -> Tensor:
     scale = gram.diagonal(dim1=1, dim2=2).real.mean(1).clamp_min(_TINY)  # (rows,)
     gram = gram + (lam * scale)[:, None, None] * torch.eye(n, dtype=g.dtype, device=g.device)
     ones = torch.ones(g.shape[0], n, 1, dtype=g.dtype, device=g.device)
-    sol = torch.linalg.solve(gram, ones)  # (rows, n, 1)
+    sol, info = torch.linalg.solve_ex(gram, ones)  # (rows, n, 1); info != 0: singular (converged rows)
     alpha = sol / sol.sum(1, keepdim=True)
     mixed_f = (alpha * fs).sum(1)
     mixed_x = (alpha * xs).sum(1)
     out = beta * mixed_f + (1.0 - beta) * mixed_x
-    ok = torch.isfinite(out).all(1, keepdim=True)
-    return torch.where(ok, out, fs[:, -1])
+    ok = torch.isfinite(out).all(1, keepdim=True) & (info == 0)[:, None]
+    return torch.where(ok, out, fs[:, -1])  # a plain fixed-point step where the mix is undefined
 
 
 def gmres(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_iter: int, tol: float,
