@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import ROOT, write_fragment
+from benchmarks.common import RESULTS, ROOT, write_fragment
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_STEPS", "1000"))
 SEEDS = int(os.environ.get("PONDER_BENCH_PARITY_SEEDS", "1"))
@@ -83,9 +83,18 @@ def _runs() -> list[dict]:
 
 
 def main() -> None:
+    """`--reference-only` keeps the head runs of the last parity.json and re-measures the reference."""
     torch.set_num_threads(1)
-    rows = _runs()
-    reference = {split: [set_model_reference(preset, STEPS, s) for s in range(SEEDS)] for split, preset in SPLITS.items()}
+    if "--reference-only" in sys.argv:
+        previous = json.loads((RESULTS / "parity.json").read_text())
+        if previous["steps"] != STEPS or previous["seeds"] != SEEDS:
+            sys.exit("bench_parity: --reference-only needs the same steps and seeds as the last full run")
+        rows = previous["runs"]
+    else:
+        rows = _runs()
+    budgets = (STEPS, 4 * STEPS)
+    reference = {split: {b: [set_model_reference(preset, b, s) for s in range(SEEDS)] for b in budgets}
+                 for split, preset in SPLITS.items()}
 
     def fmt(values, pct=True):
         vals = [v for v in values if v is not None]
@@ -99,16 +108,25 @@ def main() -> None:
           f"`parity16` (16 entries, 1-16 non-zeros) and `parity16-extrapolation` (train 1-8, test 9-16), "
           f"{STEPS} optimizer steps of batch 128 per run, {SEEDS} seed(s) per cell (mean ± spread over seeds), "
           "one thread each. Chance is 50%. Reference: a set model (embedding, mean over positions, 2-layer MLP) "
-          "trained on the same data for the same number of steps.", "",
-          "| split | head | held-out exact | mean steps | Spearman(steps, non-zeros) | reference set model |",
-          "|---|---|---|---|---|---|"]
+          f"trained on the same data for the same {STEPS} steps and for {4 * STEPS}.", "",
+          "| split | head | held-out exact | mean steps | Spearman(steps, non-zeros) | "
+          f"reference set model, {STEPS} steps | reference, {4 * STEPS} steps |",
+          "|---|---|---|---|---|---|---|"]
     for split in SPLITS:
         for head in HEADS:
             cell = [r for r in rows if r["split"] == split and r["head"] == head]
             md.append(f"| {split} | {head} | {fmt([r['exact'] for r in cell])} | "
                       f"{fmt([r['mean_steps'] for r in cell], pct=False)} | "
-                      f"{fmt([r['spearman'] for r in cell], pct=False)} | {fmt(reference[split])} |")
-    write_fragment("parity", "\n".join(md), {"steps": STEPS, "seeds": SEEDS, "runs": rows, "reference": reference})
+                      f"{fmt([r['spearman'] for r in cell], pct=False)} | {fmt(reference[split][budgets[0]])} | "
+                      f"{fmt(reference[split][budgets[1]])} |")
+    md += ["", "Goal (issue): PonderNet-style halting at >= 99% interpolation and >= 95% extrapolation with steps "
+           "rising with the number of non-zeros. Not met: at this budget every head is at or near chance on "
+           "interpolation and uses a constant number of steps (so the rank correlation is undefined), while the "
+           "set model shows the data is learnable (it jumps from near chance to about 99% between these two budgets). "
+           "The reasoner therefore fails here on optimisation, not on data; longer runs and architecture "
+           "changes are open work (see the parity presets)."]
+    write_fragment("parity", "\n".join(md), {"steps": STEPS, "seeds": SEEDS, "runs": rows,
+                                             "reference": {sp: {str(b): v for b, v in r.items()} for sp, r in reference.items()}})
 
 
 if __name__ == "__main__":
