@@ -11,7 +11,7 @@ events and decides, in this order (REFERENCE section 4, "meta-escalation"):
 2. LR backoff: gradient explosions, attention collapses or a critical adapter norm multiply
    the LR by lr_backoff (once per cooldown_windows); clean windows restore it gradually
    (restore_windows clean windows undo one backoff).
-3. gate: any NaN step, explosion, loss spike, collapse, norm warning, accuracy-EMA drop beyond
+3. gate: any NaN step, explosion, loss spike, collapse, critical norm, accuracy-EMA drop beyond
    acc_drop, backoff or rollback in the window pauses the auxiliary-weight ramp: the weights
    are held, not lowered.
 4. recovery: the first clean window after a pause resumes; the held weights then close
@@ -163,7 +163,7 @@ class StabilityController:
             reasons.append(f"{len(spikes)} loss spikes (loss {loss:.3g} vs running mean {mean:.3g})")
         if collapses:
             reasons.append("attention collapse in " + ", ".join(collapses))
-        if level != "ok":
+        if level in ("critical", "kill"):  # "warn" is logged by the monitor, not acted on
             reasons.append(f"adapter delta norm {norm_max:.3g} at {level} level (clamp {self.monitor.max_norm:g})")
         if drops:
             ema, best = drops[-1]

@@ -32,7 +32,7 @@ from ponder.health.config import TrainingHealthConfig
 from ponder.models.blocks import Attention, split_heads
 
 LEVELS = ("ok", "warn", "critical", "kill")
-COUNTS = ("nonfinite", "explosions", "spikes", "attention_collapses", "acc_drops", "norm_warn", "halt_saturated")
+COUNTS = ("nonfinite", "explosions", "spikes", "attention_collapses", "acc_drops", "norm_warn")
 PEAKS = {"grad_norm": "grad_norm_max", "logit_absmax": "logit_absmax", "nonfinite_streak": "nonfinite_streak_max",
          "adapter_norm_max": "adapter_norm_max"}
 

@@ -82,13 +82,15 @@ def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Che
         no_data("adapter delta norm under limits", "no adapter (model.adapter_rank=0)")
     else:
         max_norm = cfg.model.adapter_max_norm
-        warn = hc.norm_warn * max_norm
-        checks.append(Check("adapter delta norm under limits", amax <= warn,
-                            f"max per-sample |dW| before the clamp {amax:.3g} (warn above {warn:.3g}, clamp at "
-                            f"{max_norm:g}); mean clamp hit-rate {_mean(health, 'adapter_clamp_rate'):.1%}",
+        warn, critical = hc.norm_warn * max_norm, hc.norm_critical * max_norm
+        checks.append(Check("adapter delta norm under limits", amax <= critical,
+                            f"max per-sample |dW| before the clamp {amax:.3g} (critical above {critical:.3g}, warn "
+                            f"above {warn:.3g}, clamp at {max_norm:g}); mean clamp hit-rate "
+                            f"{_mean(health, 'adapter_clamp_rate'):.1%}",
                             {"adapter_norm_max": _r(amax), "adapter_norm_mean": _r(_mean(health, "adapter_norm_mean")),
                              "adapter_norm_p90": _r(_mean(health, "adapter_norm_p90")),
-                             "clamp_rate": _r(_mean(health, "adapter_clamp_rate")), "warn": warn}))
+                             "clamp_rate": _r(_mean(health, "adapter_clamp_rate")), "warn": warn,
+                             "critical": critical, "warn_steps": int(sum(_vals(health, "norm_warn")))}))
     acts = sorted({k[4:-4] for r in health for k in r if k.startswith("act_") and k.endswith("_max")})
     if acts:
         figs = {n: {"mean": _r(_mean(health, f"act_{n}_mean")), "max": _r(max(_vals(health, f"act_{n}_max")))}
@@ -150,9 +152,10 @@ def _mean(records: list[dict], key: str) -> float:
 
 
 def format_report(checks: list[Check], actions: list[dict]) -> str:
-    mark = {True: "PASS", False: "FAIL", None: "no data"}
+    mark = {True: "PASS", False: "FAIL"}
     lines = ["# Training health", "", "| check | result | figures |", "|---|---|---|"]
-    lines += [f"| {c.name} | {mark[c.passed]} | {c.summary} |" for c in checks]
+    lines += [f"| {c.name} | {mark.get(c.passed, 'no data' if c.summary.startswith('no data') else 'logged')} | "
+              f"{c.summary} |" for c in checks]
     lines += ["", f"## Controller actions ({len(actions)})", ""]
     if not actions:
         lines.append("none (controller off, or nothing to act on)")

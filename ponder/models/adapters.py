@@ -7,7 +7,8 @@ becomes identity plus a sample-specific rank-r matrix dW_i = U_i V_i^T (U_i, V_i
 Guards (REFERENCE section 4: a delta-norm creep 1.27 -> 1.80 preceded an accuracy collapse):
 
 - each sample's ||dW_i||_F is clamped to `max_norm` (the U factor is rescaled);
-- a regulariser `reg_weight * mean_i (||dW_i|| - target_norm)^2` pulls the norms toward a target;
+- a regulariser `reg_weight * mean_i (||dW_i|| - target_norm)^2` on the pre-clamp norms pulls
+  them toward a target;
 - the pre-clamp norms and the clamp hit-rate of the last differentiated call are kept for the
   training-health monitors (`last_norms`, `last_hit_rate`).
 
@@ -80,7 +81,9 @@ class HyperLoRA(nn.Module):
         factor = (self.max_norm / norms).clamp(max=1.0)  # (b,) 1 = not clamped
         self._u, self._v = u * factor.view(b, 1, 1), v
         if torch.is_grad_enabled():
-            reg = self.reg_weight * (norms * factor - self.target_norm).square().mean()
+            # on the norm BEFORE the clamp: inside the clamp only the direction of dW is used, so
+            # its raw size would otherwise drift freely (it did: 0.5 -> 13 in 30 debug steps)
+            reg = self.reg_weight * (norms - self.target_norm).square().mean()
             self._reg_sum = reg if self._reg_sum is None else self._reg_sum + reg
             self._reg_calls += 1
             self.last_norms = norms.detach()

@@ -76,8 +76,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     adapter_rank: int = 0
-    adapter_max_norm: float = 1.0
-    adapter_target_norm: float = 0.5
+    adapter_max_norm: float = 3.0
+    adapter_target_norm: float = 1.0
     adapter_reg_weight: float = 1e-3
     adapter_scale: float = 1.0
     logit_clamp: float = 0.0
