@@ -115,3 +115,16 @@ def test_health_config_errors_and_old_configs_load():
     data = to_dict(get_config("debug"))
     del data["health"]  # saved before the section existed
     assert from_dict(data).health == TrainingHealthConfig()
+
+
+def test_adapter_run_with_ema_evaluates_and_resumes(tmp_path):
+    """The EMA evaluation deep-copies the model: the adapter and the monitors' hooks must allow it."""
+    from ponder.train import train
+
+    cfg = apply_overrides(get_config("debug"), ["--model.adapter_rank=4", "--train.ema_decay=0.9", "--train.steps=10",
+                                                "--model.logit_clamp=2", "--model.logit_clamp_max=4"])
+    train(cfg, tmp_path, final_eval=False)
+    cfg.train.steps = 20
+    train(cfg, tmp_path, resume=True, final_eval=False)
+    text = (tmp_path / "health.md").read_text()
+    assert "soft clamp t=2, m=4" in text and "adapter delta norm under limits" in text

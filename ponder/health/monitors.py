@@ -115,7 +115,7 @@ class HealthMonitor:
                 self._hooks.append(m.register_forward_pre_hook(self._keep_input(name)))
         readout = getattr(model, "readout", None)
         if readout is not None:
-            self._hooks.append(readout.register_forward_hook(self._keep_logits))
+            self._hooks.append(readout.register_forward_hook(self._keep_logits()))
         modules = dict(model.named_modules())
         for name in filter(None, (n.strip() for n in self.cfg.activation_norms.split(","))):
             if name not in modules:
@@ -129,10 +129,14 @@ class HealthMonitor:
                 self._attn_inputs[name] = args[0][: self.cfg.attention_samples].detach().clone()
         return hook
 
-    def _keep_logits(self, module, args, out) -> None:
-        if self._armed:
-            m = out.detach().abs().amax()
-            self._logit_max = m if self._logit_max is None else torch.maximum(self._logit_max, m)
+    # Hooks are closures, not bound methods: deep-copying the model (the EMA evaluation copy)
+    # then shares them instead of copying this monitor; they only act while a step is armed.
+    def _keep_logits(self):
+        def hook(module, args, out):
+            if self._armed:
+                m = out.detach().abs().amax()
+                self._logit_max = m if self._logit_max is None else torch.maximum(self._logit_max, m)
+        return hook
 
     def _keep_activation(self, name: str):
         def hook(module, args, out):

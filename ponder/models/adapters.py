@@ -95,7 +95,10 @@ class HyperLoRA(nn.Module):
         return self.scale * torch.einsum("bnr,bdr->bnd", torch.einsum("bnd,bdr->bnr", h, self._v), self._u)
 
     def pop_aux_loss(self) -> Tensor | None:
-        """The mean regulariser over the differentiated calls since the last pop (then reset)."""
+        """The mean regulariser over the differentiated calls since the last pop (then reset).
+
+        Called by the training loop after every forward pass; it also drops the batch's factors."""
+        self._u = self._v = None  # the step's factors are done with (and keep deepcopy of the model possible)
         if self._reg_sum is None:
             return None
         out = self._reg_sum / self._reg_calls
