@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "sudoku9", "maze9", "finetune", "throughput"]
+ORDER = ["demo", "sudoku9", "maze9", "finetune", "throughput", "health"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
 

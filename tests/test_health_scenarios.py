@@ -108,11 +108,13 @@ def test_forced_attention_collapse_is_detected_and_backs_off(tmp_path):
     assert _check(report, "attention never collapsed")["passed"] is False
 
 
-def test_accuracy_drop_pauses_the_ramp(tmp_path):
+def test_accuracy_drop_backs_off_and_pauses_the_ramp(tmp_path):
     records, actions = _run(tmp_path, [faults.ScrambleReadout([28])], steps=45)
-    first = actions[0]
-    assert first["action"] == "pause" and first["step"] == 30
-    assert "accuracy EMA" in first["reason"] and "below its best" in first["reason"]
+    kinds = [(a["step"], a["action"]) for a in actions]
+    assert kinds[:2] == [(30, "lr_backoff"), (30, "pause")]
+    assert "accuracy EMA" in actions[0]["reason"] and "below its best" in actions[0]["reason"]
+    ctrl = {r["step"]: r for r in records if r["kind"] == "controller"}
+    assert ctrl[30]["ramp_halt_weight"] == ctrl[35]["ramp_halt_weight"]  # held while accuracy is down
     _intact(tmp_path, records, steps=45)
 
 

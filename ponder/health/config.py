@@ -42,6 +42,8 @@ class TrainingHealthConfig:
         recovery: after a pause, the fraction of the gap to the schedule closed per clean window.
         lr_backoff: LR multiplier on an explosion, collapse or critical norm; cooldown_windows:
             windows before another backoff; restore_windows: clean windows to undo one backoff.
+        backoff_on_acc_drop: an accuracy-EMA drop beyond acc_drop also backs off the LR (REFERENCE
+            only pauses on it; on this project's tasks a too-high LR shows first as such a drop).
         aux_cap: most the auxiliary terms may make of the total loss (REFERENCE: 25%).
         hard_nan: non-finite steps in a window that make it a hard failure.
         rollback_after: consecutive hard-failure windows before a rollback to the last good
@@ -74,6 +76,7 @@ class TrainingHealthConfig:
     lr_backoff: float = 0.5
     cooldown_windows: int = 2
     restore_windows: int = 4
+    backoff_on_acc_drop: bool = True
     aux_cap: float = 0.25
     hard_nan: int = 3
     rollback_after: int = 2

@@ -8,8 +8,9 @@ events and decides, in this order (REFERENCE section 4, "meta-escalation"):
    optimizer, EMA; taken after clean windows in RUN_DIR/health/) and multiply the LR by
    rollback_lr. The step counter, data stream and log go on: the run is never lost. After
    max_rollbacks the run stops with an emergency checkpoint and a one-line error.
-2. LR backoff: gradient explosions, attention collapses or a critical adapter norm multiply
-   the LR by lr_backoff (once per cooldown_windows); clean windows restore it gradually
+2. LR backoff: gradient explosions, attention collapses, a critical adapter norm or (with
+   backoff_on_acc_drop, an accuracy collapse) an accuracy-EMA drop beyond acc_drop multiply the
+   LR by lr_backoff (once per cooldown_windows); clean windows restore it gradually
    (restore_windows clean windows undo one backoff).
 3. gate: any NaN step, explosion, loss spike, collapse, critical norm, accuracy-EMA drop beyond
    acc_drop, backoff or rollback in the window pauses the auxiliary-weight ramp: the weights
@@ -175,7 +176,8 @@ class StabilityController:
         acted = False
         if level == "kill" or self.hard_windows >= c.rollback_after:
             acted = self._rollback(step, "; ".join(reasons))
-        if not acted and (explosions or collapses or level in ("critical", "kill")) and self.cooldown == 0:
+        backoff = explosions or collapses or level in ("critical", "kill") or (drops and c.backoff_on_acc_drop)
+        if not acted and backoff and self.cooldown == 0:
             self.lr_mult *= c.lr_backoff
             self.cooldown = c.cooldown_windows
             acted = True
