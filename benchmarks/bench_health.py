@@ -1,11 +1,11 @@
 """Training health: monitor overhead on the TRM-size config, and an unstable configuration run
 with and without the stability controller (3 seeds, loss curves plotted).
 
-Overhead: `trm-sudoku9` (6.8M parameters, batch 64), a few optimizer steps per run with the
-monitors off, on (defaults: attention statistics every 10 steps) and on with attention
-statistics every step (worst case); runs interleaved, the first step of each run dropped,
-medians of the per-step times. The default's cost is the cheap per-step part plus a tenth of the
-attention part.
+Overhead: `trm-sudoku9` (6.8M parameters, batch 64), a few optimizer steps with a stopwatch on
+every entry point of the monitors (callbacks and model hooks), attention statistics on every
+other step; the share of each step spent in the monitors (a same-step ratio: whole-step times on
+this shared machine move 2-6x with other jobs' load, so on/off runs cannot resolve a few
+percent). The default's cost is the per-step part plus a tenth of the attention part.
 
 Unstable: a small 6x6 Sudoku model with the HyperLoRA adapter on, its LR warmed up to 0.03
 (15x the demo preset's) over the first half of the run. Without the controller accuracy rises
@@ -20,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,14 +29,12 @@ from tqdm import tqdm
 from benchmarks.common import RESULTS, write_fragment
 from ponder.config import apply_overrides
 from ponder.errors import PonderError
+from ponder.health.monitors import HealthMonitor
 from ponder.presets import get_config
 from ponder.train import train
 
-OVERHEAD_STEPS = int(os.environ.get("PONDER_BENCH_HEALTH_STEPS", "3"))  # per run; the first is dropped
-OVERHEAD_ROUNDS = int(os.environ.get("PONDER_BENCH_HEALTH_ROUNDS", "2"))
+OVERHEAD_STEPS = int(os.environ.get("PONDER_BENCH_HEALTH_STEPS", "4"))  # attention stats on steps 2 and 4
 OVERHEAD_THREADS = 2
-MODES = {"off": ["--health.monitors=false"], "on (default)": [],
-         "on, attention stats every step": ["--health.attention_every=1"]}
 UNSTABLE = ["--model.d_model=32", "--model.n_layers=1", "--model.adapter_rank=4", "--train.batch_size=32",
             "--train.lr=0.03", "--train.warmup_steps=400", "--train.steps=800", "--train.log_every=10",
             "--train.eval_every=100", "--train.checkpoint_every=400", "--train.threads=1", "--train.progress=false",
@@ -47,29 +46,62 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+class TimedHealthMonitor(HealthMonitor):
+    """The HealthMonitor with a stopwatch on every entry point (callbacks and model hooks)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spent = 0.0  # seconds inside the monitor during the current step
+        self.per_step: list[tuple[int, float, bool]] = []  # (step, seconds, attention stats computed)
+
+    def _timed(self, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.spent += time.perf_counter() - t
+        return wrapper
+
+    def _keep_input(self, name):
+        return self._timed(super()._keep_input(name))
+
+    def _keep_logits(self):
+        return self._timed(super()._keep_logits())
+
+    def on_step_start(self, run, step):
+        self._timed(super().on_step_start)(run, step)
+
+    def on_step_end(self, run, m):
+        attn = self._attn_armed
+        self._timed(super().on_step_end)(run, m)
+        self.per_step.append((m["step"], self.spent, attn))
+        self.spent = 0.0
+
+
 def overhead(tmp: Path) -> dict:
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    loads = []
-    jobs = [(r, m) for r in range(OVERHEAD_ROUNDS) for m in MODES]
-    for r, mode in tqdm(jobs, desc="overhead (trm-sudoku9)", unit="run"):
-        cfg = apply_overrides(get_config("trm-sudoku9"), [
-            f"--train.steps={OVERHEAD_STEPS}", "--train.log_every=1", "--train.eval_every=0",
-            "--train.checkpoint_every=0", "--train.keep_checkpoints=1", f"--train.threads={OVERHEAD_THREADS}",
-            "--train.progress=false", *MODES[mode]])
-        run_dir = tmp / f"overhead-{r}-{list(MODES).index(mode)}"
-        loads.append(os.getloadavg()[0])
-        train(cfg, run_dir, final_eval=False)
-        steps = [x["time_sec_per_step"] for x in _records(run_dir) if x["kind"] == "train"]
-        times[mode].extend(steps[1:])
-        loads.append(os.getloadavg()[0])
-    med = {m: statistics.median(v) for m, v in times.items()}
-    off = med["off"]
-    attn_part = (med["on, attention stats every step"] - med["on (default)"]) / 10  # every 10th step
-    return {"per_step_sec": times, "median_sec": med, "overhead_default": (med["on (default)"] + attn_part) / off - 1,
-            "overhead_cheap_only": med["on (default)"] / off - 1,
-            "overhead_attention_every_step": med["on, attention stats every step"] / off - 1,
+    """Seconds spent inside the monitors over the seconds of the same step: a same-step ratio, so
+    the load of other jobs on the machine (which moves whole step times by 2-6x here) cancels."""
+    cfg = apply_overrides(get_config("trm-sudoku9"), [
+        f"--train.steps={OVERHEAD_STEPS}", "--train.log_every=1", "--train.eval_every=0",
+        "--train.checkpoint_every=0", "--train.keep_checkpoints=1", f"--train.threads={OVERHEAD_THREADS}",
+        "--train.progress=false", "--health.monitors=false", "--health.attention_every=2"])
+    mon = TimedHealthMonitor(replace(cfg.health, monitors=True, attention_every=2), log_every=1,
+                             grad_clip=cfg.train.grad_clip)
+    loads = [os.getloadavg()[0]]
+    with tqdm(total=1, desc="overhead (trm-sudoku9)", unit="run") as bar:
+        train(cfg, tmp / "overhead", callbacks=[mon], final_eval=False)
+        bar.update(1)
+    loads.append(os.getloadavg()[0])
+    step_sec = {x["step"]: x["time_sec_per_step"] for x in _records(tmp / "overhead") if x["kind"] == "train"}
+    rows = [{"step": s, "step_sec": step_sec[s], "monitor_sec": sec, "attention": attn, "ratio": sec / step_sec[s]}
+            for s, sec, attn in mon.per_step]
+    cheap = statistics.median(r["ratio"] for r in rows if not r["attention"])
+    attn = statistics.median(r["ratio"] for r in rows if r["attention"])
+    return {"steps": rows, "cheap_ratio": cheap, "attention_step_ratio": attn,
+            "default_ratio": cheap + (attn - cheap) / 10,  # attention stats every 10th step by default
             "load_avg_min": min(loads), "load_avg_max": max(loads), "threads": OVERHEAD_THREADS,
-            "steps_per_run": OVERHEAD_STEPS, "rounds": OVERHEAD_ROUNDS}
+            "attention_samples": cfg.health.attention_samples}
 
 
 def unstable(tmp: Path) -> list[dict]:
@@ -109,10 +141,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for r in rows:
         color = "tab:blue" if r["controller"] else "tab:red"
         label = f"{'with' if r['controller'] else 'without'} controller" if r["seed"] == 0 else None
-        s, loss = zip(*r["loss_curve"])
-        axes[0].plot(s, loss, color=color, alpha=0.8, lw=1, label=label)
-        s, cell = zip(*r["eval_curve"])
-        axes[1].plot(s, cell, color=color, alpha=0.8, lw=1, marker="o", ms=3, label=label)
+        if r["loss_curve"]:
+            s, loss = zip(*r["loss_curve"])
+            axes[0].plot(s, loss, color=color, alpha=0.8, lw=1, label=label)
+        if r["eval_curve"]:
+            s, cell = zip(*r["eval_curve"])
+            axes[1].plot(s, cell, color=color, alpha=0.8, lw=1, marker="o", ms=3, label=label)
     axes[0].set(xlabel="optimizer step", ylabel="training loss (10-step mean)", title="loss, 3 seeds each")
     axes[1].set(xlabel="optimizer step", ylabel="held-out cell accuracy", title="held-out cell accuracy")
     for ax in axes:
@@ -124,29 +158,33 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        ov = overhead(tmp)
-        rows = unstable(tmp)
-    png = RESULTS / "health_unstable_loss.png"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(rows, png)
-    med = ov["median_sec"]
+def _largest_drop(curve: list) -> float:
+    peak, drop = -1.0, 0.0
+    for _, v in curve:
+        peak = max(peak, v)
+        drop = max(drop, peak - v)
+    return drop
+
+
+def render(ov: dict, rows: list[dict], png: Path) -> str:
     md = ["## Training health: monitor overhead and the stability controller", "",
-          f"Monitor overhead on `trm-sudoku9` (6.8M parameters, batch 64, {ov['threads']} threads, "
-          f"{ov['rounds']} interleaved rounds of {ov['steps_per_run']}-step runs, first step of each run dropped; "
-          f"load average {ov['load_avg_min']:.1f}-{ov['load_avg_max']:.1f} on 2 cores shared with other jobs):", "",
-          "| monitors | median s/step | vs off |", "|---|---|---|"]
-    md += [f"| {m} | {med[m]:.2f} | {100 * (med[m] / med['off'] - 1):+.1f}% |" for m in MODES]
-    md += ["", f"Default setting (cheap monitors every step, attention statistics every 10th step): "
-           f"**{100 * ov['overhead_default']:+.1f}%** per step (goal: under 5%). With this few steps on a loaded "
-           "machine, differences of a few percent are within the step-to-step noise (per-step times in "
-           "`results/health.json`).", "",
-           "Unstable configuration: 6x6 Sudoku (demo task), d=32, 1 layer, HyperLoRA adapter rank 4, batch 32, "
-           "LR warmed up to 0.03 over 400 steps, 800 steps, one thread; held-out figures on all 500 test puzzles. "
-           "Survived = finished and final held-out cell accuracy within 0.05 of its peak.", "",
-           "| seed | controller | held-out exact | held-out cell (peak) | actions | survived |", "|---|---|---|---|---|---|"]
+          f"Monitor overhead on `trm-sudoku9` (6.8M parameters, batch 64, {ov['threads']} threads): time spent "
+          "inside the monitors (callbacks and model hooks) over the time of the same optimizer step, medians over "
+          f"{len(ov['steps'])} steps (load average {ov['load_avg_min']:.1f}-{ov['load_avg_max']:.1f} on 2 cores "
+          "shared with other jobs; whole-step times varied 2-6x with that load, so on/off runs could not resolve a "
+          "few percent, while this same-step ratio can):", "",
+          "| monitors | share of the step |", "|---|---|",
+          f"| per-step monitors (non-finite, gradient norm, spikes, logits, halt variance, accuracy EMA) | "
+          f"{100 * ov['cheap_ratio']:.3f}% |",
+          f"| a step that also computes attention statistics ({ov['attention_samples']} samples, every layer) | "
+          f"{100 * ov['attention_step_ratio']:.3f}% |",
+          f"| **default (attention statistics every 10th step)** | **{100 * ov['default_ratio']:.3f}%** (goal: under 5%) |",
+          "", "Unstable configuration: 6x6 Sudoku (demo task), d=32, 1 layer, HyperLoRA adapter rank 4, batch 32, "
+          "LR warmed up to 0.03 (15x the demo preset's) over 400 steps, 800 steps, one thread, controller with "
+          "default settings and no ramp; held-out figures on all 500 test puzzles. Survived = finished and final "
+          "held-out cell accuracy within 0.05 of its peak.", "",
+          "| seed | controller | held-out exact | held-out cell (peak) | largest held-out fall | actions | survived |",
+          "|---|---|---|---|---|---|---|"]
     for r in rows:
         kinds: dict[str, int] = {}
         for a in r["actions"]:
@@ -154,14 +192,33 @@ def main() -> None:
         acts = ", ".join(f"{k} x{v}" for k, v in kinds.items()) or "none"
         md.append(f"| {r['seed']} | {'on' if r['controller'] else 'off'} | {100 * (r['test_exact'] or 0):.1f}% | "
                   f"{100 * (r['test_cell'] or 0):.1f}% ({100 * (r['peak_test_cell'] or 0):.1f}%) | "
-                  f"{len(r['actions'])}: {acts} | {'yes' if r['survived'] else 'no'} |")
+                  f"{100 * _largest_drop(r['eval_curve']):.1f} pts | {len(r['actions'])}: {acts} | "
+                  f"{'yes' if r['survived'] else 'no'} |")
     for ctrl in (False, True):
         sel = [r for r in rows if r["controller"] == ctrl]
         md.append(f"| mean | {'on' if ctrl else 'off'} | {100 * statistics.mean(r['test_exact'] or 0 for r in sel):.1f}% | "
                   f"{100 * statistics.mean(r['test_cell'] or 0 for r in sel):.1f}% | "
-                  f"{statistics.mean(len(r['actions']) for r in sel):.1f} | {sum(r['survived'] for r in sel)}/3 |")
+                  f"{100 * statistics.mean(_largest_drop(r['eval_curve']) for r in sel):.1f} pts | "
+                  f"{statistics.mean(len(r['actions']) for r in sel):.1f} | {sum(r['survived'] for r in sel)}/{len(sel)} |")
     md += ["", f"![loss curves]({png.relative_to(RESULTS.parent.parent).as_posix()})"]
-    write_fragment("health", "\n".join(md), {"overhead": ov, "unstable": rows})
+    return "\n".join(md)
+
+
+def main() -> None:
+    """PONDER_BENCH_HEALTH_PARTS=overhead re-measures the overhead only and keeps the unstable runs
+    of the last results/health.json."""
+    parts = os.environ.get("PONDER_BENCH_HEALTH_PARTS", "overhead,unstable").split(",")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ov = overhead(tmp)
+        if "unstable" in parts:
+            rows = unstable(tmp)
+        else:
+            rows = json.loads((RESULTS / "health.json").read_text())["unstable"]
+    png = RESULTS / "health_unstable_loss.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(rows, png)
+    write_fragment("health", render(ov, rows, png), {"overhead": ov, "unstable": rows})
 
 
 if __name__ == "__main__":

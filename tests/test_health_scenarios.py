@@ -16,7 +16,7 @@ from ponder.presets import get_config
 from ponder.train import train
 
 BASE = ["--train.steps=40", "--health.controller=true", "--health.window=5", "--health.attention_every=5",
-        "--health.ramp=halt_weight:0.1->0.5", "--health.ramp_steps=40", "--health.recovery=0.5"]
+        "--health.ramp=halt_weight:0.1:0.5", "--health.ramp_steps=40", "--health.recovery=0.5"]
 
 
 def _run(tmp_path, callbacks, *overrides, steps=40):

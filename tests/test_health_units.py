@@ -98,8 +98,8 @@ def test_ramp_linear_and_cosine():
     assert ramp_value(99, 0.1, 0.5, 40, "linear") == 0.5
 
 
-@pytest.mark.parametrize("text, message", [("halt_weight=0.5", "not knob:base->target"),
-                                           ("lr:0->1", "knob 'lr' unknown")])
+@pytest.mark.parametrize("text, message", [("halt_weight=0.5", "not knob:base:target"),
+                                           ("lr:0:1", "knob 'lr' unknown")])
 def test_bad_ramp_is_a_one_line_error(text, message):
     with pytest.raises(PonderError, match=message):
         parse_ramp(text)

@@ -36,7 +36,7 @@ class TrainingHealthConfig:
             per-sample output norms are logged (mean, max, p90).
         controller: run the stability controller (off by default).
         window: steps per controller window (decisions are taken at window ends).
-        ramp: auxiliary weights to ramp, "knob:base->target,..." with knobs halt_weight,
+        ramp: auxiliary weights to ramp, "knob:base:target,..." with knobs halt_weight,
             adapter_scale, adapter_reg (empty = none).
         ramp_steps: steps over which the ramp goes from base to target; ramp_shape: linear|cosine.
         recovery: after a pause, the fraction of the gap to the schedule closed per clean window.
@@ -104,15 +104,15 @@ LOSS_KNOBS = ("halt_weight", "adapter_reg")  # the weights of auxiliary loss ter
 
 
 def parse_ramp(text: str) -> dict[str, tuple[float, float]]:
-    """"halt_weight:0.1->0.5,adapter_scale:0->1" -> {knob: (base, target)}; bad text is a PonderError."""
+    """"halt_weight:0.1:0.5,adapter_scale:0:1" -> {knob: (base, target)}; bad text is a PonderError."""
     out: dict[str, tuple[float, float]] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         try:
-            name, span = part.split(":")
-            base, target = (float(v) for v in span.split("->"))
+            name, base, target = part.split(":")
+            out_value = (float(base), float(target))
         except ValueError:
-            raise PonderError(f"health.ramp entry {part!r} is not knob:base->target") from None
+            raise PonderError(f"health.ramp entry {part!r} is not knob:base:target") from None
         if name not in KNOBS:
             raise PonderError(f"health.ramp knob {name!r} unknown; valid: {', '.join(KNOBS)}")
-        out[name] = (base, target)
+        out[name] = out_value
     return out

@@ -26,6 +26,7 @@ over ramp_steps, linear or cosine. All state is in `state_dict` (exact resume).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -108,6 +109,9 @@ class StabilityController:
         self.run = run
         self.log = MetricsLog(run["run_dir"])
         model = run["model"]
+        head = getattr(model, "halting", None)
+        if dataclasses.is_dataclass(getattr(head, "cfg", None)):
+            head.cfg = dataclasses.replace(head.cfg)  # the knob changes the head's copy, not the run's Config
         self.orig = {k: v for k in LOSS_KNOBS if (v := _get_knob(model, k)) is not None}
         missing = [k for k in self.ramp if _get_knob(model, k) is None]
         if missing:
