@@ -141,7 +141,8 @@ def _records(run_dir):
 
 
 def test_resume_is_bit_exact_with_the_controller_acting(tmp_path):
-    cfg = apply_overrides(get_config("debug"), [*BASE, "--train.ema_decay=0.9"])
+    # window 3: the checkpoint at step 20 falls mid-window, so queued monitor events are saved too
+    cfg = apply_overrides(get_config("debug"), [*BASE, "--train.ema_decay=0.9", "--health.window=3"])
     fault = [faults.LossSpike([13])]
     train(cfg, tmp_path / "a", callbacks=fault, final_eval=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
