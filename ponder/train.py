@@ -158,7 +158,8 @@ def _check_compatible(saved: dict, cfg: "Config", run_dir: Path) -> None:
     from ponder.config import from_dict, to_dict
 
     now = to_dict(cfg)
-    saved = {**saved, **{k: v for k, v in to_dict(from_dict(saved)).items() if k in ("task", "model")}}  # new keys: defaults
+    filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
+    saved = {**saved, "task": filled["task"], "model": filled["model"]}
     if saved.get("preset") != now["preset"] or saved["task"] != now["task"] or saved["model"] != now["model"]:
         raise PonderError(f"{run_dir} holds a run of preset {saved.get('preset')!r} with another task or "
                           f"model; it cannot be resumed as {now['preset']!r}")

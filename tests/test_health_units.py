@@ -128,3 +128,20 @@ def test_adapter_run_with_ema_evaluates_and_resumes(tmp_path):
     train(cfg, tmp_path, resume=True, final_eval=False)
     text = (tmp_path / "health.md").read_text()
     assert "soft clamp t=2, m=4" in text and "adapter delta norm under limits" in text
+
+
+def test_a_run_saved_before_the_new_keys_resumes(tmp_path):
+    """Configs written before the adapter/clamp keys and the health section existed still resume."""
+    import json
+
+    from ponder.checkpoint import resolve_checkpoint
+    from ponder.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "debug", "--run-dir", str(run), "--train.steps=10"]) == 0
+    for path in (run / "config.json", resolve_checkpoint(run) / "config.json"):
+        data = json.loads(path.read_text())
+        del data["health"]
+        data["model"] = {k: v for k, v in data["model"].items() if not k.startswith(("adapter_", "logit_clamp"))}
+        path.write_text(json.dumps(data))
+    assert main(["train", "--resume", str(run), "--train.steps=20"]) == 0
