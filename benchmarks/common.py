@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "sudoku9", "maze9", "finetune", "pathology", "parity", "throughput", "estimators", "decisive"]
+ORDER = ["demo", "sudoku9", "maze9", "finetune", "pathology", "parity", "throughput", "health", "estimators", "decisive"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
 

@@ -1,8 +1,9 @@
 """Callbacks and the metrics log.
 
-A callback is any object with some of `on_train_start(run)`, `on_step_end(run, metrics)`,
-`on_eval_end(run, metrics)`, `on_train_end(run)` and optionally `state_dict()` /
-`load_state_dict()` (saved in checkpoints). `Callbacks` calls them in list order.
+A callback is any object with some of `on_train_start(run)`, `on_step_start(run, step)` (after the
+scheduled LR is set, before the forward pass), `on_step_end(run, metrics)`, `on_eval_end(run,
+metrics)`, `on_train_end(run)` and optionally `state_dict()` / `load_state_dict()` (saved in
+checkpoints). `Callbacks` calls them in list order.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from ponder.checkpoint import atomic_write_text
 
-HOOKS = ("on_train_start", "on_step_end", "on_eval_end", "on_train_end")
+HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval_end", "on_train_end")
 
 
 class Callbacks:

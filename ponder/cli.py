@@ -1,4 +1,4 @@
-"""Command line: `ponder train | eval | presets | diagnose`.
+"""Command line: `ponder train | eval | health | diagnose | presets`.
 
 Every user error (unknown preset or key, wrong type, missing or corrupt file, impossible task)
 prints one line `ponder: error: ...` and exits with status 2; never a traceback.
@@ -112,6 +112,16 @@ def _cmd_diagnose(args, extra) -> int:
     return 0
 
 
+def _cmd_health(args, extra) -> int:
+    from ponder.health.report import write_health_report
+
+    if extra:
+        raise PonderError("`ponder health` takes no overrides")
+    payload = write_health_report(Path(args.run_dir))
+    print((Path(args.run_dir) / "health.md").read_text(), end="")
+    return 0 if payload["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Recursive reasoning models with learned halting.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/decisive", help="decisive: report directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_diagnose)
+    p = sub.add_parser("health", help="training-health checklist and controller actions of a run")
+    p.add_argument("run_dir", help="RUN_DIR (writes RUN_DIR/health.md and health.json)")
+    p.set_defaults(fn=_cmd_health)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)
     return parser

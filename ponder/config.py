@@ -15,11 +15,13 @@ from typing import Any
 
 from ponder.errors import PonderError
 from ponder.evaluate import EvalConfig
+from ponder.health.config import TrainingHealthConfig
 from ponder.models.halting import HaltConfig
 from ponder.models.recursive import ModelConfig
 from ponder.train import TrainConfig
 
-SECTIONS = ("task", "model", "halt", "train", "eval")
+SECTIONS = ("task", "model", "halt", "train", "eval", "health")
+OPTIONAL_SECTIONS = ("health",)  # configs saved before a section existed load with its defaults
 
 
 @dataclass(kw_only=True)
@@ -32,6 +34,7 @@ class Config:
     halt: HaltConfig = field(default_factory=HaltConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    health: TrainingHealthConfig = field(default_factory=TrainingHealthConfig)
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -95,7 +98,7 @@ def to_dict(cfg: Config) -> dict:
 def _section_classes() -> dict[str, type]:
     from ponder.data import TASKS
 
-    classes = {c.__name__: c for c in (ModelConfig, HaltConfig, TrainConfig, EvalConfig)}
+    classes = {c.__name__: c for c in (ModelConfig, HaltConfig, TrainConfig, EvalConfig, TrainingHealthConfig)}
     for name in TASKS.names():
         cls = TASKS.get(name)[0]
         classes[cls.__name__] = cls
@@ -105,10 +108,12 @@ def _section_classes() -> dict[str, type]:
 def from_dict(data: dict) -> Config:
     """Inverse of `to_dict`; unknown types or keys are a PonderError."""
     classes = _section_classes()
-    if not isinstance(data, dict) or any(s not in data for s in SECTIONS):
+    if not isinstance(data, dict) or any(s not in data for s in SECTIONS if s not in OPTIONAL_SECTIONS):
         raise PonderError(f"config must have the sections {', '.join(SECTIONS)}")
     sections = {}
     for name in SECTIONS:
+        if name not in data:
+            continue  # an optional section: its dataclass defaults
         raw = dict(data[name])
         type_name = raw.pop("_type", None)
         if type_name not in classes:

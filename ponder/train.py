@@ -168,9 +168,11 @@ class _StopRequest:
 
 
 def _check_compatible(saved: dict, cfg: "Config", run_dir: Path) -> None:
-    from ponder.config import to_dict
+    from ponder.config import from_dict, to_dict
 
     now = to_dict(cfg)
+    filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
+    saved = {**saved, "task": filled["task"], "model": filled["model"]}
     if saved.get("preset") != now["preset"] or saved["task"] != now["task"] or saved["model"] != now["model"]:
         raise PonderError(f"{run_dir} holds a run of preset {saved.get('preset')!r} with another task or "
                           f"model; it cannot be resumed as {now['preset']!r}")
@@ -213,9 +215,11 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
     objective = build_objective(model, stream, batch_size=tc.batch_size, halt_cfg=cfg.halt, loss_kind=tc.loss,
                                 device=device, seed=tc.seed, estimator=estimator_from_train_config(tc))
     log = MetricsLog(run_dir)
+    from ponder.health import build_health_callbacks
     from ponder.monitors import HaltingHealthMonitor
 
-    cbs = Callbacks([HaltingHealthMonitor(), *(callbacks or [])])  # halting health is always watched
+    # halting health is always watched; training health per cfg.health (monitors on by default)
+    cbs = Callbacks([HaltingHealthMonitor(), *build_health_callbacks(cfg), *(callbacks or [])])
     window = _Window()
     skipped_steps = 0
     start = 0
@@ -281,7 +285,8 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
         cbs.call("on_eval_end", run, record)
         return record
 
-    run = {"config": cfg, "run_dir": run_dir, "model": model, "optimizer": opt, "task": task}
+    run = {"config": cfg, "run_dir": run_dir, "model": model, "optimizer": opt, "task": task, "ema": ema,
+           "objective": objective, "checkpoint": checkpoint}
     cbs.call("on_train_start", run)
     model.train()
     bar = tqdm(total=tc.steps, initial=start, disable=not tc.progress, desc="train", unit="step",
@@ -296,7 +301,11 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
                 group["lr"] = tc.lr * group.get("lr_scale", 1.0) * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps,
                                                 schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
             model.halting.train_step = step  # for the halting penalty's warm-up
+            cbs.call("on_step_start", run, step)
             loss, metrics = objective.forward(step)
+            aux = model.pop_aux_loss()  # e.g. the adapter's norm regulariser
+            if aux is not None:
+                loss = loss + aux
             opt.zero_grad(set_to_none=True)
             skipped = not torch.isfinite(loss).item()
             grad_norm = float("nan")
@@ -315,7 +324,8 @@ def train(cfg: "Config", run_dir: Path, *, resume: bool = False, callbacks: list
                 window.add({"loss": loss.item(), **metrics, "grad_norm": grad_norm})
             objective.commit(not skipped)
             done = step + 1
-            cbs.call("on_step_end", run, {"step": done, "loss": loss.item(), "skipped": skipped})
+            cbs.call("on_step_end", run, {**metrics, "step": done, "loss": loss.item(), "skipped": skipped,
+                                          "grad_norm": grad_norm})  # grad_norm: before clipping
             bar.update(1)
             if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
                 hs = objective.halt_steps

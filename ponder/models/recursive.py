@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
+from ponder.models.adapters import HyperLoRA, soft_clamp
 from ponder.models.blocks import (
     Attention,
     ReasoningNet,
@@ -56,6 +57,11 @@ class ModelConfig:
         l_cycles: n, latent (low-level) updates per outer cycle.
         norm_eps: RMSNorm epsilon.
         rope_theta: rotary frequency base.
+        adapter_rank: r of the HyperLoRA per-sample delta on the net's input (0 = off; see
+            ponder.models.adapters); context = input embedding pooled over positions.
+        adapter_max_norm, adapter_target_norm, adapter_reg_weight, adapter_scale: its guards.
+        logit_clamp, logit_clamp_max: soft clamp of the token logits, identity up to t, bounded by
+            m (0 = off).
     """
 
     style: str = "trm"
@@ -69,6 +75,13 @@ class ModelConfig:
     l_cycles: int = 2
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    adapter_rank: int = 0
+    adapter_max_norm: float = 3.0
+    adapter_target_norm: float = 1.0
+    adapter_reg_weight: float = 1e-3
+    adapter_scale: float = 1.0
+    logit_clamp: float = 0.0
+    logit_clamp_max: float = 100.0
 
     def validate(self) -> None:
         """Raise PonderError (one line) for a value the model cannot be built with."""
@@ -84,6 +97,11 @@ class ModelConfig:
             raise PonderError(f"model d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.mixer == "attention" and self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise PonderError(f"model head size {self.d_model // self.n_heads} must be even for rope")
+        if self.adapter_rank < 0 or self.adapter_max_norm <= 0 or self.adapter_target_norm < 0:
+            raise PonderError("model adapter_rank must be >= 0, adapter_max_norm > 0, adapter_target_norm >= 0")
+        if self.logit_clamp < 0 or (self.logit_clamp > 0 and self.logit_clamp_max <= self.logit_clamp):
+            raise PonderError(f"model logit_clamp must be 0 (off) or below logit_clamp_max, got "
+                              f"{self.logit_clamp} and {self.logit_clamp_max}")
         for name in ("expansion", "norm_eps", "rope_theta"):
             value = getattr(self, name)
             if not value > 0:
@@ -130,6 +148,9 @@ class RecursiveReasoner(nn.Module):
         self.z_init = nn.Parameter(torch.empty(d))
         self.readout = nn.Linear(d, vocab_size, bias=False)
         self.halting = halting
+        self.adapter = HyperLoRA(d, d, cfg.adapter_rank, max_norm=cfg.adapter_max_norm,
+                                 target_norm=cfg.adapter_target_norm, reg_weight=cfg.adapter_reg_weight,
+                                 scale=cfg.adapter_scale) if cfg.adapter_rank > 0 else None
         with torch.no_grad():
             trunc_normal_(self.embed.weight, 1.0 / math.sqrt(d))
             if self.pos is not None:
@@ -199,11 +220,15 @@ class RecursiveReasoner(nn.Module):
         if inputs.shape[1] != self.seq_len:
             raise ValueError(f"inputs have {inputs.shape[1]} positions, model built for {self.seq_len}")
         x = self.embed_inputs(inputs)  # (b, n, d)
+        if self.adapter is not None:
+            self.adapter.prepare(x.mean(1))  # context (b, d): the pooled input embedding
         if self.cfg.style == "trm":
             y, z = self._trm_cycles(state.y, state.z, x)
         else:
             y, z = self._hrm_cycles(state.y, state.z, x)
         logits = self.readout(y)  # (b, n, v)
+        if self.cfg.logit_clamp > 0:
+            logits = soft_clamp(logits, self.cfg.logit_clamp, self.cfg.logit_clamp_max)
         halt = self.halting.logits(y)  # (b,), or ((b,), aux dict) for heads with several logits
         halt_logits, aux = halt if isinstance(halt, tuple) else (halt, {})
         return State(y.detach(), z.detach()), StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
@@ -211,6 +236,17 @@ class RecursiveReasoner(nn.Module):
     def forward(self, state: State, inputs: Tensor) -> tuple[State, StepOutput]:
         """Same as `step`."""
         return self.step(state, inputs)
+
+    def pop_aux_loss(self) -> Tensor | None:
+        """Auxiliary loss of the differentiated steps since the last call (the adapter's norm
+        regulariser), or None when there is none. The training loop adds it to the loss."""
+        return self.adapter.pop_aux_loss() if self.adapter is not None else None
+
+    def _net(self, net: ReasoningNet, hidden: Tensor, injection: Tensor) -> Tensor:
+        """net(hidden, injection), with the adapter's per-sample delta on the input if enabled."""
+        if self.adapter is not None:  # the net sums its inputs: h -> h + s * dW_i h
+            injection = injection + self.adapter.delta(hidden + injection)
+        return net(hidden, injection)
 
     def _trm_cycles(self, y: Tensor, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """TRM recursion: T-1 cycles without gradient, then one cycle (n + 1 net calls) with it."""
@@ -223,8 +259,8 @@ class RecursiveReasoner(nn.Module):
     def _trm_cycle(self, y: Tensor, z: Tensor, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
         injection = y + x  # (b, n, d), fixed during the latent updates
         for _ in range(n):
-            z = self.net(z, injection)  # (b, n, d) latent update
-        y = self.net(y, z)  # (b, n, d) answer update
+            z = self._net(self.net, z, injection)  # (b, n, d) latent update
+        y = self._net(self.net, y, z)  # (b, n, d) answer update
         return y, z
 
     def _hrm_cycles(self, z_h: Tensor, z_l: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -235,11 +271,11 @@ class RecursiveReasoner(nn.Module):
                 last = cycle == T - 1
                 injection = z_h + x  # (b, n, d), fixed during the low-level updates
                 for _ in range(n - 1 if last else n):
-                    z_l = self.l_net(z_l, injection)  # (b, n, d) low-level update
+                    z_l = self._net(self.l_net, z_l, injection)  # (b, n, d) low-level update
                 if not last:
-                    z_h = self.h_net(z_h, z_l)  # (b, n, d) high-level update
-        z_l = self.l_net(z_l, z_h + x)  # (b, n, d) with gradient
-        z_h = self.h_net(z_h, z_l)  # (b, n, d) with gradient
+                    z_h = self._net(self.h_net, z_h, z_l)  # (b, n, d) high-level update
+        z_l = self._net(self.l_net, z_l, z_h + x)  # (b, n, d) with gradient
+        z_h = self._net(self.h_net, z_h, z_l)  # (b, n, d) with gradient
         return z_h, z_l
 
     # ----------------------------------------------------------------------------- estimator hook

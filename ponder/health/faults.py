@@ -1,0 +1,87 @@
+"""Fault injection for the training-health scenario tests and benchmarks (training callbacks).
+
+Each injector breaks one thing at chosen optimizer steps (1-based, the step being taken), the
+way a real failure would show up to the monitors:
+
+- `NaNGradients`: the gradient of one parameter becomes NaN (the loop must refuse the step);
+- `LossSpike`: the token logits are multiplied by `factor` (loss and gradients jump);
+- `ExplodeAdapter`: the adapter's U head is multiplied by `factor` (a per-sample delta explodes);
+- `CollapseAttention`: the query projections are zeroed (attention becomes exactly uniform);
+- `ScrambleReadout`: the readout weights are re-drawn at random (accuracy falls).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _AtSteps:
+    def __init__(self, steps):
+        self.steps = set(steps)
+        self._handles: list = []
+
+    def on_step_start(self, run: dict, step: int) -> None:
+        if step + 1 in self.steps:
+            self.inject(run["model"])
+
+    def on_step_end(self, run: dict, metrics: dict) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def inject(self, model) -> None:
+        raise NotImplementedError
+
+
+class NaNGradients(_AtSteps):
+    """At each listed step, the readout weight's gradient is NaN (the loss stays finite)."""
+
+    def inject(self, model) -> None:
+        self._handles.append(model.readout.weight.register_hook(lambda g: torch.full_like(g, float("nan"))))
+
+
+class LossSpike(_AtSteps):
+    """At each listed step, the token logits are multiplied by `factor`."""
+
+    def __init__(self, steps, factor: float = 30.0):
+        super().__init__(steps)
+        self.factor = factor
+
+    def inject(self, model) -> None:
+        self._handles.append(model.readout.register_forward_hook(lambda m, a, out: out * self.factor))
+
+
+class ExplodeAdapter(_AtSteps):
+    """At each listed step, the adapter's U head weights are multiplied by `factor` (permanent)."""
+
+    def __init__(self, steps, factor: float = 1e4):
+        super().__init__(steps)
+        self.factor = factor
+
+    @torch.no_grad()
+    def inject(self, model) -> None:
+        w = model.adapter.to_u.weight
+        if not w.abs().max() > 0:  # still at its zero init: give it a direction first
+            w.normal_(generator=torch.Generator().manual_seed(0))
+        w.mul_(self.factor)
+
+
+class CollapseAttention(_AtSteps):
+    """At each listed step, every attention layer's query projection is zeroed (permanent)."""
+
+    @torch.no_grad()
+    def inject(self, model) -> None:
+        from ponder.models.blocks import Attention
+
+        for m in model.modules():
+            if isinstance(m, Attention):
+                d = m.qkv.weight.shape[1]
+                m.qkv.weight[:d].zero_()
+
+
+class ScrambleReadout(_AtSteps):
+    """At each listed step, the readout weights are re-drawn at random (permanent)."""
+
+    @torch.no_grad()
+    def inject(self, model) -> None:
+        w = model.readout.weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * w.std() * 3)
