@@ -54,7 +54,7 @@ def make_estimator(name: str, **settings):
 
     if isinstance(cls, type) and issubclass(cls, EquilibriumPropagation):
         raise PonderError(f"train.estimator={name} needs an energy-based model; the recursive reasoner has none")
-    # forward mode (forward_gradient, rtrl) depends on the model: estimate() raises NotApplicable
+    # forward mode (forward_gradient, rtrl): estimate() raises NotApplicable
     # (one line) at the first step when an op has no forward AD or rtrl's traces would be too big
     if dataclasses.is_dataclass(cls):
         accepted = {f.name for f in dataclasses.fields(cls) if f.init}

@@ -127,8 +127,8 @@ def test_estimator_names_are_validated(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ponder: error: train.estimator 'nope' unknown")
     assert not (tmp_path / "r").exists()
-    with pytest.raises(PonderError, match="forward mode is not supported"):  # attention's fused head split
-        _train_losses(tmp_path / "fwd", "forward_gradient")
+    fwd = _train_losses(tmp_path / "fwd", "forward_gradient")  # attention: plain ops under forward mode
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in fwd])))
     with pytest.raises(PonderError, match="deep-supervision"):
         cfg = apply_overrides(get_config("debug"), ["--train.estimator=bptt", "--halt.kind=act"])
         train(cfg, tmp_path / "act", final_eval=False)
@@ -137,3 +137,26 @@ def test_estimator_names_are_validated(tmp_path, capsys):
 def test_hrm_style_trains_with_an_estimator(tmp_path):
     recs = _train_losses(tmp_path, "bptt", "--model.style=hrm", "--train.steps=10")
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in recs])))
+
+
+@pytest.mark.parametrize("positions", ["rope", "none"])
+def test_forward_mode_on_the_attention_reasoner_matches_bptt(debug_model, positions):
+    """The fused head split and SDPA have no forward-mode rule; under forward mode the blocks
+    switch to plain ops, so the directional derivative along v equals BPTT's gradient . v."""
+    from ponder.estimators import directional_derivative
+
+    model, inputs, labels = debug_model
+    if positions == "none":
+        cfg = apply_overrides(get_config("debug"), ["--model.h_cycles=3", "--model.l_cycles=2", "--model.positions=none"])
+        torch.manual_seed(0)
+        model = build_model(cfg, build_task(cfg.task))
+    assert model.cfg.mixer == "attention"
+    prob = recursion_problem(model, model.init_state(len(inputs)), inputs, lambda lg: task_loss(lg, labels, "softmax"))
+    params = prob["params"]
+    bptt = BPTT().estimate(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], steps=2, params=params)
+    gen = torch.Generator().manual_seed(0)
+    v = [torch.randn(p.shape, generator=gen) for p in params]
+    _, _, d = directional_derivative(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], steps=2,
+                                     params=params, tangents=v)
+    expected = sum((g * t).sum() for g, t in zip(bptt.grads, v))
+    torch.testing.assert_close(d, expected, rtol=2e-3, atol=1e-5)

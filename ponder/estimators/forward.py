@@ -102,9 +102,13 @@ def bind_params(step_fn: StepFn, params: Sequence[Tensor], x: Tensor | None = No
 
 @contextlib.contextmanager
 def _forward_mode_support():
-    """Turn torch's refusal of an op under forward-mode transforms into NotApplicable."""
+    """Plain ops for the reasoner's fused blocks; torch's refusal of an op under forward-mode
+    transforms becomes NotApplicable."""
+    from ponder.models.blocks import plain_ops
+
     try:
-        yield
+        with plain_ops():
+            yield
     except (RuntimeError, NotImplementedError) as e:
         msg = str(e)
         if any(k in msg for k in ("functorch", "forward AD", "forward-mode", "jvp", "setup_context")):

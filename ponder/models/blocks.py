@@ -15,11 +15,14 @@ matmuls dominate. The elementwise glue is memory-bound, so three small autograd 
 passes and temporaries: RMSNorm (one reduction, closed-form backward), the SwiGLU gate (gradient
 written into one buffer) and the head split (RoPE fused with the head-major layout copy). Under
 no_grad (the recursion cycles that are not differentiated) blocks work in place on fresh buffers.
+The fused head split and SDPA's CPU kernel have no forward-mode rule, so `plain_ops()` swaps in plain PyTorch ops for
+forward-mode differentiation (torch.func.jvp / vmap: the forward-mode gradient estimators).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,20 @@ from torch.autograd.function import once_differentiable
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
 CHUNK_BYTES = 24 * 2**20  # ReasoningNet runs big batches in row chunks with intermediates below this
 TRUNC_STDS = 2.0  # truncated-normal init cuts at +- this many standard deviations
+_PLAIN_OPS = [False]  # set by plain_ops(): use ops every autodiff mode supports
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Inside this context the head split and attention use plain, fully differentiable PyTorch
+    ops (slower; for forward-mode AD, which the fused autograd Function and SDPA's CPU kernel do
+    not support)."""
+    previous = _PLAIN_OPS[0]
+    _PLAIN_OPS[0] = True
+    try:
+        yield
+    finally:
+        _PLAIN_OPS[0] = previous
 
 
 def trunc_normal_(weight: Tensor, std: float) -> Tensor:
@@ -238,7 +255,23 @@ def split_heads(qkv: Tensor, n_heads: int, rotary: Rotary | None = None) -> tupl
     """
     n = qkv.shape[1]
     cos, sin = (rotary.cos[:n], rotary.sin[:n]) if rotary is not None else (None, None)
+    if _PLAIN_OPS[0]:
+        return _split_heads_plain(qkv, cos, sin, n_heads)
     return _Heads.apply(qkv.contiguous(), cos, sin, n_heads)
+
+
+def _split_heads_plain(qkv: Tensor, cos: Tensor | None, sin: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`split_heads` with out-of-place ops only (same values as the fused `_Heads`)."""
+    b, n, three_d = qkv.shape
+    q, k, v = qkv.reshape(b, n, 3, n_heads, three_d // (3 * n_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def rotate(x: Tensor) -> Tensor:  # (b, h, n, hd)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    if cos is not None and sin is not None:
+        q, k = rotate(q), rotate(k)
+    return q.contiguous(), k.contiguous(), v.contiguous()
 
 
 class Attention(nn.Module):
@@ -261,7 +294,11 @@ class Attention(nn.Module):
         """Args: x (b, n, d). Returns: (b, n, d)."""
         b, n, d = x.shape
         q, k, v = split_heads(self.qkv(x), self.n_heads, self.rotary)  # (b, h, n, hd) each
-        o = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, hd)
+        if _PLAIN_OPS[0]:  # SDPA's CPU kernel has no forward-mode rule
+            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
+            o = weights @ v
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, hd)
         return self.out(o.transpose(1, 2).reshape(b, n, d))  # (b, n, d)
 
 
