@@ -165,3 +165,12 @@ def test_anderson_step_with_a_singular_history_falls_back_to_a_plain_step():
     out = _anderson_step(xs, fs, beta=1.0, lam=0.0)
     assert torch.isfinite(out).all()
     assert torch.equal(out[1:], fs[1:, -1])
+
+
+def test_gmres_is_deterministic():
+    # torch's default least-squares driver on CPU (gelsy) is not run-to-run deterministic
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 20, 20, generator=gen) * 0.1 + torch.eye(20)
+    rhs = torch.randn(4, 20, generator=gen)
+    runs = [gmres(lambda v: torch.einsum("rij,rj->ri", a, v), rhs, max_iter=15, tol=1e-12).z for _ in range(8)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])

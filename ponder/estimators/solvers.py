@@ -161,7 +161,8 @@ def gmres(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_iter: int, tol
             e1 = torch.zeros(rows, j + 2, 1, dtype=rhs.dtype, device=rhs.device)
             e1[:, 0, 0] = beta
             hj = h[:, : j + 2, : j + 1]
-            y = torch.linalg.lstsq(hj, e1).solution  # (rows, j+1, 1)
+            # gelsd (SVD) on CPU: the default gelsy gave run-to-run differences of ~1e-7 in float32
+            y = torch.linalg.lstsq(hj, e1, driver="gelsd" if hj.device.type == "cpu" else None).solution  # (rows, j+1, 1)
             res = torch.linalg.vector_norm((e1 - hj @ y)[..., 0], dim=1)
             rel = res / rhs_norm
             iters += active.long()
