@@ -84,6 +84,7 @@ def _cmd_diagnose(args, extra) -> int:
             raise PonderError("`ponder diagnose gradients` needs a PRESET or RUN_DIR")
         result = diagnose_gradients(args.source, steps=args.steps, ref_steps=args.ref_steps, batch=args.batch,
                                     repeats=args.repeats, max_iter=args.max_iter, ref_max_iter=args.ref_max_iter,
+                                    rtrl_max_params=args.rtrl_max_params,
                                     overrides=extra, progress=not args.quiet)
         print(format_table(result))
         if args.json:
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="gradients: timing repeats (median)")
     p.add_argument("--max-iter", type=int, default=50, help="gradients: implicit solver iterations (forward, adjoint)")
     p.add_argument("--ref-max-iter", type=int, default=200, help="gradients: iterations of the tight implicit reference")
+    p.add_argument("--rtrl-max-params", type=int, default=20000,
+                   help="gradients: exact RTRL only up to this many parameters (its memory is parameters x state)")
     p.add_argument("--json", metavar="PATH", help="gradients: also write the table as JSON")
     p.add_argument("--seeds", type=int, default=3, help="decisive: seeds 0..N-1")
     p.add_argument("--train-steps", type=int, help="decisive: training steps per run")

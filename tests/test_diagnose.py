@@ -76,12 +76,15 @@ def test_linear_contraction_agrees_with_the_exact_implicit_gradient():
 def test_cli_diagnose_gradients_on_a_preset(tmp_path, capsys):
     out = tmp_path / "d.json"
     assert main(["diagnose", "gradients", "debug", "--steps", "2", "--ref-steps", "4", "--batch", "4", "--max-iter", "5", "--ref-max-iter", "10",
-                 "--json", str(out), "--quiet"]) == 0
+                 "--rtrl-max-params", "1000", "--json", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "cos(BPTT)" in text and "spectral radius" in text
     result = json.loads(out.read_text())
     names = {r["name"] for r in result["rows"]}
-    assert {"bptt", "truncated", "phantom", "implicit"} <= names
+    assert {"bptt", "truncated", "phantom", "implicit", "forward_gradient", "rtrl"} <= names
+    by_name = {r["name"]: r for r in result["rows"]}
+    assert "skipped" not in by_name["forward_gradient"]  # attention under forward mode: plain ops
+    assert "skipped" in by_name["rtrl"]  # above --rtrl-max-params
     for r in result["rows"]:
         if "skipped" not in r:
             assert r["peak_bytes"] > 0 and r["seconds"] > 0 and -1.0001 <= r["bptt_long"]["cosine"] <= 1.0001
