@@ -120,7 +120,7 @@ def _parity(length: int, split: str, *, d_model: int, max_steps: int, steps: int
     )
 
 
-PARITY_STATUS = "not yet learned on the CPU: interpolation at chance after 1000 steps (BENCHMARKS.md)"
+PARITY_STATUS = "not yet learned on the CPU: interpolation near chance after 4000 steps (BENCHMARKS.md)"
 
 
 @preset("parity16", f"parity, 16 entries, interpolation, PonderNet, d=64 set attention, M=8; {PARITY_STATUS}",
