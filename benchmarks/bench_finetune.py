@@ -89,7 +89,10 @@ def main() -> None:
              for lo in rows if lo["arm"] == "longer" and lo["seed"] == s
              for c in rows if c["arm"] == "control" and c["seed"] == s]
     md += ["", "Hardest bucket at the full budget, longer minus control, per seed: "
-           + ", ".join(f"{g:+.1f}" for g in gains) + " points."]
+           + ", ".join(f"{g:+.1f}" for g in gains) + " points"
+           + (f" (mean {mean(gains):+.1f}, spread {pstdev(gains):.1f}: "
+              + ("no gain beyond seed spread)." if abs(mean(gains)) <= pstdev(gains) else "larger than the seed spread).")
+              if len(gains) > 1 else ".")]
     write_fragment("finetune", "\n".join(md), {"source": source.name, "steps": STEPS, "seeds": SEEDS,
                                                "before": before, "runs": rows})
 
