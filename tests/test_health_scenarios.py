@@ -2,7 +2,6 @@
 finishes, and metrics, checkpoints and the health report are intact; resume stays bit-exact with
 the controller on."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,8 @@ from ponder.errors import PonderError
 from ponder.health import faults
 from ponder.presets import get_config
 from ponder.train import train
+
+from run_support import CrashAt, records as _records
 
 BASE = ["--train.steps=40", "--health.controller=true", "--health.window=5", "--health.attention_every=5",
         "--health.ramp=halt_weight:0.1:0.5", "--health.ramp_steps=40", "--health.recovery=0.5"]
@@ -124,20 +125,6 @@ def test_nan_streak_aborts_with_an_emergency_checkpoint(tmp_path, capsys):
         train(cfg, tmp_path, callbacks=[faults.NaNGradients(range(12, 100))], final_eval=False)
     assert load_checkpoint(resolve_checkpoint(tmp_path))["state"]["step"] == 17
     assert "non-finite steps | FAIL" in (tmp_path / "health.md").read_text()
-
-
-class CrashAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, metrics):
-        if metrics["step"] == self.step:
-            raise RuntimeError("simulated crash")
-
-
-def _records(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")}
-            for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_is_bit_exact_with_the_controller_acting(tmp_path):

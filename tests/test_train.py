@@ -19,28 +19,13 @@ from ponder.errors import PonderError
 from ponder.presets import get_config
 from ponder.train import train
 
+from run_support import CrashAt, records as _records
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(*overrides):
     return apply_overrides(get_config("debug"), ["--train.schedule=cosine", "--train.ema_decay=0.9", *overrides])
-
-
-def _records(run_dir):
-    out = []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        out.append({k: v for k, v in r.items() if not k.startswith("time_")})
-    return out
-
-
-class CrashAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, metrics):
-        if metrics["step"] == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):

@@ -161,6 +161,23 @@ class HaltProbe(nn.Module):
         return self.cfg.l1_weight * logit.abs().mean() if self.cfg.l1_weight > 0 else logit.new_zeros(())
 
 
+class ProbeHead(nn.Module):
+    """What every head shares: its config, a `HaltProbe` on the answer state (`outputs` logits)
+    and `train_step`, the optimizer step set by the training loop (for the penalty warm-up).
+    `logits` returns the probe's single logit; heads with several override it."""
+
+    outputs = 1
+
+    def __init__(self, cfg: HaltConfig, d_model: int):
+        super().__init__()
+        self.cfg = cfg
+        self.probe = HaltProbe(cfg, d_model, outputs=self.outputs)
+        self.train_step = 0
+
+    def logits(self, y: Tensor) -> Tensor:
+        return self.probe(y).squeeze(-1)  # (b,)
+
+
 def penalty_scale(cfg: HaltConfig, train_step: int) -> float:
     """Warm-up factor of the halting penalty at optimizer step `train_step`."""
     if cfg.penalty_warmup_steps <= 0:
@@ -177,4 +194,5 @@ def build_halting(cfg: HaltConfig, d_model: int) -> nn.Module:
 from ponder.models.halting import q_halt as _q_halt  # noqa: E402,F401  (registers q_halt, q_continue)
 from ponder.models.halting import act as _act, pondernet as _pondernet  # noqa: E402,F401
 
-__all__ = ["HALTING", "HaltConfig", "HaltProbe", "HaltingHead", "Memo", "TaskLoss", "build_halting", "penalty_scale"]
+__all__ = ["HALTING", "HaltConfig", "HaltProbe", "HaltingHead", "Memo", "ProbeHead", "TaskLoss", "build_halting",
+           "penalty_scale"]

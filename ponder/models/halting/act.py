@@ -21,14 +21,14 @@ in training is exactly the step inference halts at.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ponder.models.halting import HALTING, HaltConfig, HaltProbe, Memo, TaskLoss, penalty_scale
+from ponder.models.halting import HALTING, Memo, ProbeHead, TaskLoss, penalty_scale
 from ponder.types import StepOutput
 
 
 @HALTING.register("act")
-class ACTHead(nn.Module):
+class ACTHead(ProbeHead):
     """Graves' ACT: halt once the cumulative halting probability reaches 1 - epsilon; answer
     with the mean-field logits; ponder cost N + R.
 
@@ -44,15 +44,6 @@ class ACTHead(nn.Module):
 
     unrolled = True
     needs_next_step = False
-
-    def __init__(self, cfg: HaltConfig, d_model: int):
-        super().__init__()
-        self.cfg = cfg
-        self.probe = HaltProbe(cfg, d_model)
-        self.train_step = 0  # set by the training loop (penalty warm-up)
-
-    def logits(self, y: Tensor) -> Tensor:
-        return self.probe(y).squeeze(-1)  # (b,)
 
     # -- the halting unit, shared by training and inference ------------------------------------
     def _h(self, raw: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,15 +27,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ponder.models.halting import HALTING, HaltConfig, HaltProbe, Memo, TaskLoss, penalty_scale
+from ponder.models.halting import HALTING, HaltConfig, Memo, ProbeHead, TaskLoss, penalty_scale
 from ponder.models.halting.act import step_grid
 from ponder.types import StepOutput
 
 
 @HALTING.register("pondernet")
-class PonderNetHead(nn.Module):
+class PonderNetHead(ProbeHead):
     """PonderNet: halting distribution p_n = lambda_n prod_{j<n}(1 - lambda_j), expected task
     loss under p plus beta * KL(p || truncated geometric prior).
 
@@ -47,10 +47,7 @@ class PonderNetHead(nn.Module):
     needs_next_step = False
 
     def __init__(self, cfg: HaltConfig, d_model: int):
-        super().__init__()
-        self.cfg = cfg
-        self.probe = HaltProbe(cfg, d_model)
-        self.train_step = 0  # set by the training loop (penalty warm-up)
+        super().__init__(cfg, d_model)
         self.generator: torch.Generator | None = None  # for eval_rule "sample"; None = global RNG
 
     def logits(self, y: Tensor) -> Tensor:

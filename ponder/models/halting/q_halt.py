@@ -14,29 +14,20 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ponder.models.halting import HALTING, HaltConfig, HaltProbe, Memo, penalty_scale
+from ponder.models.halting import HALTING, HaltConfig, Memo, ProbeHead, penalty_scale
 from ponder.types import StepOutput
 
 
 @HALTING.register("q_halt")
-class QHaltHead(nn.Module):
+class QHaltHead(ProbeHead):
     """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold (0.5, i.e. q > 0,
     is TRM's rule), at max_steps, never before min_steps. A higher threshold at evaluation trades
     compute for accuracy without retraining."""
 
     unrolled = False
     needs_next_step = False
-
-    def __init__(self, cfg: HaltConfig, d_model: int):
-        super().__init__()
-        self.cfg = cfg
-        self.probe = HaltProbe(cfg, d_model)
-        self.train_step = 0  # set by the training loop (penalty warm-up)
-
-    def logits(self, y: Tensor) -> Tensor:
-        return self.probe(y).squeeze(-1)  # (b,)
 
     def start(self, batch_size: int, device: torch.device) -> Memo:
         return {}
@@ -68,19 +59,18 @@ class QHaltHead(nn.Module):
 
 
 @HALTING.register("q_continue")
-class QContinueHead(nn.Module):
+class QContinueHead(ProbeHead):
     """HRM's Q-halt + Q-continue with the bootstrapped continue target; halt when q_halt > q_continue."""
 
     unrolled = False
     needs_next_step = True
 
+    outputs = 2
+
     def __init__(self, cfg: HaltConfig, d_model: int):
-        super().__init__()
-        self.cfg = cfg
-        self.probe = HaltProbe(cfg, d_model, outputs=2)
+        super().__init__(cfg, d_model)
         with torch.no_grad():  # q_continue starts at 0 > q_halt's bias: deep start
             self.probe.linear.bias[1] = 0.0
-        self.train_step = 0
 
     def logits(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         q = self.probe(y)  # (b, 2)
