@@ -31,6 +31,7 @@ from ponder.config import apply_overrides
 from ponder.errors import PonderError
 from ponder.health.monitors import HealthMonitor
 from ponder.presets import get_config
+from ponder.stats import largest_drop
 from ponder.train import train
 
 OVERHEAD_STEPS = int(os.environ.get("PONDER_BENCH_HEALTH_STEPS", "4"))  # attention stats on steps 2 and 4
@@ -159,11 +160,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def _largest_drop(curve: list) -> float:
-    peak, drop = -1.0, 0.0
-    for _, v in curve:
-        peak = max(peak, v)
-        drop = max(drop, peak - v)
-    return drop
+    """Largest fall from a running peak of an eval curve [(step, value), ...]."""
+    return largest_drop([v for _, v in curve])[0]
 
 
 def _load_note(rows: list[dict]) -> str:

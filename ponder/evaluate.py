@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor
 
 from ponder.data.base import Split
+from ponder.stats import spearman_or_none
 from ponder.types import IGNORE, State
 
 
@@ -134,12 +134,6 @@ def baselines(split: Split, train: Split) -> dict[str, dict[str, float]]:
     return out
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
-        return None  # undefined for constant input: reported as such, never as 0
-    return float(spearmanr(a, b).statistic)
-
-
 def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int,
                    device: torch.device, budgets: bool = True) -> dict:
     """Adaptive-halting accuracy (real early exit) and, optionally, accuracy per step budget.
@@ -173,7 +167,7 @@ def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int
         "mean_steps": float(steps.mean()),
         "max_steps": max_steps,
         "steps_histogram": np.bincount(steps - 1, minlength=max_steps).tolist(),
-        "spearman_steps_difficulty": _spearman(steps, split.difficulty),
+        "spearman_steps_difficulty": spearman_or_none(steps, split.difficulty),
         "halt_first_frac": float((steps == 1).mean()),
         "halt_max_frac": float((steps == max_steps).mean()),
         "wrong_halt_frac": float((~ex[halted_early]).mean()) if halted_early.any() else None,

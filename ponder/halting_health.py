@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-from scipy.stats import rankdata
+from ponder.stats import spearman_or_none
 
 from ponder.errors import PonderError
 
@@ -129,14 +129,6 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def _spearman(x: list[float], y: list[float]) -> Optional[float]:
-    """Spearman rank correlation, None when undefined (fewer than 3 points or a constant side)."""
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rx, ry = rankdata(x), rankdata(y)
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def _round(v: Any, digits: int = 4) -> Any:
     return round(v, digits) if isinstance(v, float) else v
 
@@ -177,7 +169,7 @@ def _drift_window(rows: list[tuple[int, float, float, Optional[float]]], cfg: He
     steps = [r[0] for r in rows]
     logit = [r[1] for r in rows]
     used = [r[2] for r in rows]
-    rho_logit, rho_used = _spearman(steps, logit), _spearman(steps, used)
+    rho_logit, rho_used = spearman_or_none(steps, logit), spearman_or_none(steps, used)
     fall = logit[0] - logit[-1]
     rise = used[-1] / used[0] - 1.0 if used[0] > 0 else 0.0
     figures = {

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from ponder.checkpoint import atomic_write_text
 from ponder.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
+from ponder.stats import largest_drop
 
 
 @dataclass
@@ -34,15 +35,6 @@ def _vals(records: list[dict], key: str) -> list[float]:
 
 def _r(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v
-
-
-def _largest_drop(values: list[float]) -> tuple[float, float, float]:
-    """(largest fall from a running peak, peak, last) of a series."""
-    peak, drop = -math.inf, 0.0
-    for v in values:
-        peak = max(peak, v)
-        drop = max(drop, peak - v)
-    return drop, max(values), values[-1]
 
 
 def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Check]:
@@ -131,7 +123,7 @@ def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Che
     for key in ("test_exact", "test_cell"):
         vals = _vals(evals, key)
         if vals:
-            drop, peak, last = _largest_drop(vals)
+            drop, peak, last = largest_drop(vals)
             figs[key] = {"peak": _r(peak), "last": _r(last), "largest_drop": _r(drop)}
             worst = max(worst, drop)
     ema_drops = int(sum(_vals(health, "acc_drops")))
