@@ -170,6 +170,7 @@ def test_rows_are_independent(style: str, mixer: str) -> None:
         {"l_cycles": -1},
         {"n_layers": 0},
         {"expansion": 0.0},
+        {"readout_init_scale": 0.0},
         {"d_model": 12, "n_heads": 4},  # odd head size with rope
     ],
 )
@@ -179,6 +180,14 @@ def test_bad_config_raises_ponder_error(overrides: dict[str, object]) -> None:
     assert "\n" not in str(err.value)
     if "style" in overrides:
         assert "trm, hrm" in str(err.value)
+
+
+def test_readout_init_scale_sets_the_readout_std() -> None:
+    torch.manual_seed(0)
+    small, lecun = make_model(d_model=256), make_model(d_model=256, readout_init_scale=1.0)
+    # truncated at 2 std, the std of the samples is about 0.88 of the nominal one
+    assert small.readout.weight.std().item() == pytest.approx(0.88 * 0.1 / 16, rel=0.05)
+    assert lecun.readout.weight.std().item() == pytest.approx(0.88 / 16, rel=0.05)
 
 
 def _cpu_sdpa(q: torch.Size, k: torch.Size, v: torch.Size, *args: object, out_shape: object = None, **kw: object) -> int:

@@ -38,7 +38,6 @@ from ponder.types import State, StepOutput
 STYLES = ("trm", "hrm")
 MIXERS = ("attention", "mlp")
 POSITIONS = ("rope", "learned", "none")
-READOUT_INIT_SCALE = 0.1  # readout std = READOUT_INIT_SCALE / sqrt(d): small logits at init
 
 
 @dataclass(kw_only=True)
@@ -62,6 +61,10 @@ class ModelConfig:
         adapter_max_norm, adapter_target_norm, adapter_reg_weight, adapter_scale: its guards.
         logit_clamp, logit_clamp_max: soft clamp of the token logits, identity up to t, bounded by
             m (0 = off).
+        readout_init_scale: readout std = readout_init_scale / sqrt(d). 1.0 is TRM's LeCun init;
+            the default 0.1 starts from near-uniform predictions (all Sudoku and maze figures use
+            it), but on parity it kept a two-block attention model at chance for 2000 steps where
+            1.0 learned the task (BENCHMARKS.md, parity).
     """
 
     style: str = "trm"
@@ -82,6 +85,7 @@ class ModelConfig:
     adapter_scale: float = 1.0
     logit_clamp: float = 0.0
     logit_clamp_max: float = 100.0
+    readout_init_scale: float = 0.1
 
     def validate(self) -> None:
         """Raise PonderError (one line) for a value the model cannot be built with."""
@@ -102,7 +106,7 @@ class ModelConfig:
         if self.logit_clamp < 0 or (self.logit_clamp > 0 and self.logit_clamp_max <= self.logit_clamp):
             raise PonderError(f"model logit_clamp must be 0 (off) or below logit_clamp_max, got "
                               f"{self.logit_clamp} and {self.logit_clamp_max}")
-        for name in ("expansion", "norm_eps", "rope_theta"):
+        for name in ("expansion", "norm_eps", "rope_theta", "readout_init_scale"):
             value = getattr(self, name)
             if not value > 0:
                 raise PonderError(f"model {name} must be positive, got {value!r}")
@@ -115,9 +119,8 @@ class RecursiveReasoner(nn.Module):
     1/sqrt(fan_in), no biases); token and learned position embeddings have std 1/sqrt(d) and are
     multiplied by sqrt(d) (TRM), so the input x has unit-scale entries; learned positions are
     averaged in as (tok + pos) / sqrt(2); the y/z init vectors are truncated normal std 1; the
-    readout is truncated normal std READOUT_INIT_SCALE / sqrt(d) (near-uniform predictions at
-    start). The halting head is passed in and keeps its own initialisation. The y/z init vectors
-    only get a gradient when the first net call is differentiated (TRM with T=1, HRM with
+    readout is truncated normal std cfg.readout_init_scale / sqrt(d). The halting head is passed
+    in and keeps its own initialisation. The y/z init vectors only get a gradient when the first net call is differentiated (TRM with T=1, HRM with
     T=n=1); otherwise they stay at their init, like TRM's fixed buffers.
 
     Args:
@@ -157,7 +160,7 @@ class RecursiveReasoner(nn.Module):
                 trunc_normal_(self.pos, 1.0 / math.sqrt(d))
             trunc_normal_(self.y_init, 1.0)
             trunc_normal_(self.z_init, 1.0)
-            trunc_normal_(self.readout.weight, READOUT_INIT_SCALE / math.sqrt(d))
+            trunc_normal_(self.readout.weight, cfg.readout_init_scale / math.sqrt(d))
 
     def _make_net(self) -> ReasoningNet:
         cfg = self.cfg
