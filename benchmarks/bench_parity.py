@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, ROOT, write_fragment
+from benchmarks.common import ROOT, write_fragment
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_STEPS", "2500"))
 SEEDS = int(os.environ.get("PONDER_BENCH_PARITY_SEEDS", "3"))
@@ -76,32 +76,25 @@ def verdict(rows: list[dict], steps: int) -> str:
               (f"extrapolation >= 95% (measured {100 * extrap:.1f}%)", extrap >= 0.95),
               ("steps rising with the number of non-zeros (mean Spearman "
                + (f"{mean(rho):+.2f})" if rho else "undefined: constant steps)"), bool(rho) and mean(rho) > 0)]
-    met = [text for text, ok in checks if ok]
-    missed = [text for text, ok in checks if not ok]
-    return (f"Goal (issue), PonderNet at {steps} steps: " + ("; ".join(f"met: {t}" for t in met) + ("; " if met and missed else "")
-            + "; ".join(f"NOT met: {t}" for t in missed)) + ".")
+    return (f"Goal (issue), PonderNet at {steps} steps: "
+            + "; ".join(("met: " if ok else "NOT met: ") + text for text, ok in checks) + ".")
 
 
-def _long_run(run_dir: Path) -> dict:
-    """The held-out figures of a finished longer run of `parity16` or `parity16-extrapolation`."""
+def _run_row(run_dir: Path) -> dict:
+    """One table row from a finished run: head, split, seed, steps and preset from its config, then
+    the held-out figures: adaptive exact accuracy, the best exact accuracy of any fixed step budget
+    1..M (every sample runs that many steps), mean steps, Spearman(steps, non-zeros)."""
     report = run_dir / "eval" / "report.json"
     if not report.exists():
         sys.exit(f"bench_parity: {run_dir} is not a finished run (no eval/report.json)")
     cfg = json.loads((run_dir / "config.json").read_text())
     if cfg.get("preset") not in {*SPLITS.values(), "parity16-long"}:
         sys.exit(f"bench_parity: {run_dir} is a run of {cfg.get('preset')!r}, not a parity16 preset")
-    return {"head": cfg["halt"]["kind"], "split": cfg["task"]["split"], "steps": cfg["train"]["steps"],
-            "seed": cfg["train"]["seed"], "preset": cfg["preset"], **_held_out(run_dir)}
-
-
-def _held_out(run_dir: Path) -> dict:
-    """Held-out figures of a finished run: adaptive exact accuracy, the best exact accuracy of any
-    fixed step budget 1..M (every sample runs that many steps), mean steps, Spearman(steps, k)."""
-    held = json.loads((run_dir / "eval" / "report.json").read_text())["held_out"]
-    steps = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
-    return {"steps": steps, "exact": held["exact"], "best_fixed": max(held["exact_by_budget"]),
-            "best_budget": 1 + int(np.argmax(held["exact_by_budget"])), "mean_steps": held["mean_steps"],
-            "spearman": held["spearman_steps_difficulty"], "run": run_dir.name}
+    held = json.loads(report.read_text())["held_out"]
+    return {"head": cfg["halt"]["kind"], "split": cfg["task"]["split"], "seed": cfg["train"]["seed"],
+            "steps": cfg["train"]["steps"], "preset": cfg["preset"], "exact": held["exact"],
+            "best_fixed": max(held["exact_by_budget"]), "best_budget": 1 + int(np.argmax(held["exact_by_budget"])),
+            "mean_steps": held["mean_steps"], "spearman": held["spearman_steps_difficulty"], "run": run_dir.name}
 
 
 def _runs() -> list[dict]:
@@ -113,7 +106,7 @@ def _runs() -> list[dict]:
     def finish(job, proc, run_dir):
         if proc.wait() != 0:
             sys.exit(f"bench_parity: {job} failed: {proc.stderr.read()[-500:]}")
-        out.append({"head": job[0], "split": job[1], "seed": job[2], **_held_out(run_dir)})
+        out.append(_run_row(run_dir))
 
     for job in jobs:  # two at a time, one thread each
         head, split, seed = job
@@ -132,39 +125,32 @@ def _runs() -> list[dict]:
 
 
 def _collect(stamp: str) -> list[dict]:
-    """Rows of the finished runs `runs/bench-parity-STAMP-SPLIT-HEAD-SEED` (unfinished ones are skipped)."""
-    rows = []
-    for run_dir in sorted((ROOT / "runs").glob(f"bench-parity-{stamp}-*")):
-        split, head_seed = run_dir.name[len(f"bench-parity-{stamp}-"):].split("-", 1)
-        head, seed = head_seed.rsplit("-", 1)
-        if (run_dir / "eval" / "report.json").exists():
-            rows.append({"head": head, "split": split, "seed": int(seed), **_held_out(run_dir)})
-    if not rows:
+    """Rows of the finished runs `runs/bench-parity-STAMP-*` (unfinished ones are skipped)."""
+    finished = sorted(d for d in (ROOT / "runs").glob(f"bench-parity-{stamp}-*") if (d / "eval" / "report.json").exists())
+    if not finished:
         sys.exit(f"bench_parity: no finished runs named runs/bench-parity-{stamp}-*")
-    return rows
+    return [_run_row(d) for d in finished]
+
+
+def _values_after(flag: str) -> list[str]:
+    """The command-line arguments after `flag`, up to the next option."""
+    rest = sys.argv[sys.argv.index(flag) + 1:]
+    return rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
 
 
 def main() -> None:
-    """`--reference-only` keeps the head runs of the last parity.json and re-measures the reference;
-    `--collect STAMP` takes the finished head runs of an earlier bench from runs/ instead;
-    `--long-run RUN_DIR [RUN_DIR ...]` adds rows for longer parity16 runs (one row per split, head
-    and step count, mean over the runs)."""
+    """`--collect STAMP` takes the finished head runs of an earlier bench from runs/ instead of
+    training them (the reference is re-measured); `--long-run RUN_DIR [RUN_DIR ...]` adds rows for
+    longer parity16 runs (one row per split, head and step count, mean over the runs)."""
     torch.set_num_threads(1)
-    previous: dict = {}
-    if "--collect" in sys.argv:  # the head runs of an earlier (e.g. interrupted) bench, by time stamp
-        rows = _collect(sys.argv[sys.argv.index("--collect") + 1])
-    elif "--reference-only" in sys.argv:
-        previous = json.loads((RESULTS / "parity.json").read_text())
-        rows = [{**r, **_held_out(ROOT / "runs" / r["run"])} if "best_fixed" not in r else r for r in previous["runs"]]
-    else:
-        rows = _runs()
-    long_runs = previous.get("long_runs", [])
-    if "--long-run" in sys.argv:  # longer runs of a parity16 preset (e.g. continued with --extend-steps)
-        dirs = sys.argv[sys.argv.index("--long-run") + 1:]
-        dirs = dirs[:next((i for i, a in enumerate(dirs) if a.startswith("--")), len(dirs))]
-        if not dirs:
-            sys.exit("bench_parity: --long-run needs at least one run directory")
-        long_runs = [_long_run(Path(d)) for d in dirs]
+    stamp = _values_after("--collect") if "--collect" in sys.argv else None
+    if stamp is not None and len(stamp) != 1:
+        sys.exit("bench_parity: --collect needs one time stamp, e.g. --collect 20261123-154100")
+    long_dirs = _values_after("--long-run") if "--long-run" in sys.argv else []
+    if "--long-run" in sys.argv and not long_dirs:
+        sys.exit("bench_parity: --long-run needs at least one run directory")
+    long_runs = [_run_row(Path(d)) for d in long_dirs]  # longer runs of a parity16 preset, trained separately
+    rows = _collect(stamp[0]) if stamp else _runs()  # --collect: the runs of an earlier (e.g. interrupted) bench
     budgets = {r["steps"] for r in rows}
     if len(budgets) != 1:
         sys.exit(f"bench_parity: the head runs have different step counts {sorted(budgets)}")

@@ -63,8 +63,7 @@ class ModelConfig:
             m (0 = off).
         readout_init_scale: readout std = readout_init_scale / sqrt(d). 1.0 is TRM's LeCun init;
             the default 0.1 starts from near-uniform predictions (all Sudoku and maze figures use
-            it), but on parity it kept a two-block attention model at chance for 2000 steps where
-            1.0 learned the task (BENCHMARKS.md, parity).
+            it), but it slows learning parity badly; the parity presets use 1.0 (DESIGN.md).
     """
 
     style: str = "trm"
