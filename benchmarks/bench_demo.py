@@ -8,14 +8,14 @@ from pathlib import Path
 from benchmarks.common import ROOT, write_fragment
 from ponder.presets import get_config
 from ponder.report import format_report
-from ponder.train import train
+from ponder.run import train_run
 
 
 def main() -> None:
     cfg = get_config("demo")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        report = train(cfg, Path(tmp) / "run")  # includes data generation (cold cache) and final eval
+        report = train_run(cfg, Path(tmp) / "run")  # includes data generation (cold cache) and final eval
         wall = time.perf_counter() - t0
     h = report["held_out"]
     md = ["## Default preset `demo` (`make demo`)", "",

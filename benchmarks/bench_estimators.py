@@ -30,12 +30,12 @@ def _trained_run() -> tuple[Path, float | None]:
         return Path(sys.argv[2]), None
     from ponder.config import apply_overrides
     from ponder.presets import get_config
-    from ponder.train import train
+    from ponder.run import train_run
 
     cfg = apply_overrides(get_config("demo"), ["--train.progress=false", f"--train.threads={THREADS}"])
     run_dir = ROOT / "runs" / f"bench-estimators-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    train(cfg, run_dir)
+    train_run(cfg, run_dir)
     return run_dir, time.perf_counter() - t0
 
 

@@ -32,7 +32,7 @@ from ponder.errors import PonderError
 from ponder.health.monitors import HealthMonitor
 from ponder.presets import get_config
 from ponder.stats import largest_drop
-from ponder.train import train
+from ponder.run import train_run
 
 OVERHEAD_STEPS = int(os.environ.get("PONDER_BENCH_HEALTH_STEPS", "4"))  # attention stats on steps 2 and 4
 OVERHEAD_THREADS = 2
@@ -91,7 +91,7 @@ def overhead(tmp: Path) -> dict:
                              grad_clip=cfg.train.grad_clip)
     loads = [os.getloadavg()[0]]
     with tqdm(total=1, desc="overhead (trm-sudoku9)", unit="run") as bar:
-        train(cfg, tmp / "overhead", callbacks=[mon], final_eval=False)
+        train_run(cfg, tmp / "overhead", callbacks=[mon], final_eval=False)
         bar.update(1)
     loads.append(os.getloadavg()[0])
     step_sec = {x["step"]: x["time_sec_per_step"] for x in _records(tmp / "overhead") if x["kind"] == "train"}
@@ -113,7 +113,7 @@ def unstable(tmp: Path) -> list[dict]:
         run_dir = tmp / f"unstable-{seed}-{int(ctrl)}"
         t0, error, load0 = time.perf_counter(), None, os.getloadavg()[0]
         try:
-            train(cfg, run_dir, final_eval=False)
+            train_run(cfg, run_dir, final_eval=False)
         except PonderError as e:
             error = str(e)
         recs = _records(run_dir)

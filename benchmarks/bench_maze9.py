@@ -21,10 +21,10 @@ def main() -> None:
     else:
         cfg = apply_overrides(get_config("maze9"), ["--train.progress=false", f"--train.threads={THREADS}"])
         run_dir = ROOT / "runs" / f"bench-maze9-{time.strftime('%Y%m%d-%H%M%S')}"
-        from ponder.train import train
+        from ponder.run import train_run
 
         t0 = time.perf_counter()
-        report = train(cfg, run_dir)
+        report = train_run(cfg, run_dir)
         wall = time.perf_counter() - t0
     h = report["held_out"]
     table, rows = threshold_table(run_dir, THREADS)
@@ -39,7 +39,7 @@ def main() -> None:
 def _evaluate(run_dir: Path) -> dict:
     import torch
 
-    from ponder.build import load_trained
+    from ponder.run import load_trained
 
     model, task, cfg, _ = load_trained(run_dir)
     torch.set_num_threads(THREADS)

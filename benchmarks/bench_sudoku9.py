@@ -13,7 +13,7 @@ from benchmarks.common import RESULTS, ROOT, threshold_table, write_fragment
 from ponder.config import apply_overrides
 from ponder.presets import get_config
 from ponder.report import format_report
-from ponder.train import train
+from ponder.run import train_run
 
 MINUTES = float(os.environ.get("PONDER_BENCH_MINUTES", "30"))
 THREADS = int(os.environ.get("PONDER_BENCH_THREADS", "1"))  # one thread: steady under other load
@@ -27,7 +27,7 @@ def main() -> None:
                                                   "--train.progress=false", f"--train.threads={THREADS}"])
     run_dir = ROOT / "runs" / f"bench-sudoku9-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    report = train(cfg, run_dir)
+    report = train_run(cfg, run_dir)
     wall = time.perf_counter() - t0
     load = os.getloadavg()
     steps_done = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir()

@@ -9,7 +9,7 @@ import time
 import torch
 
 from benchmarks.common import write_fragment
-from ponder.build import build_model
+from ponder.run import build_model
 from ponder.config import apply_overrides
 from ponder.models.flops import step_flops
 from ponder.objectives import task_loss

@@ -4,9 +4,10 @@ Re-exported here: the core records `Batch`, `State`, `StepOutput` and `PonderErr
 imported from its module (kept out of this file so `import ponder` stays light):
 - ponder.config: `Config`, `apply_overrides`, `load_config`
 - ponder.presets: `get_config`, `PRESETS`
-- ponder.train: `train`; ponder.evaluate: `evaluate_split`, `adaptive_inference`
-- ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `HaltConfig`, `HALTING`
-- ponder.build: `build_model`, `load_trained`
+- ponder.run: `train_run`, `open_run`, `build_model`, `load_trained` (the run layer);
+  ponder.train: `train` (the loop over a built `Run`)
+- ponder.evaluate: `evaluate_split`, `adaptive_inference`
+- ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `halt_config`, `HALTING`
 """
 from ponder.types import Batch, State, StepOutput
 from ponder.errors import PonderError

@@ -3,7 +3,7 @@
 A callback is any object with some of `on_train_start(run)`, `on_step_start(run, step)` (after the
 scheduled LR is set, before the forward pass), `on_step_end(run, metrics)`, `on_eval_end(run,
 metrics)`, `on_train_end(run)` and optionally `state_dict()` / `load_state_dict()` (saved in
-checkpoints). `Callbacks` calls them in list order.
+checkpoints); `run` is the ponder.train.Run being trained. `Callbacks` calls them in list order.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.checkpoint import atomic_write_text
+from ponder.errors import PonderError
 
 HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval_end", "on_train_end")
 
@@ -59,14 +60,25 @@ class MetricsLog:
         self.csv = Path(run_dir) / "metrics.csv"
 
     def records(self) -> list[dict]:
+        """Every record; a last line cut short by a crash is dropped, any other damage is a
+        PonderError naming the line."""
         if not self.jsonl.exists():
             return []
+        try:
+            lines = self.jsonl.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise PonderError(f"{self.jsonl} is corrupt (not UTF-8 text at byte {e.start})") from None
         out = []
-        for line in self.jsonl.read_text().splitlines():
+        for i, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a crash
+                if i == len(lines) - 1:
+                    continue  # a line cut short by a crash
+                raise PonderError(f"{self.jsonl} line {i + 1} is corrupt (not a JSON record)") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise PonderError(f"{self.jsonl} line {i + 1} is not a metrics record")
+            out.append(record)
         return out
 
     def truncate_after(self, step: int) -> None:

@@ -42,11 +42,10 @@ class SampleStream:
             idx.extend(self._perm[self.pos:self.pos + take])
             self.pos += take
         sub = self.split.subset(np.asarray(idx, dtype=np.int64))
-        inputs, labels = sub.inputs, sub.labels
         if self.augment is not None and k > 0:
-            inputs, labels = self.augment(inputs, labels, np.random.default_rng([self.seed, 1, self.delivered]))
+            sub = self.augment(sub, np.random.default_rng([self.seed, 1, self.delivered]))
         self.delivered += k
-        return Batch(torch.as_tensor(inputs), torch.as_tensor(labels), torch.as_tensor(sub.difficulty))
+        return batch_of(sub)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "delivered": self.delivered}
@@ -56,13 +55,19 @@ class SampleStream:
         self._perm = self._permutation(self.epoch)
 
 
-class Carry:
-    """B slots of samples in flight, their latent state, steps taken and exploration floor."""
+def batch_of(split: Split) -> Batch:
+    """The samples of a split (numpy) as a Batch of tensors (on the CPU)."""
+    opt = (None if a is None else torch.as_tensor(a) for a in (split.puzzle_id, split.context))
+    return Batch(torch.as_tensor(split.inputs), torch.as_tensor(split.labels), torch.as_tensor(split.difficulty), *opt)
 
-    def __init__(self, model, batch_size: int, seq_len: int, device: torch.device):
+
+class Carry:
+    """B slots of samples in flight (with their conditioning), their latent state, steps taken
+    and exploration floor. The slots' batch starts empty and is allocated at the first refill."""
+
+    def __init__(self, model, batch_size: int, device: torch.device):
         self.device = device
-        z = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-        self.batch = Batch(z, z.clone(), torch.zeros(batch_size, device=device))
+        self.batch: Batch | None = None
         self.state: State = model.init_state(batch_size, device)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.min_steps = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -76,9 +81,13 @@ class Carry:
         if k == 0:
             return 0
         fresh = stream.take(k).to(self.device)
-        self.batch.inputs[slots] = fresh.inputs
-        self.batch.labels[slots] = fresh.labels
-        self.batch.difficulty[slots] = fresh.difficulty.to(self.batch.difficulty.dtype)
+        if self.batch is None:  # first fill: every slot is empty, the stream's batch is the carry's
+            self.batch = fresh
+        else:
+            for name in ("inputs", "labels", "difficulty", "puzzle_id", "context"):
+                new = getattr(fresh, name)
+                if new is not None:
+                    getattr(self.batch, name)[slots] = new.to(getattr(self.batch, name).dtype)
         self.state = model.reset_state(self.state, self.needs_sample)
         self.steps[slots] = 0
         # TRM's exploration: with probability p a slot must run at least U{2..M} steps
@@ -89,13 +98,19 @@ class Carry:
         return k
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"inputs": self.batch.inputs, "labels": self.batch.labels, "difficulty": self.batch.difficulty,
-                "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
+        b = self.batch
+        batch = {} if b is None else {k: getattr(b, k) for k in ("inputs", "labels", "difficulty", "puzzle_id",
+                                                                    "context") if getattr(b, k) is not None}
+        return {**batch, "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
                 "needs_sample": self.needs_sample}
 
     def load_state_dict(self, s: dict[str, Tensor]) -> None:
         d = self.device
-        self.batch = Batch(s["inputs"].to(d), s["labels"].to(d), s["difficulty"].to(d))
+        if any(s[k].shape != v.shape for k, v in (("y", self.state.y), ("z", self.state.z), ("steps", self.steps))):
+            raise ValueError(f"the saved carry has shape {tuple(s['y'].shape)}, this run's is {tuple(self.state.y.shape)}")
+        self.batch = None if "inputs" not in s else Batch(
+            s["inputs"].to(d), s["labels"].to(d), s["difficulty"].to(d),
+            *(s[k].to(d) if k in s else None for k in ("puzzle_id", "context")))
         self.state = State(s["y"].to(d), s["z"].to(d))
         self.steps, self.min_steps = s["steps"].to(d), s["min_steps"].to(d)
         self.needs_sample = s["needs_sample"].to(d)

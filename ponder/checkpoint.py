@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -103,21 +103,40 @@ def save_checkpoint(run_dir: Path, step: int, *, model_state: dict[str, Tensor],
     return final
 
 
+STEP_NAME = re.compile(r"step-\d{7}")
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_NAME.fullmatch(p.name)) if root.is_dir() else []
+
+
 def resolve_checkpoint(path: Path) -> Path:
     """A run directory (-> its latest checkpoint) or a checkpoint directory -> checkpoint dir."""
     path = Path(path)
     if not path.exists():
         raise PonderError(f"no such run or checkpoint: {path}")
-    if (path / "model.safetensors").exists() or (path / "state.pt").exists():
+    if not path.is_dir():
+        raise PonderError(f"{path} is a file; give a run directory or a checkpoint directory")
+    if STEP_NAME.fullmatch(path.name) or (path / "model.safetensors").exists():
         return path
-    latest = path / CHECKPOINTS / LATEST
+    root = path / CHECKPOINTS
+    latest = root / LATEST
     if latest.exists():
-        name = latest.read_text().strip()
-        ckpt = path / CHECKPOINTS / name
+        try:
+            name = latest.read_bytes().decode("utf-8").strip()
+        except (UnicodeDecodeError, OSError):
+            name = None
+        if name is None or not STEP_NAME.fullmatch(name):
+            found = _complete_checkpoints(root)
+            hint = f"; the newest checkpoint there is {found[-1]}, give it directly" if found else ""
+            raise PonderError(f"{latest} is corrupt (it should name a step-NNNNNNN checkpoint){hint}")
+        ckpt = root / name
         if not ckpt.is_dir():
             raise PonderError(f"{latest} names {name!r}, which is missing")
         return ckpt
-    raise PonderError(f"{path} holds no checkpoint (expected {CHECKPOINTS}/{LATEST} or model.safetensors)")
+    found = _complete_checkpoints(root)
+    hint = f" ({LATEST} is missing; the newest checkpoint there is {found[-1]}, give it directly)" if found else ""
+    raise PonderError(f"{path} holds no checkpoint{hint}")
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -126,22 +145,57 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt
 
 
-def load_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """Read a checkpoint directory: {"model", "ema" (or None), "state", "config"}."""
-    ckpt = Path(ckpt)
-    out: dict[str, Any] = {}
+def _unreadable(ckpt: Path, name: str, e: Exception) -> PonderError:
+    if isinstance(e, FileNotFoundError):
+        return PonderError(f"checkpoint {ckpt} is incomplete: missing {name}")
+    reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    return PonderError(f"checkpoint {ckpt}: {name} is corrupt or truncated ({reason})")
+
+
+def read_weights(ckpt: Path, which: str = "model") -> dict[str, Tensor] | None:
+    """The tensors of `which`.safetensors ("model" or "ema"); None when a run kept no EMA."""
+    path = Path(ckpt) / f"{which}.safetensors"
+    if which == "ema" and not path.exists():
+        return None
     try:
-        out["model"] = load_file(str(ckpt / "model.safetensors"))
-        ema_path = ckpt / "ema.safetensors"
-        out["ema"] = load_file(str(ema_path)) if ema_path.exists() else None
-        out["state"] = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        out["config"] = json.loads((ckpt / "config.json").read_text())
-    except FileNotFoundError as e:
-        raise PonderError(f"checkpoint {ckpt} is incomplete: missing {Path(e.filename).name}") from None
-    except (SafetensorError, RuntimeError, EOFError, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise PonderError(f"checkpoint {ckpt} is corrupt or truncated ({reason})") from None
-    return out
+        return load_file(str(path))
+    except Exception as e:  # any failure to parse the file is the file's fault, reported in one line
+        raise _unreadable(ckpt, path.name, e) from None
+
+
+def read_training_state(ckpt: Path) -> dict[str, Any]:
+    """The `state.pt` sidecar (optimizer, data position, carry, RNG, callbacks)."""
+    path = Path(ckpt) / "state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is unreadable
+        raise _unreadable(ckpt, path.name, e) from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise PonderError(f"checkpoint {ckpt}: state.pt is not a training state")
+    return state
+
+
+def read_config(ckpt: Path) -> dict:
+    """The config dict saved in a checkpoint."""
+    path = Path(ckpt) / "config.json"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except Exception as e:
+        raise _unreadable(ckpt, path.name, e) from None
+    if not isinstance(data, dict):
+        raise PonderError(f"checkpoint {ckpt}: config.json is not a config")
+    return data
+
+
+def load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Read a whole checkpoint directory: {"model", "ema" (or None), "state", "config"}."""
+    return {"model": read_weights(ckpt, "model"), "ema": read_weights(ckpt, "ema"),
+            "state": read_training_state(ckpt), "config": read_config(ckpt)}
+
+
+def nonfinite_tensors(weights: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [k for k, v in weights.items() if v.dtype.is_floating_point and not torch.isfinite(v).all()]
 
 
 def partial_load(model: torch.nn.Module, weights: dict[str, Tensor]) -> dict[str, list[str]]:

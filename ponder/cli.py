@@ -10,12 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ponder.checkpoint import read_training_state, resolve_checkpoint
+from ponder.config import apply_overrides, load_config
+from ponder.diagnose import diagnose_gradients, format_table, write_json
+from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
 from ponder.errors import PonderError
+from ponder.presets import DEFAULT_PRESET, PRESETS, get_config
+from ponder.run import evaluate_checkpoint, health_report, train_run
 
 
 def _cmd_presets(args, extra) -> int:
-    from ponder.presets import DEFAULT_PRESET, PRESETS
-
     names = PRESETS.names()
     wn = max(len(n) for n in names)
     wt = max(len(PRESETS.get(n).expected_time) for n in names)
@@ -27,24 +33,20 @@ def _cmd_presets(args, extra) -> int:
 
 
 def _cmd_train(args, extra) -> int:
-    from ponder.config import apply_overrides, load_config
-    from ponder.presets import get_config
-    from ponder.train import train
-
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").exists():
             raise PonderError(f"{run_dir} is not a run directory (no config.json)")
+        if args.init_from:
+            raise PonderError("--init-from starts a new run; it cannot be combined with --resume")
         cfg = load_config(run_dir / "config.json")
         if args.preset and args.preset != cfg.preset:
             raise PonderError(f"{run_dir} is a run of preset {cfg.preset!r}, not {args.preset!r}")
         cfg = apply_overrides(cfg, extra)
         if args.extend_steps is not None:
-            from ponder.checkpoint import load_checkpoint, resolve_checkpoint
-
             if args.extend_steps < 1:
                 raise PonderError(f"--extend-steps must be >= 1, got {args.extend_steps}")
-            done = load_checkpoint(resolve_checkpoint(run_dir))["state"]["step"]
+            done = read_training_state(resolve_checkpoint(run_dir))["step"]
             cfg.train.steps = done + args.extend_steps  # the LR schedule stretches to the new end
     else:
         if args.extend_steps is not None:
@@ -56,30 +58,17 @@ def _cmd_train(args, extra) -> int:
         cfg = apply_overrides(get_config(args.preset), extra)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run directory: {run_dir}", file=sys.stderr)
-    train(cfg, run_dir, resume=bool(args.resume), init_from=Path(args.init_from) if args.init_from else None)
+    train_run(cfg, run_dir, resume=bool(args.resume), init_from=Path(args.init_from) if args.init_from else None)
     return 0
 
 
 def _cmd_eval(args, extra) -> int:
-    import torch
-
-    from ponder.build import load_trained
-    from ponder.checkpoint import run_dir_of
-    from ponder.report import evaluate_run
-    from ponder.train import resolve_device
-
-    model, task, cfg, ckpt_dir = load_trained(args.path, extra)
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=args.split)
+    evaluate_checkpoint(args.path, extra, split=args.split)
     return 0
 
 
 def _cmd_diagnose(args, extra) -> int:
     if args.what == "gradients":
-        from ponder.diagnose import diagnose_gradients, format_table, write_json
-
         if not args.source:
             raise PonderError("`ponder diagnose gradients` needs a PRESET or RUN_DIR")
         result = diagnose_gradients(args.source, steps=args.steps, ref_steps=args.ref_steps, batch=args.batch,
@@ -90,10 +79,6 @@ def _cmd_diagnose(args, extra) -> int:
         if args.json:
             write_json(result, args.json)
         return 0
-    import torch
-
-    from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
-
     if args.source:
         raise PonderError("`ponder diagnose decisive` takes no PRESET or RUN_DIR")
     if extra:
@@ -114,11 +99,9 @@ def _cmd_diagnose(args, extra) -> int:
 
 
 def _cmd_health(args, extra) -> int:
-    from ponder.health.report import write_health_report
-
     if extra:
         raise PonderError("`ponder health` takes no overrides")
-    payload = write_health_report(Path(args.run_dir))
+    payload = health_report(Path(args.run_dir))
     print((Path(args.run_dir) / "health.md").read_text(), end="")
     return 0 if payload["passed"] else 1
 
@@ -155,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/decisive", help="decisive: report directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_diagnose)
-    p = sub.add_parser("health", help="training-health checklist and controller actions of a run")
-    p.add_argument("run_dir", help="RUN_DIR (writes RUN_DIR/health.md and health.json)")
+    p = sub.add_parser("health", help="health report of a run: training checks, halting verdicts, controller actions")
+    p.add_argument("run_dir", help="RUN_DIR (writes RUN_DIR/health.md and health.json; exit 1 when a check fails)")
     p.set_defaults(fn=_cmd_health)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)

@@ -1,9 +1,17 @@
 """Configuration: one small dataclass per component, gathered in `Config`.
 
-A preset (ponder.presets) is a function returning a full `Config`. The command line changes
-any field with `--section.key=value`, typed by the field's current value; an unknown section or
-key is an error naming the valid ones. A resolved config is saved as JSON with a `_type` key per
-section and reloads to an equal object.
+Each section belongs to one component and is typed by it: `task` (the task family's config),
+`model`, `halt` (the chosen halting head's own settings), `estimator` (the chosen gradient
+estimator's own dataclass), `optim` (the chosen update rule's constants), `train`, `eval`,
+`health` and `halting_health`. The sections `halt`, `estimator` and `optim` have several kinds:
+`--halt.kind=act` switches the section to ACT's settings (keeping the values of the settings
+both kinds share), and a key the chosen kind does not have is refused, never ignored.
+
+A preset (ponder.presets) is a function returning a full `Config`. The command line changes any
+field with `--section.key=value`, parsed by the field's type; every value is checked against
+its declared range (ponder.settings) and each section's own rules. A resolved config is saved as
+JSON with a `_type` key per section and reloads to an equal object; configs saved by earlier
+versions of ponder are migrated on load (`_migrate`).
 """
 from __future__ import annotations
 
@@ -13,15 +21,23 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from ponder.checkpoint import atomic_write_text
+from ponder.data import TASKS
 from ponder.errors import PonderError
+from ponder.estimator_hook import ESTIMATOR_SETTINGS, TRMRule, validate_estimator
 from ponder.evaluate import EvalConfig
-from ponder.health.config import TrainingHealthConfig
-from ponder.models.halting import HaltConfig
+from ponder.health.config import HaltingHealthConfig, TrainingHealthConfig
+from ponder.models.halting import HALT_SETTINGS, HALTING, HaltSettings
+from ponder.models.halting.q_halt import QHaltSettings
 from ponder.models.recursive import ModelConfig
+from ponder.optim import OPTIMIZERS, AdamWSettings
+from ponder.settings import KindRegistry, field_types, parse
 from ponder.train import TrainConfig
 
-SECTIONS = ("task", "model", "halt", "train", "eval", "health")
-OPTIONAL_SECTIONS = ("health",)  # configs saved before a section existed load with its defaults
+SECTIONS = ("task", "model", "halt", "estimator", "optim", "train", "eval", "health", "halting_health")
+KIND_SECTIONS: dict[str, KindRegistry] = {"halt": HALT_SETTINGS, "estimator": ESTIMATOR_SETTINGS, "optim": OPTIMIZERS}
+# sections a config saved by an earlier version may lack: they load with their defaults
+OPTIONAL_SECTIONS = ("estimator", "optim", "health", "halting_health")
 
 
 @dataclass(kw_only=True)
@@ -31,59 +47,74 @@ class Config:
     preset: str = ""
     task: Any
     model: ModelConfig = field(default_factory=ModelConfig)
-    halt: HaltConfig = field(default_factory=HaltConfig)
+    halt: HaltSettings = field(default_factory=QHaltSettings)
+    estimator: Any = field(default_factory=TRMRule)
+    optim: Any = field(default_factory=AdamWSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: TrainingHealthConfig = field(default_factory=TrainingHealthConfig)
+    halting_health: HaltingHealthConfig = field(default_factory=HaltingHealthConfig)
+
+    def validate(self) -> None:
+        """Every section's own checks, then the rules that span sections (PonderError, one line)."""
+        TASKS.get(getattr(self.task, "name", None))
+        self.task.validate()
+        self.model.validate()
+        self.halt.validate()
+        validate_estimator(self.estimator)
+        self.optim.validate()
+        self.train.validate()
+        self.eval.validate()
+        self.health.validate()
+        self.halting_health.validate()
+        if not isinstance(self.estimator, TRMRule) and HALTING.get(self.halt.kind).trains_on != "step":
+            raise PonderError(f"estimator.kind={self.estimator.name} needs a halting head trained one step at a time "
+                              f"(q_halt, q_continue); halt.kind={self.halt.kind} trains on whole trajectories")
+
+    def kind(self, section: str) -> str:
+        return KIND_SECTIONS[section].kind_of(getattr(self, section))
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+def _copy(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
 
 
-def _parse_value(text: str, current: Any, where: str) -> Any:
-    """Parse `text` to the type of `current` (bool, int, float or str)."""
-    try:
-        if isinstance(current, bool):
-            low = text.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, str):
-            return text
-    except ValueError:
-        raise PonderError(f"{where} expects {type(current).__name__}, got {text!r}") from None
-    raise PonderError(f"{where} cannot be set from the command line")
+def _split(raw: str) -> tuple[str, str, str]:
+    text = raw[2:] if raw.startswith("--") else raw
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise PonderError(f"override {raw!r} is not of the form --section.key=value")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    if section not in SECTIONS:
+        raise PonderError(f"unknown config section {section!r}; valid: {', '.join(SECTIONS)}")
+    return section, key, value
 
 
-def _section(cfg: Config, name: str) -> Any:
-    if name not in SECTIONS:
-        raise PonderError(f"unknown config section {name!r}; valid: {', '.join(SECTIONS)}")
-    return getattr(cfg, name)
+def valid_keys(section: Any, name: str) -> list[str]:
+    keys = [f.name for f in fields(section) if f.init]
+    return (["kind"] + keys) if name in KIND_SECTIONS else keys
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return a copy of `cfg` with `--section.key=value` overrides applied (in order)."""
-    cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
-    for raw in overrides:
-        text = raw[2:] if raw.startswith("--") else raw
-        if "=" not in text or "." not in text.split("=", 1)[0]:
-            raise PonderError(f"override {raw!r} is not of the form --section.key=value")
-        dotted, value = text.split("=", 1)
-        section_name, key = dotted.split(".", 1)
-        section = _section(cfg, section_name)
-        valid = [f.name for f in fields(section)]
+    """A validated copy of `cfg` with `--section.key=value` overrides applied: first the kinds
+    (`--halt.kind=act`), then every other key, in order."""
+    cfg = _copy(cfg)
+    parsed = [_split(raw) for raw in overrides]
+    for section, key, value in parsed:
+        if key == "kind" and section in KIND_SECTIONS:
+            setattr(cfg, section, KIND_SECTIONS[section].switch(getattr(cfg, section), value))
+    for section, key, value in parsed:
+        if key == "kind" and section in KIND_SECTIONS:
+            continue
+        target = getattr(cfg, section)
+        valid = valid_keys(target, section)
         if key not in valid:
-            raise PonderError(f"unknown key {key!r} in section {section_name!r}; valid: {', '.join(valid)}")
-        if section_name == "task" and key == "name":
+            where = f"section {section!r}" + (f" (kind {cfg.kind(section)})" if section in KIND_SECTIONS else "")
+            raise PonderError(f"unknown key {key!r} in {where}; valid: {', '.join(valid)}")
+        if section == "task" and key == "name":
             raise PonderError("task.name is fixed by the preset; choose another preset instead")
-        setattr(section, key, _parse_value(value, getattr(section, key), f"--{dotted}"))
+        setattr(target, key, parse(value, field_types(type(target))[key], f"--{section}.{key}"))
+    cfg.validate()
     return cfg
 
 
@@ -91,45 +122,89 @@ def to_dict(cfg: Config) -> dict:
     out: dict[str, Any] = {"preset": cfg.preset}
     for name in SECTIONS:
         section = getattr(cfg, name)
-        out[name] = {"_type": type(section).__name__, **dataclasses.asdict(section)}
+        kind = {"kind": cfg.kind(name)} if name in KIND_SECTIONS else {}
+        out[name] = {"_type": type(section).__name__, **kind, **dataclasses.asdict(section)}
     return out
 
 
 def _section_classes() -> dict[str, type]:
-    from ponder.data import TASKS
-
-    classes = {c.__name__: c for c in (ModelConfig, HaltConfig, TrainConfig, EvalConfig, TrainingHealthConfig)}
+    classes = {c.__name__: c for c in (ModelConfig, TrainConfig, EvalConfig, TrainingHealthConfig,
+                                       HaltingHealthConfig)}
+    for registry in KIND_SECTIONS.values():
+        classes.update({c.__name__: c for c in registry.classes.values()})
     for name in TASKS.names():
         cls = TASKS.get(name)[0]
         classes[cls.__name__] = cls
     return classes
 
 
+def _migrate(data: dict) -> dict:
+    """A config saved by an earlier version in today's layout: the one `HaltConfig` for every
+    head becomes the chosen head's own settings (the settings it never used are dropped); the
+    optimizer and estimator settings move from `train` to their own sections (AdamATan2 runs of
+    that time used a = 1.27)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    halt = data.get("halt")
+    if isinstance(halt, dict) and halt.get("_type") == "HaltConfig":
+        cls = HALT_SETTINGS.get(halt.get("kind", "q_halt"))
+        keep = {f.name for f in fields(cls)}
+        data["halt"] = {"_type": cls.__name__, **{k: v for k, v in halt.items() if k in keep}}
+    train = data.get("train")
+    if isinstance(train, dict) and "optimizer" in train and "optim" not in data:
+        kind = train.pop("optimizer")
+        optim = {k: train.pop(k) for k in ("beta1", "beta2", "weight_decay") if k in train}
+        cls = OPTIMIZERS.get(kind)
+        data["optim"] = {"_type": cls.__name__, **optim, **({"a": 1.27, "b": 1.0} if kind == "adam_atan2" else {})}
+    if isinstance(train, dict) and "estimator" in train and "estimator" not in data:
+        name = train.pop("estimator")
+        old = {k: train.pop(f"estimator_{k}") for k in ("k", "tol", "max_iter", "solver") if f"estimator_{k}" in train}
+        settings = {"truncated": ("k",), "phantom": ("k",)}.get(name, ())
+        mapped = {k: old[k] for k in settings if k in old}
+        if name == "implicit":
+            mapped = {"solver": old.get("solver", "fixed_point"), "tol": old.get("tol", 1e-4),
+                      "max_iter": old.get("max_iter", 50), "adjoint_tol": old.get("tol", 1e-4),
+                      "adjoint_max_iter": old.get("max_iter", 50)}
+        cls = ESTIMATOR_SETTINGS.get(name)
+        data["estimator"] = {"_type": cls.__name__, **mapped}
+    return data
+
+
 def from_dict(data: dict) -> Config:
-    """Inverse of `to_dict`; unknown types or keys are a PonderError."""
+    """Inverse of `to_dict`; unknown types or keys and invalid values are a PonderError."""
+    if not isinstance(data, dict) or any(not isinstance(data.get(s), dict) for s in SECTIONS
+                                         if s not in OPTIONAL_SECTIONS):
+        raise PonderError(f"config must have the sections {', '.join(s for s in SECTIONS if s not in OPTIONAL_SECTIONS)}")
+    data = _migrate(data)
     classes = _section_classes()
-    if not isinstance(data, dict) or any(s not in data for s in SECTIONS if s not in OPTIONAL_SECTIONS):
-        raise PonderError(f"config must have the sections {', '.join(SECTIONS)}")
     sections = {}
     for name in SECTIONS:
         if name not in data:
             continue  # an optional section: its dataclass defaults
+        if not isinstance(data[name], dict):
+            raise PonderError(f"config section {name!r} is not a mapping")
         raw = dict(data[name])
         type_name = raw.pop("_type", None)
+        raw.pop("kind", None) if name in KIND_SECTIONS else None
         if type_name not in classes:
             raise PonderError(f"config section {name!r} has unknown type {type_name!r}")
         cls = classes[type_name]
-        valid = {f.name for f in fields(cls)}
+        valid = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise PonderError(f"config section {name!r} has unknown keys {unknown}; valid: {', '.join(sorted(valid))}")
-        sections[name] = cls(**raw)
-    return Config(preset=data.get("preset", ""), **sections)
+        try:
+            sections[name] = cls(**raw)
+        except TypeError as e:
+            raise PonderError(f"config section {name!r} is malformed ({e})") from None
+    preset = data.get("preset", "")
+    if not isinstance(preset, str):
+        raise PonderError(f"config preset must be a string, got {preset!r}")
+    cfg = Config(preset=preset, **sections)
+    cfg.validate()
+    return cfg
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from ponder.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
@@ -139,9 +214,14 @@ def load_config(path: Path) -> Config:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise PonderError(f"no config at {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
         raise PonderError(f"config {path} is corrupt (not valid JSON)") from None
-    return from_dict(data)
+    except OSError as e:
+        raise PonderError(f"cannot read config {path} ({e.strerror})") from None
+    try:
+        return from_dict(data)
+    except PonderError as e:
+        raise PonderError(f"config {path}: {e}") from None
 
 
 def describe(cfg: Any) -> str:

@@ -21,8 +21,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
 
+from ponder.carry import batch_of
+from ponder.config import apply_overrides
+from ponder.data import build_task
+from ponder.dynamics import compare_gradients, fixed_point_residual, spectral_radius
 from ponder.errors import PonderError
+from ponder.estimator_hook import recursion_problem
+from ponder.estimators import BPTT, ESTIMATORS, Implicit, Phantom, Truncated
+from ponder.objectives import task_loss
+from ponder.presets import PRESETS, get_config
+from ponder.run import build_model, load_trained
+from ponder.train import set_threads
 
 MEMORY_METHOD = ("peak live bytes of the PyTorch CPU allocator during the call, from torch.profiler "
                  "allocation events (profile_memory=True), above the level at its start")
@@ -30,9 +43,6 @@ MEMORY_METHOD = ("peak live bytes of the PyTorch CPU allocator during the call, 
 
 def peak_torch_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn once under torch.profiler; return (its result, peak live bytes allocated by torch)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
@@ -64,8 +74,6 @@ def default_estimators(steps: int, *, tol: float = 1e-4, max_iter: int = 50,
     implicit ones solve forward and adjoint to relative residual `tol` in at most `max_iter`
     iterations each; exact RTRL runs only up to `rtrl_max_params` parameters (its traces hold
     parameters x state numbers: 2.5 GB and 40 s for the 4x4 debug model)."""
-    from ponder.estimators import ESTIMATORS, BPTT, Implicit, Phantom, Truncated
-
     ests: dict[str, Any] = {f"bptt (T={steps})": BPTT(), "truncated k=1": Truncated(k=1)}
     if steps > 2:
         ests[f"truncated k={steps // 2}"] = Truncated(k=steps // 2)
@@ -111,11 +119,6 @@ def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps
         repeats: timing repeats (median reported).
         ref_tol, ref_max_iter: the tight implicit reference (forward and GMRES adjoint).
     """
-    from tqdm import tqdm
-
-    from ponder.dynamics import compare_gradients, fixed_point_residual, spectral_radius
-    from ponder.estimators import BPTT, Implicit
-
     estimators = estimators if estimators is not None else default_estimators(steps)
     refs = {"bptt_long": (BPTT(), ref_steps),
             "implicit_tight": (Implicit(solver="fixed_point", tol=ref_tol, max_iter=ref_max_iter, adjoint="gmres",
@@ -165,11 +168,6 @@ def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps
 
 def load_model_and_batch(source: str, batch: int, overrides: list[str] | None = None):
     """(model, held-out Batch, config, description) from a preset name or a run directory."""
-    from ponder.build import build_model, load_trained
-    from ponder.config import apply_overrides
-    from ponder.data import build_task
-    from ponder.presets import PRESETS, get_config
-
     if Path(source).exists():
         model, task, cfg, ckpt = load_trained(source, overrides)
         what = f"trained run {source} ({ckpt.name})"
@@ -185,13 +183,7 @@ def load_model_and_batch(source: str, batch: int, overrides: list[str] | None = 
         raise PonderError(f"{source!r} is neither a run directory nor a preset; presets: {', '.join(PRESETS.names())}")
     if batch < 1:
         raise PonderError(f"--batch must be >= 1, got {batch}")
-    test = task.test
-    idx = torch.arange(min(batch, len(test))).numpy()
-    sub = test.subset(idx)
-    from ponder.types import Batch
-
-    b = Batch(torch.as_tensor(sub.inputs), torch.as_tensor(sub.labels), torch.as_tensor(sub.difficulty))
-    return model, b, cfg, what
+    return model, batch_of(task.test.slice(0, batch)), cfg, what
 
 
 def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int | None = None, batch: int = 32,
@@ -199,12 +191,8 @@ def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int 
                        rtrl_max_params: int = 20000, overrides: list[str] | None = None,
                        progress: bool = True) -> dict:
     """`ponder diagnose gradients`: the model of a preset or run, one held-out batch, every estimator."""
-    from ponder.estimator_hook import recursion_problem
-    from ponder.objectives import task_loss
-
     model, b, cfg, what = load_model_and_batch(source, batch, overrides)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     T = steps if steps is not None else cfg.model.h_cycles
     if T < 1:
         raise PonderError(f"--steps must be >= 1, got {T}")
@@ -212,10 +200,10 @@ def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int 
     if ref < 1 or max_iter < 1 or ref_max_iter < 1 or repeats < 1:
         raise PonderError("--ref-steps, --max-iter, --ref-max-iter and --repeats must be >= 1")
     model.eval()
-    prob = recursion_problem(model, model.init_state(len(b)), b.inputs,
+    prob = recursion_problem(model, model.init_state(len(b)), model.prepare(b),
                              lambda logits: task_loss(logits, b.labels, cfg.train.loss))
     named = [(n, p) for n, p in model.named_parameters() if any(p is q for q in model.recursion_parameters())]
-    diag = diagnose_problem(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], prob["params"],
+    diag = diagnose_problem(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, prob.params,
                             [n for n, _ in named], steps=T, ref_steps=ref, repeats=repeats, progress=progress,
                             estimators=default_estimators(T, max_iter=max_iter, rtrl_max_params=rtrl_max_params), ref_max_iter=ref_max_iter)
     return {"source": what, "style": cfg.model.style, "cycle": f"{cfg.model.l_cycles} latent updates + 1 answer update",

@@ -1,11 +1,7 @@
-"""Evaluation: exact-match metrics per step budget, adaptive halting with real early exit,
-trivial baselines on the same split.
+"""Evaluation: the task's metric per step budget, adaptive halting with real early exit.
 
-Definitions (as in TRM/HRM): a sample is *exact* when every supervised position's argmax equals
-its label; *cell accuracy* is correct supervised positions / all supervised positions.
-Baselines printed beside every score, on the same split:
-- copy input: predict the input token at every position (shows what copying givens is worth);
-- most frequent label per position: the training split's most common label at each position.
+The task owns its metric (ponder.metrics; exact match and cell accuracy for puzzles, as in
+TRM/HRM) and its trivial baselines; this module runs the model and asks the task to score.
 """
 from __future__ import annotations
 
@@ -16,9 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ponder.carry import batch_of
 from ponder.data.base import Split
+from ponder.metrics import Metric, concat_scores
+from ponder.settings import check, setting
 from ponder.stats import spearman_or_none
-from ponder.types import IGNORE, State
+from ponder.types import Batch, State
 
 
 @dataclass(kw_only=True)
@@ -31,165 +30,151 @@ class EvalConfig:
         train_samples: training-split samples scored beside the held-out ones.
         during_training_samples: held-out samples scored at each evaluation inside training.
         use_ema: evaluate the EMA weights when the run keeps them.
+        samples_drawn: held-out samples drawn as pictures by `ponder eval` (eval/samples.html).
     """
 
-    batch_size: int = 256
-    max_samples: int = 0
-    train_samples: int = 512
-    during_training_samples: int = 512
+    batch_size: int = setting(256, ge=1)
+    max_samples: int = setting(0, ge=0)
+    train_samples: int = setting(512, ge=0)
+    during_training_samples: int = setting(512, ge=0)
     use_ema: bool = True
+    samples_drawn: int = setting(8, ge=0)
+
+    def validate(self) -> None:
+        check(self, "eval")
 
 
-def exact_and_cells(preds: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(b, n) predictions and labels -> (b,) exact, (b,) correct cells, (b,) supervised cells."""
-    mask = labels != IGNORE  # (b, n)
-    hit = (preds == labels) & mask
-    correct = hit.sum(1)
-    total = mask.sum(1)
-    return correct == total, correct, total
+def _batches(split: Split, batch_size: int, device: torch.device):
+    for lo in range(0, len(split), batch_size):
+        yield lo, batch_of(split.slice(lo, lo + batch_size)).to(device)
 
 
 @torch.no_grad()
-def rollout_all_steps(model, head, split: Split, *, max_steps: int, batch_size: int,
-                      device: torch.device) -> dict[str, np.ndarray]:
+def rollout_all_steps(model, split: Split, metric: Metric, *, max_steps: int, batch_size: int,
+                      device: torch.device) -> dict:
     """Run every sample for `max_steps` steps (no early exit); budget t answers with the head's
     answer at step t (the readout, or ACT's mean-field output so far).
 
-    Returns arrays: exact (N, M) bool, cells (N, M) correct counts, total (N,) supervised counts,
+    Returns: by_budget, a list over budgets 1..M of per-sample score dicts (arrays (N,)), and
     halt_step (N,) the first step at which the head's rule says halt (M if never).
     """
-    n = len(split)
-    exact = np.zeros((n, max_steps), dtype=bool)
-    cells = np.zeros((n, max_steps), dtype=np.int64)
-    total = np.zeros(n, dtype=np.int64)
-    halt_step = np.full(n, max_steps, dtype=np.int64)
-    for lo in range(0, n, batch_size):
-        inputs = torch.as_tensor(split.inputs[lo:lo + batch_size], device=device)
-        labels = torch.as_tensor(split.labels[lo:lo + batch_size], device=device)
-        b = inputs.shape[0]
+    head = model.halting
+    parts: list[list[dict[str, Tensor]]] = [[] for _ in range(max_steps)]
+    halt_step = np.full(len(split), max_steps, dtype=np.int64)
+    for lo, batch in _batches(split, batch_size, device):
+        b = len(batch)
+        ctx = model.prepare(batch)
         state = model.init_state(b, device)
         memo = head.start(b, device)
         halted = torch.zeros(b, dtype=torch.bool, device=device)
         first = torch.full((b,), max_steps, dtype=torch.long, device=device)
         for t in range(1, max_steps + 1):
-            state, out = model.step(state, inputs)
+            state, out = model.step(state, ctx)
             decision, memo = head.decide(out, torch.full((b,), t, device=device), memo)
-            ex, corr, tot = exact_and_cells(head.answer(out, memo).argmax(-1), labels)
-            exact[lo:lo + b, t - 1] = ex.cpu().numpy()
-            cells[lo:lo + b, t - 1] = corr.cpu().numpy()
-            total[lo:lo + b] = tot.cpu().numpy()
+            parts[t - 1].append(metric.score(head.answer(out, memo), batch.labels))
             stop = decision & ~halted
             first[stop] = t
             halted |= stop
         halt_step[lo:lo + b] = first.cpu().numpy()
-    return {"exact": exact, "cells": cells, "total": total, "halt_step": halt_step}
+    return {"by_budget": [concat_scores(p) for p in parts], "halt_step": halt_step}
 
 
 @torch.no_grad()
-def adaptive_inference(model, head, inputs: Tensor, *, max_steps: int) -> tuple[Tensor, Tensor]:
+def adaptive_inference(model, batch: Batch, *, max_steps: int) -> tuple[Tensor, Tensor]:
     """Batched early exit: a sample leaves the active batch at the step its head halts.
 
     Args:
-        inputs: (b, n) tokens.
+        batch: the samples (inputs (b, n) and their conditioning).
     Returns:
-        preds (b, n) argmax at each sample's halting step, steps (b,) steps used.
+        answers (b, n, v): each sample's answer logits at its halting step; steps (b,) steps used.
     """
-    b = inputs.shape[0]
-    device = inputs.device
-    preds = torch.empty_like(inputs)
+    head = model.halting
+    b = len(batch)
+    device = batch.inputs.device
+    answers: Tensor | None = None
     steps = torch.full((b,), max_steps, dtype=torch.long, device=device)
     active = torch.arange(b, device=device)  # original row of each active sample
+    ctx = model.prepare(batch)
     state: State = model.init_state(b, device)
     memo = head.start(b, device)
     for t in range(1, max_steps + 1):
-        state, out = model.step(state, inputs[active])
+        state, out = model.step(state, ctx)
         stop, memo = head.decide(out, torch.full((len(active),), t, device=device), memo)
         if t == max_steps:
             stop = torch.ones_like(stop)
+        answer = head.answer(out, memo)  # (active, n, v)
+        if answers is None:
+            answers = answer.new_zeros((b, *answer.shape[1:]))
         done = active[stop]
-        preds[done] = head.answer(out, memo)[stop].argmax(-1)
+        answers[done] = answer[stop]
         steps[done] = t
         keep = ~stop
         if not keep.any():
             break
         active = active[keep]
         state = state.index(keep)  # finished samples leave: later steps cost less
+        ctx = ctx.index(keep)
         memo = {k: v[keep] for k, v in memo.items()}
-    return preds, steps
+    return answers, steps
 
 
-def baselines(split: Split, train: Split) -> dict[str, dict[str, float]]:
-    """Trivial baselines on `split`: copy the input; most frequent training label per position."""
-    labels = torch.as_tensor(split.labels)
-    out = {}
-    copy_ex, copy_c, tot = exact_and_cells(torch.as_tensor(split.inputs), labels)
-    out["copy input"] = {"exact": copy_ex.float().mean().item(), "cell": (copy_c.sum() / tot.sum()).item()}
-    train_labels = np.where(train.labels == IGNORE, 0, train.labels)
-    vocab = int(max(train_labels.max(), split.labels.max())) + 1
-    counts = np.stack([np.bincount(col, minlength=vocab) for col in train_labels.T])  # (n, v)
-    counts[:, 0] = np.where(counts[:, 1:].sum(1) > 0, 0, counts[:, 0])  # never prefer PAD/IGNORE
-    modal = torch.as_tensor(counts.argmax(1)).expand_as(labels)
-    mf_ex, mf_c, tot = exact_and_cells(modal, labels)
-    out["most frequent label"] = {"exact": mf_ex.float().mean().item(), "cell": (mf_c.sum() / tot.sum()).item()}
-    return out
-
-
-def evaluate_split(model, head, split: Split, *, max_steps: int, batch_size: int,
+def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch_size: int,
                    device: torch.device, budgets: bool = True) -> dict:
-    """Adaptive-halting accuracy (real early exit) and, optionally, accuracy per step budget.
+    """Adaptive-halting scores (real early exit) and, optionally, scores per step budget.
 
-    Returns a dict with keys: n, exact, cell, mean_steps, steps_histogram (list, index s-1 ->
-    count of samples that used s steps), spearman_steps_difficulty, halt_first_frac and
-    halt_max_frac (fractions stopping at step 1 / running to M), wrong_halt_frac (of the samples
-    the head stopped before M, the fraction answered wrongly; None if none), seconds_adaptive, and with
-    budgets: exact_by_budget, cell_by_budget (lists over budgets 1..M), seconds_all_steps,
-    halt_consistent (fraction of samples whose early-exit step equals the full rollout's).
+    Returns a dict with keys: n, the metric's columns (e.g. exact, cell), mean_steps,
+    steps_histogram (list, index s-1 -> count of samples that used s steps),
+    spearman_steps_difficulty, halt_first_frac and halt_max_frac (fractions stopping at step 1 /
+    running to M), wrong_halt_frac (of the samples the head stopped before M, the fraction the
+    metric counts as not solved; None if none), seconds_adaptive, and with budgets: for each
+    column c, c_by_budget (list over budgets 1..M), seconds_all_steps, halt_consistent (fraction
+    of samples whose early-exit step equals the full rollout's), difficulty, steps, by_difficulty.
     """
     was_training = model.training
     model.eval()
-    n = len(split)
-    ex_all, cells_all, tot_all, steps_all = [], [], [], []
+    parts, steps_all = [], []
     t0 = time.perf_counter()
-    for lo in range(0, n, batch_size):
-        inputs = torch.as_tensor(split.inputs[lo:lo + batch_size], device=device)
-        labels = torch.as_tensor(split.labels[lo:lo + batch_size], device=device)
-        preds, steps = adaptive_inference(model, head, inputs, max_steps=max_steps)
-        ex, corr, tot = exact_and_cells(preds, labels)
-        ex_all.append(ex.cpu()), cells_all.append(corr.cpu()), tot_all.append(tot.cpu()), steps_all.append(steps.cpu())
+    for _, batch in _batches(split, batch_size, device):
+        answers, steps = adaptive_inference(model, batch, max_steps=max_steps)
+        parts.append(metric.score(answers, batch.labels))
+        steps_all.append(steps.cpu())
     seconds_adaptive = time.perf_counter() - t0
-    ex = torch.cat(ex_all).numpy()
+    scores = concat_scores(parts)
+    solved = metric.correct({k: torch.as_tensor(v) for k, v in scores.items()}).numpy()
     steps = torch.cat(steps_all).numpy()
     halted_early = steps < max_steps  # halts decided by the head, not forced by the cap
     report = {
-        "n": n,
-        "exact": float(ex.mean()),
-        "cell": float(torch.cat(cells_all).sum() / torch.cat(tot_all).sum()),
+        "n": len(split),
+        **metric.summarize(scores),
         "mean_steps": float(steps.mean()),
         "max_steps": max_steps,
         "steps_histogram": np.bincount(steps - 1, minlength=max_steps).tolist(),
         "spearman_steps_difficulty": spearman_or_none(steps, split.difficulty),
         "halt_first_frac": float((steps == 1).mean()),
         "halt_max_frac": float((steps == max_steps).mean()),
-        "wrong_halt_frac": float((~ex[halted_early]).mean()) if halted_early.any() else None,
+        "wrong_halt_frac": float((~solved[halted_early]).mean()) if halted_early.any() else None,
         "seconds_adaptive": seconds_adaptive,
     }
     if budgets:
         t0 = time.perf_counter()
-        full = rollout_all_steps(model, head, split, max_steps=max_steps, batch_size=batch_size, device=device)
+        full = rollout_all_steps(model, split, metric, max_steps=max_steps, batch_size=batch_size, device=device)
         report["seconds_all_steps"] = time.perf_counter() - t0
-        report["exact_by_budget"] = full["exact"].mean(0).tolist()
-        report["cell_by_budget"] = (full["cells"].sum(0) / max(1, full["total"].sum())).tolist()
+        summaries = [metric.summarize(s) for s in full["by_budget"]]
+        for col in metric.columns:
+            report[f"{col}_by_budget"] = [s[col] for s in summaries]
         report["halt_consistent"] = float((full["halt_step"] == steps).mean())
         report["difficulty"] = split.difficulty.tolist()
         report["steps"] = steps.tolist()
-        report["by_difficulty"] = _by_difficulty(full["exact"], steps, ex, split.difficulty)
+        report["by_difficulty"] = _by_difficulty(full["by_budget"], metric, steps, scores, split.difficulty)
     model.train(was_training)
     return report
 
 
-def _by_difficulty(exact_budget: np.ndarray, steps: np.ndarray, exact_adaptive: np.ndarray,
-                   difficulty: np.ndarray, buckets: int = 3) -> list[dict]:
-    """Accuracy per budget and adaptive point within difficulty terciles (or fewer if ties)."""
+def _by_difficulty(by_budget: list[dict[str, np.ndarray]], metric: Metric, steps: np.ndarray,
+                   adaptive: dict[str, np.ndarray], difficulty: np.ndarray, buckets: int = 3) -> list[dict]:
+    """The headline figure per budget and at the adaptive point within difficulty terciles (or
+    fewer if ties)."""
+    head = metric.columns[0]
     edges = np.unique(np.quantile(difficulty, np.linspace(0, 1, buckets + 1)))
     out = []
     for i in range(len(edges) - 1):
@@ -197,7 +182,8 @@ def _by_difficulty(exact_budget: np.ndarray, steps: np.ndarray, exact_adaptive: 
         sel = (difficulty >= lo) & ((difficulty <= hi) if i == len(edges) - 2 else (difficulty < hi))
         if sel.sum() == 0:
             continue
+        pick = lambda s: {k: v[sel] for k, v in s.items()}  # noqa: E731
         out.append({"lo": float(lo), "hi": float(hi), "n": int(sel.sum()),
-                    "exact_by_budget": exact_budget[sel].mean(0).tolist(),
-                    "exact": float(exact_adaptive[sel].mean()), "mean_steps": float(steps[sel].mean())})
+                    f"{head}_by_budget": [metric.summarize(pick(s))[head] for s in by_budget],
+                    head: metric.summarize(pick(adaptive))[head], "mean_steps": float(steps[sel].mean())})
     return out

@@ -1,12 +1,16 @@
-"""The two ways a recursive reasoner is trained, behind one small interface.
+"""What one optimizer step computes, behind one small interface, for the two ways heads train.
 
-- `DeepSupervision` (TRM/HRM; Q-halt heads): each optimizer step advances every slot of the
-  carry by ONE ACT step; halted slots take fresh samples from the stream.
-- `Unrolled` (ACT, PonderNet): each optimizer step runs a fresh batch for all M steps and the
-  halting head turns the trajectory into one objective.
+- `DeepSupervision` (heads with trains_on = "step": Q-halt, Q-continue): each optimizer step
+  advances every slot of the carry by ONE ACT step; halted slots take fresh samples from the
+  stream. The recursion's gradient is the model's own rule, or a gradient estimator's
+  (ponder.estimator_hook).
+- `Trajectory` (trains_on = "trajectory": ACT, PonderNet): each optimizer step runs a fresh batch
+  for all M steps.
 
-Both: `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the optimizer step was
-taken (ok) or refused (not ok, non-finite), and `state_dict()` for exact resume.
+Both hand the halting head a `Segment` and return its loss plus the model's auxiliary loss (the
+adapter's regulariser): `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the
+optimizer step was taken (ok) or refused (not ok, non-finite), and `state_dict()` for exact
+resume. `context` is the StepContext of the last forward (read by the health monitors).
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from torch import Tensor
 
 from ponder.carry import Carry, SampleStream
 from ponder.errors import PonderError
-from ponder.evaluate import exact_and_cells
+from ponder.estimator_hook import estimated_step
+from ponder.metrics import Metric
+from ponder.models.halting import Segment
 from ponder.types import IGNORE
 
 
@@ -50,19 +56,45 @@ def _halt_spread(halt_logits: Tensor) -> dict[str, float]:
             "halt_prob_mean": torch.sigmoid(halt_logits).mean().item()}
 
 
-class DeepSupervision:
+def _with_aux(loss: Tensor, ctx) -> Tensor:
+    aux = ctx.aux_loss  # e.g. the adapter's norm regulariser
+    return loss if aux is None else loss + aux
+
+
+class _Counters:
+    """Samples taken from the stream, samples completed, their steps, and the steps of the
+    samples completed since the last log record (`halt_steps`)."""
+
+    def __init__(self):
+        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
+        self.halt_steps: list[int] = []
+
+    def complete(self, steps: Tensor) -> None:
+        self.counters["samples_completed"] += len(steps)
+        self.counters["steps_completed_total"] += int(steps.sum())
+        self.halt_steps.extend(steps.tolist())
+
+    def state(self) -> dict:
+        return {"counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+
+    def load(self, s: dict) -> None:
+        self.counters.update(s["counters"])
+        self.halt_steps = list(s["halt_steps"])
+
+
+class DeepSupervision(_Counters):
     """TRM/HRM deep supervision with the carry kept across optimizer steps."""
 
-    def __init__(self, model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
+    def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
                  device: torch.device, seed: int, estimator=None):
-        self.model, self.head, self.stream = model, model.halting, stream
+        super().__init__()
+        self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
         self.halt_cfg, self.loss_kind = halt_cfg, loss_kind
-        self.estimator = estimator  # None: TRM's gradient (the model's step); see ponder.estimator_hook
-        self.carry = Carry(model, batch_size, model.seq_len, device)
+        self.estimator = estimator  # None: the model's own gradient rule; see ponder.estimator_hook
+        self.carry = Carry(model, batch_size, device)
         self.memo = self.head.start(batch_size, device)
         self.explore_gen = torch.Generator().manual_seed(seed + 1)
-        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
-        self.halt_steps: list[int] = []  # steps of samples completed since the last log record
+        self.context = None
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
         carry, cfg = self.carry, self.halt_cfg
@@ -73,30 +105,31 @@ class DeepSupervision:
             start = self.head.start(int(fresh.sum()), carry.steps.device)
             for k in self.memo:
                 self.memo[k][fresh] = start[k]
-        labels = carry.batch.labels
+        batch = carry.batch
+        labels = batch.labels
+        ctx = self.context = self.model.prepare(batch)
         est_loss, est_stats = None, {}
         if self.estimator is None:
-            self._new_state, out = self.model.step(carry.state, carry.batch.inputs)
+            self._new_state, out = self.model.step(carry.state, ctx)
         else:  # the recursion's gradient comes from the estimator, through a zero-valued term
-            from ponder.estimator_hook import estimated_step
-
             self._new_state, out, est_loss, est_stats = estimated_step(
-                self.model, carry.state, carry.batch.inputs, lambda lg: task_loss(lg, labels, self.loss_kind),
-                self.estimator)
-        lm = task_loss(out.logits, labels, self.loss_kind)
+                self.model, carry.state, ctx, lambda lg: task_loss(lg, labels, self.loss_kind), self.estimator)
         with torch.no_grad():
-            exact, cells, total = exact_and_cells(out.logits.argmax(-1), labels)  # (b,)
+            scores = self.metric.score(out.logits, labels)  # per sample
         next_out = None
         if self.head.needs_next_step:  # HRM's bootstrapped Q-continue target
             with torch.no_grad():
-                _, next_out = self.model.step(self._new_state, carry.batch.inputs)
-        steps = carry.steps + 1
-        halt_loss, stats = self.head.loss(out, exact, steps=steps, next_out=next_out)
+                _, next_out = self.model.step(self._new_state, ctx)
+        segment = Segment([out], carry.steps + 1, labels, self._task_loss, [self.metric.correct(scores)],
+                          train_step=train_step, next_out=next_out)
+        loss, stats = self.head.loss(segment)
         self._out = out
-        metrics = {"lm_loss": lm.item(), **stats, "step_exact": exact.float().mean().item(),
-                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(), **_halt_spread(out.halt_logits),
-                   **est_stats}
-        return (lm + halt_loss if est_loss is None else lm + halt_loss + est_loss), metrics
+        metrics = {**stats, **{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
+                   **_halt_spread(out.halt_logits), **est_stats}
+        return _with_aux(loss if est_loss is None else loss + est_loss, ctx), metrics
+
+    def _task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_sample_task_loss(logits, labels, self.loss_kind)
 
     def commit(self, ok: bool) -> None:
         carry = self.carry
@@ -111,89 +144,88 @@ class DeepSupervision:
         with torch.no_grad():
             halted, self.memo = self.head.decide(self._out, carry.steps, self.memo)
         halted = (halted & (carry.steps >= carry.min_steps)) | (carry.steps >= self.halt_cfg.max_steps)
-        self.counters["samples_completed"] += int(halted.sum())
-        self.counters["steps_completed_total"] += int(carry.steps[halted].sum())
-        self.halt_steps.extend(carry.steps[halted].tolist())
+        self.complete(carry.steps[halted])
         carry.needs_sample |= halted
 
     def state_dict(self) -> dict:
         return {"carry": self.carry.state_dict(), "memo": self.memo, "explore_rng": self.explore_gen.get_state(),
-                "counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+                **self.state()}
 
     def load_state_dict(self, s: dict) -> None:
         self.carry.load_state_dict(s["carry"])
         self.memo = {k: v.to(self.carry.device) for k, v in s["memo"].items()}
         self.explore_gen.set_state(s["explore_rng"])
-        self.counters.update(s["counters"])
-        self.halt_steps = list(s["halt_steps"])
+        self.load(s)
 
     def in_flight(self) -> int:
         return int((~self.carry.needs_sample).sum())
 
 
-class Unrolled:
-    """Whole trajectories: a fresh batch runs all M steps; the head's trajectory loss trains it."""
+class Trajectory(_Counters):
+    """Whole trajectories: a fresh batch runs all M steps; the head's loss of the trajectory trains it."""
 
-    def __init__(self, model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
-                 device: torch.device, seed: int):
-        self.model, self.head, self.stream = model, model.halting, stream
+    def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
+                 device: torch.device):
+        super().__init__()
+        self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
         self.halt_cfg, self.loss_kind, self.device, self.batch_size = halt_cfg, loss_kind, device, batch_size
-        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
-        self.halt_steps: list[int] = []
+        self.context = None
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
         batch = self.stream.take(self.batch_size).to(self.device)
         self.counters["samples_taken"] += len(batch)
+        ctx = self.context = self.model.prepare(batch)
         state = self.model.init_state(len(batch), self.device)
         outs = []
         for _ in range(self.halt_cfg.max_steps):
-            state, out = self.model.step(state, batch.inputs)
+            state, out = self.model.step(state, ctx)
             outs.append(out)
-        loss, stats = self.head.trajectory_loss(outs, batch.labels,
-                                                lambda logits, labels: per_sample_task_loss(logits, labels, self.loss_kind))
+        with torch.no_grad():
+            correct = [self.metric.correct(self.metric.score(o.logits, batch.labels)) for o in outs]
+        first = torch.ones(len(batch), dtype=torch.long, device=self.device)
+        segment = Segment(outs, first, batch.labels,
+                          lambda logits, labels: per_sample_task_loss(logits, labels, self.loss_kind), correct,
+                          train_step=train_step)
+        loss, stats = self.head.loss(segment)
         with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
             memo = self.head.start(len(batch), self.device)
             stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
-            answer = torch.zeros_like(batch.labels)
+            answer = torch.zeros_like(outs[0].logits)
             for t, out in enumerate(outs, start=1):
                 halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
                 new = halt & (stop == 0)
-                answer[new] = self.head.answer(out, memo)[new].argmax(-1)
+                answer[new] = self.head.answer(out, memo)[new]
                 stop[new] = t
-            exact, cells, total = exact_and_cells(answer, batch.labels)
+            scores = self.metric.score(answer, batch.labels)
         self._stop = stop
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
-        metrics = {"step_exact": exact.float().mean().item(),
-                   "step_cell": (cells.sum() / total.sum().clamp(min=1)).item(),
+        metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
                    **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
-        return loss, metrics
+        return _with_aux(loss, ctx), metrics
 
     def commit(self, ok: bool) -> None:
         if ok:
-            self.counters["samples_completed"] += len(self._stop)
-            self.counters["steps_completed_total"] += int(self._stop.sum())
-            self.halt_steps.extend(self._stop.tolist())
+            self.complete(self._stop)
 
     def state_dict(self) -> dict:
-        return {"counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+        return self.state()
 
     def load_state_dict(self, s: dict) -> None:
-        self.counters.update(s["counters"])
-        self.halt_steps = list(s["halt_steps"])
+        self.load(s)
 
     def in_flight(self) -> int:
         return 0
 
 
-def build_objective(model, stream: SampleStream, *, batch_size: int, halt_cfg, loss_kind: str,
+def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
                     device: torch.device, seed: int, estimator=None):
-    """The objective for the model's halting head; `estimator` (deep supervision only) replaces
-    TRM's gradient of the recursion (ponder.estimator_hook)."""
-    if model.halting.unrolled:
+    """The objective the model's halting head trains with; `estimator` (deep supervision only)
+    replaces the model's own gradient rule for the recursion (ponder.estimator_hook)."""
+    if model.halting.trains_on == "trajectory":
         if estimator is not None:
-            raise PonderError(f"train.estimator={estimator.name} needs a deep-supervision halting head "
-                              f"(q_halt, q_continue), not {halt_cfg.kind}")
-        return Unrolled(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
-                        device=device, seed=seed)
-    return DeepSupervision(model, stream, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+            raise PonderError(f"estimator.kind={estimator.name} needs a halting head trained one step at a time "
+                              f"(q_halt, q_continue), not {halt_cfg.kind}, whose loss spans the whole trajectory")
+        return Trajectory(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+                          device=device)
+    return DeepSupervision(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
                            device=device, seed=seed, estimator=estimator)

@@ -1,18 +1,25 @@
 """Optimisers and weight averaging in plain PyTorch (CPU, CUDA and MPS alike).
 
+- The config section `optim` picks the update rule (`optim.kind`) with that rule's own
+  constants: `adamw` (betas, weight decay, eps) or `adam_atan2` (betas, weight decay, a, b). The
+  learning rate and its schedule belong to the training loop (`train.lr`, ...).
 - `AdamATan2`: Adam with the division m / (sqrt(v) + eps) replaced by a * atan2(m, b * sqrt(v))
   (Everett et al. 2024, "Scaling Exponents Across Parameterizations and Optimizers"), which
-  needs no epsilon and is bounded. TRM uses a CUDA-only extension of it; this one runs anywhere.
+  needs no epsilon and is bounded. TRM uses a CUDA-only extension of it whose update is
+  atan2(m, sqrt(v)), i.e. a = b = 1 (the defaults here); this one runs anywhere.
 - `ExponentialMovingAverage`: EMA of the weights, used for evaluation.
 - `lr_factor`: linear warm-up, then constant or cosine decay.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
+
+from ponder.settings import KindRegistry, check, setting
 
 
 class AdamATan2(torch.optim.Optimizer):
@@ -23,7 +30,7 @@ class AdamATan2(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
-                 weight_decay: float = 0.0, a: float = 1.27, b: float = 1.0):
+                 weight_decay: float = 0.0, a: float = 1.0, b: float = 1.0):
         if lr < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid lr {lr} or betas {betas}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, a=a, b=b))
@@ -58,9 +65,43 @@ class AdamATan2(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, *, name: str, lr: float, beta1: float, beta2: float,
-                    weight_decay: float, halting_lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """AdamW or AdamATan2; weight decay only on matrices (not biases, norms or init vectors).
+@dataclass(kw_only=True)
+class AdamWSettings:
+    """torch.optim.AdamW (decoupled weight decay, on matrices only)."""
+
+    kind: ClassVar[str] = "adamw"
+    beta1: float = setting(0.9, ge=0, lt=1)
+    beta2: float = setting(0.95, ge=0, lt=1)
+    weight_decay: float = setting(0.1, ge=0)
+    eps: float = setting(1e-8, gt=0)
+
+    def validate(self) -> None:
+        check(self, "optim")
+
+
+@dataclass(kw_only=True)
+class AdamATan2Settings:
+    """AdamATan2 above; a = b = 1 is the update of the package TRM and HRM import."""
+
+    kind: ClassVar[str] = "adam_atan2"
+    beta1: float = setting(0.9, ge=0, lt=1)
+    beta2: float = setting(0.95, ge=0, lt=1)
+    weight_decay: float = setting(0.1, ge=0)
+    a: float = setting(1.0, gt=0)
+    b: float = setting(1.0, gt=0)
+
+    def validate(self) -> None:
+        check(self, "optim")
+
+
+OPTIMIZERS = KindRegistry("optim")  # kind -> settings dataclass (config section `optim`)
+OPTIMIZERS.register(AdamWSettings)
+OPTIMIZERS.register(AdamATan2Settings)
+
+
+def build_optimizer(model: nn.Module, settings, *, lr: float, halting_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """The optimizer of `settings` (AdamWSettings or AdamATan2Settings); weight decay only on
+    matrices (not biases, norms or init vectors).
 
     The halting head (`model.halting`, if any) gets its own parameter group whose learning rate
     is `halting_lr_scale` times the base (group key "lr_scale", applied by the schedule).
@@ -69,17 +110,15 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, beta1: float, bet
     head_ids = {id(p) for p in halting.parameters()} if isinstance(halting, nn.Module) else set()
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
-    groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+    wd = settings.weight_decay
+    groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": wd, "lr_scale": 1.0},
               {"params": [p for p in body if p.ndim < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
     if head:
         groups.append({"params": head, "weight_decay": 0.0, "lr_scale": halting_lr_scale})
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2))
-    if name == "adam_atan2":
-        return AdamATan2(groups, lr=lr, betas=(beta1, beta2))
-    from ponder.errors import PonderError
-
-    raise PonderError(f"unknown optimizer {name!r}; valid: adamw, adam_atan2")
+    betas = (settings.beta1, settings.beta2)
+    if settings.kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=settings.eps)
+    return AdamATan2(groups, lr=lr, betas=betas, a=settings.a, b=settings.b)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:

@@ -12,8 +12,9 @@ from ponder.data.mazes import MazeConfig
 from ponder.data.parity import ParityConfig
 from ponder.data.sudoku import SudokuConfig
 from ponder.evaluate import EvalConfig
-from ponder.models.halting import HaltConfig
+from ponder.models.halting import halt_config
 from ponder.models.recursive import ModelConfig
+from ponder.optim import AdamATan2Settings
 from ponder.registry import Registry
 from ponder.train import TrainConfig
 
@@ -52,7 +53,7 @@ def debug() -> Config:
     return Config(
         task=SudokuConfig(box_rows=2, box_cols=2, n_train=200, n_test=64, min_givens=5, max_givens=7, seed=0),
         model=ModelConfig(d_model=32, n_heads=2, n_layers=1, h_cycles=2, l_cycles=1),
-        halt=HaltConfig(max_steps=4),
+        halt=halt_config(max_steps=4),
         train=TrainConfig(batch_size=16, steps=30, lr=3e-3, warmup_steps=5, log_every=5, eval_every=10,
                           checkpoint_every=10, threads=1, progress=False),
         eval=EvalConfig(batch_size=64, train_samples=64, during_training_samples=64),
@@ -66,7 +67,7 @@ def demo() -> Config:
         model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         # min_steps=2: Q-halt otherwise stops ~5% of puzzles after step 1 with a wrong answer
         # (measured: 92.6% vs 100% held-out exact at 1500 steps, 2.08 mean steps of 8)
-        halt=HaltConfig(max_steps=8, min_steps=2),
+        halt=halt_config(max_steps=8, min_steps=2),
         train=TrainConfig(batch_size=128, steps=1500, lr=2e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
@@ -78,7 +79,7 @@ def sudoku9() -> Config:
     return Config(
         task=SudokuConfig(box_rows=3, box_cols=3, n_train=5000, n_test=500, min_givens=28, max_givens=36, seed=0),
         model=ModelConfig(d_model=96, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
-        halt=HaltConfig(max_steps=16),
+        halt=halt_config(max_steps=16),
         train=TrainConfig(batch_size=64, steps=5000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
                           log_every=50, eval_every=1000, checkpoint_every=500),
         eval=EvalConfig(batch_size=250, train_samples=500, during_training_samples=256),
@@ -89,8 +90,9 @@ def sudoku9() -> Config:
 def trm_sudoku9() -> Config:
     cfg = sudoku9()
     cfg.model = ModelConfig(d_model=512, n_heads=8, n_layers=2, mixer="attention", h_cycles=3, l_cycles=6)
-    cfg.train = TrainConfig(batch_size=64, steps=50000, optimizer="adam_atan2", lr=1e-4, weight_decay=1.0,
-                            warmup_steps=2000, ema_decay=0.999, eval_every=2000, checkpoint_every=1000)
+    cfg.optim = AdamATan2Settings(beta1=0.9, beta2=0.95, weight_decay=1.0, a=1.0, b=1.0)  # TRM's optimizer
+    cfg.train = TrainConfig(batch_size=64, steps=50000, lr=1e-4, warmup_steps=2000, ema_decay=0.999, eval_every=2000,
+                            checkpoint_every=1000)
     return cfg
 
 
@@ -99,7 +101,7 @@ def maze9() -> Config:
     return Config(
         task=MazeConfig(size=9, n_train=3000, n_test=500, seed=0),
         model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
-        halt=HaltConfig(max_steps=8),
+        halt=halt_config(max_steps=8),
         train=TrainConfig(batch_size=128, steps=1500, lr=1e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
@@ -115,7 +117,7 @@ def _parity(length: int, split: str, *, d_model: int, n_layers: int, max_steps: 
         task=ParityConfig(length=length, split=split, n_train=50000, n_test=1000, seed=0),
         model=ModelConfig(d_model=d_model, n_heads=4, n_layers=n_layers, mixer="attention", positions="none",
                           h_cycles=1, l_cycles=1, readout_init_scale=1.0),
-        halt=HaltConfig(kind="pondernet", max_steps=max_steps, bias_init=-2.0, prior_lambda=0.2, kl_weight=0.01),
+        halt=halt_config("pondernet", max_steps=max_steps, bias_init=-2.0, prior_lambda=0.2, kl_weight=0.01),
         train=TrainConfig(batch_size=128, steps=steps, lr=3e-4, warmup_steps=100, log_every=50, eval_every=500,
                           checkpoint_every=500),
         eval=EvalConfig(batch_size=1000, train_samples=1000, during_training_samples=1000),

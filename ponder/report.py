@@ -1,6 +1,7 @@
-"""The evaluation report of a run: held-out and training accuracy with adaptive halting,
-accuracy per step budget, steps histogram, rank correlation with difficulty, trivial baselines;
-written as JSON, Markdown and a PNG plot under RUN_DIR/eval/.
+"""The evaluation report of a run: held-out and training scores with adaptive halting, scores
+per step budget, steps histogram, rank correlation with difficulty, the task's trivial
+baselines; written as JSON, Markdown, a PNG plot and pictures of held-out samples drawn by the
+task's renderer (samples.html) under RUN_DIR/eval/.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ponder.carry import batch_of
 from ponder.checkpoint import atomic_write_text
 from ponder.data.base import TaskData
-from ponder.evaluate import baselines, evaluate_split
+from ponder.evaluate import adaptive_inference, evaluate_split
+from ponder.render import samples_html
 
 
 def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
@@ -31,10 +34,11 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
         "task": task.name,
         "split": split,
         "difficulty_name": task.difficulty_name,
-        "held_out": evaluate_split(model, model.halting, held_out, max_steps=m, batch_size=ec.batch_size, device=device),
-        "train": evaluate_split(model, model.halting, train_sub, max_steps=m, batch_size=ec.batch_size,
+        "columns": list(task.metric.columns),
+        "held_out": evaluate_split(model, held_out, task.metric, max_steps=m, batch_size=ec.batch_size, device=device),
+        "train": evaluate_split(model, train_sub, task.metric, max_steps=m, batch_size=ec.batch_size,
                                 device=device, budgets=False),
-        "baselines": baselines(held_out, task.train),
+        "baselines": task.baselines(held_out, task.train),
     }
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -42,9 +46,29 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     text = format_report(report)
     atomic_write_text(out_dir / "report.md", text)
     plot_budget_curve(report, out_dir / "accuracy_vs_steps.png")
+    if task.render is not None and ec.samples_drawn > 0:
+        draw_samples(model, task, held_out, ec.samples_drawn, m, out_dir / "samples.html", device=device)
     if not quiet:
         print(text)
     return report
+
+
+def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Path, *, device: torch.device) -> None:
+    """The first `k` samples of `split` with the model's adaptive-halting answers, drawn by the
+    task's renderer into one self-contained HTML page."""
+    sub = split.slice(0, k)
+    batch = batch_of(sub).to(device)
+    was_training = model.training
+    model.eval()
+    answers, steps = adaptive_inference(model, batch, max_steps=max_steps)
+    model.train(was_training)
+    preds = answers.argmax(-1).cpu().numpy()
+    svgs = [task.render(sub.inputs[i], sub.labels[i], preds[i]) for i in range(len(sub))]
+    titles = [f"held-out sample {i}: {int(steps[i])} of {max_steps} steps, {task.difficulty_name.split(' (')[0]} "
+              f"{sub.difficulty[i]:g}" for i in range(len(sub))]
+    html = samples_html([f"<figcaption>{t}</figcaption>{svg}" for t, svg in zip(titles, svgs)],
+                        f"{task.name}: held-out samples")
+    atomic_write_text(path, html)
 
 
 def _pct(x: float | None) -> str:
@@ -52,22 +76,24 @@ def _pct(x: float | None) -> str:
 
 
 def format_report(r: dict) -> str:
-    """Markdown tables of a report dict (what `ponder eval` prints)."""
+    """Markdown tables of a report dict (what `ponder eval` prints): one column per figure of the
+    task's metric (headline first), baselines below the model."""
     h, t = r["held_out"], r["train"]
     m = h["max_steps"]
+    cols = r.get("columns", ["exact", "cell"])
+    head = cols[0]
     lines = [f"## {r['preset'] or r['task']}: {r['split']} split ({h['n']} held-out samples)", "",
-             "| model / baseline | exact (held-out) | cell (held-out) | exact (train) | mean steps |",
-             "|---|---|---|---|---|",
-             f"| model, adaptive halting | {_pct(h['exact'])} | {_pct(h['cell'])} | {_pct(t['exact'])} | "
+             "| model / baseline | " + " | ".join(f"{c} (held-out)" for c in cols) + f" | {head} (train) | mean steps |",
+             "|---" * (len(cols) + 3) + "|",
+             "| model, adaptive halting | " + " | ".join(_pct(h[c]) for c in cols) + f" | {_pct(t[head])} | "
              f"{h['mean_steps']:.2f} of {m} |",
-             f"| model, always {m} steps | {_pct(h['exact_by_budget'][-1])} | {_pct(h['cell_by_budget'][-1])} | | {m} |"]
+             f"| model, always {m} steps | " + " | ".join(_pct(h[f"{c}_by_budget"][-1]) for c in cols) + f" | | {m} |"]
     for name, b in r["baselines"].items():
-        lines.append(f"| baseline: {name} | {_pct(b['exact'])} | {_pct(b['cell'])} | | |")
+        lines.append(f"| baseline: {name} | " + " | ".join(_pct(b.get(c)) for c in cols) + " | | |")
     corr = h["spearman_steps_difficulty"]
     lines += ["", "| step budget | " + " | ".join(str(i + 1) for i in range(m)) + " |",
               "|---" * (m + 1) + "|",
-              "| exact | " + " | ".join(_pct(x) for x in h["exact_by_budget"]) + " |",
-              "| cell | " + " | ".join(_pct(x) for x in h["cell_by_budget"]) + " |",
+              *[f"| {c} | " + " | ".join(_pct(x) for x in h[f"{c}_by_budget"]) + " |" for c in cols],
               "| samples halting here | " + " | ".join(str(c) for c in h["steps_histogram"]) + " |", "",
               f"Spearman rank correlation of steps used with {r['difficulty_name']}: "
               + ("n/a (constant)" if corr is None else f"{corr:.3f}"),
@@ -85,17 +111,18 @@ def plot_budget_curve(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     h = r["held_out"]
+    head = r.get("columns", ["exact"])[0]
     budgets = np.arange(1, h["max_steps"] + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(budgets, h["exact_by_budget"], "k-o", label="all")
-    ax.plot([h["mean_steps"]], [h["exact"]], "k*", markersize=14, label="adaptive halting")
+    ax.plot(budgets, h[f"{head}_by_budget"], "k-o", label="all")
+    ax.plot([h["mean_steps"]], [h[head]], "k*", markersize=14, label="adaptive halting")
     short = r["difficulty_name"].split(" (")[0]  # e.g. "solver hardness", "path length"
     for b in h.get("by_difficulty", []):
-        line, = ax.plot(budgets, b["exact_by_budget"], "--", alpha=0.8,
+        line, = ax.plot(budgets, b[f"{head}_by_budget"], "--", alpha=0.8,
                         label=f"{short} {b['lo']:g}-{b['hi']:g} (n={b['n']})")
-        ax.plot([b["mean_steps"]], [b["exact"]], "*", color=line.get_color(), markersize=10)
+        ax.plot([b["mean_steps"]], [b[head]], "*", color=line.get_color(), markersize=10)
     ax.set_xlabel("step budget (ACT steps)")
-    ax.set_ylabel("exact accuracy (held-out)")
+    ax.set_ylabel(f"{head} (held-out)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{r['preset'] or r['task']}: accuracy vs compute")
     ax.grid(alpha=0.3)

@@ -1,11 +1,12 @@
 """Core records shared by every part of ponder: what a task yields and what one step returns.
 
 The model only knows one ACT step (`RecursiveReasoner.step`); the training loop, the evaluator
-and (later) the gradient estimators own the loop over steps. These records are how they talk.
+and the gradient estimators own the loop over steps. These records are how they talk.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -21,21 +22,42 @@ class Batch:
         inputs: (b, n) int64 tokens.
         labels: (b, n) int64 targets, IGNORE where unsupervised.
         difficulty: (b,) float32 task-defined hardness (blanks, solver work, path length, ...).
+        puzzle_id: (b,) int64 identifier of the puzzle (or augmented puzzle) each sample belongs
+            to, for a learned per-puzzle embedding; None when the task has none.
+        context: (b, c) int64 context tokens (e.g. a task's demonstration pairs), read by the
+            model as per-sample conditioning; None when the task has none.
     """
 
     inputs: Tensor
     labels: Tensor
     difficulty: Tensor
+    puzzle_id: Optional[Tensor] = None
+    context: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
+    def _map(self, fn) -> "Batch":
+        return Batch(*(None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)))
+
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return self._map(lambda t: t.to(device))
 
     def index(self, idx: Tensor) -> "Batch":
         """Rows selected by a (b,) bool mask or an index tensor."""
-        return Batch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return self._map(lambda t: t[idx])
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A runtime setting a component exposes to the stability controller (e.g. the halting
+    loss weight): read with `get()`, changed with `set(value)`. `loss_weight` marks the weight of
+    an auxiliary loss term (the controller's cap on the auxiliary share scales those)."""
+
+    name: str
+    get: Callable[[], float]
+    set: Callable[[float], None]
+    loss_weight: bool = False
 
 
 @dataclass

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from ponder.build import build_model
+from ponder.run import build_model
 from ponder.carry import Carry, SampleStream
-from ponder.data.base import Split
+from ponder.data.base import Split, token_augment
 from ponder.presets import get_config
 
 
@@ -29,8 +29,8 @@ def test_stream_augmentation_is_seeded_by_position():
         shift = rng.integers(0, 100, size=(len(inputs), 1))
         return inputs + shift, labels + shift
 
-    a = SampleStream(_split(), seed=1, augment=aug)
-    b = SampleStream(_split(), seed=1, augment=aug)
+    a = SampleStream(_split(), seed=1, augment=token_augment(aug))
+    b = SampleStream(_split(), seed=1, augment=token_augment(aug))
     assert torch.equal(a.take(5).inputs, b.take(5).inputs)
     batch = a.take(4)
     assert torch.equal(batch.labels - batch.inputs, torch.full_like(batch.inputs, 1000))
@@ -40,11 +40,11 @@ def test_carry_refills_only_finished_slots():
     cfg = get_config("debug")
 
     class Task:
-        vocab_size, seq_len = 8, 4
+        vocab_size, seq_len, num_puzzle_ids, context_len = 8, 4, 0, 0
 
     model = build_model(cfg, Task)
     stream = SampleStream(_split(), seed=0, augment=None)
-    carry = Carry(model, batch_size=4, seq_len=4, device=torch.device("cpu"))
+    carry = Carry(model, batch_size=4, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     assert carry.refill(model, stream, max_steps=4, explore_prob=0.5, generator=gen) == 4
     carry.state.y.add_(1.0)  # pretend the slots have advanced

@@ -1,22 +1,22 @@
-"""Training with a gradient estimator (`--train.estimator=NAME`): the adapter's surrogate gives
-exactly the estimator's gradient, truncated-1 reproduces TRM's rule, and the debug preset trains
-with every applicable estimator."""
+"""Training with a gradient estimator (`--estimator.kind=NAME`): the surrogate gives exactly the
+estimator's gradient, truncated-1 reproduces TRM's rule, and the debug preset trains with every
+applicable estimator. The full model x estimator x head matrix is tests/test_composed_step.py."""
 import json
 
 import pytest
 import torch
 
-from ponder.build import build_model
+from ponder.carry import batch_of
 from ponder.cli import main
 from ponder.config import apply_overrides
 from ponder.data import build_task
 from ponder.errors import PonderError
-from ponder.estimator_hook import estimated_step, make_estimator, recursion_problem, surrogate
+from ponder.estimator_hook import CycleMap, estimated_step, recursion_problem, surrogate
 from ponder.estimators import BPTT, Truncated
 from ponder.models.recursive import pack_state, unpack_state
 from ponder.objectives import task_loss
 from ponder.presets import get_config
-from ponder.train import train
+from ponder.run import build_model, train_run
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def debug_model():
     task = build_task(cfg.task)
     torch.manual_seed(0)
     model = build_model(cfg, task)
-    sub = task.test.subset(torch.arange(8).numpy())
-    return model, torch.as_tensor(sub.inputs), torch.as_tensor(sub.labels)
+    batch = batch_of(task.test.slice(0, 8))
+    return model, batch, batch.labels
 
 
 def _grads(model, loss):
@@ -35,14 +35,14 @@ def _grads(model, loss):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_cycle_is_one_trm_cycle_on_the_packed_state(debug_model):
-    model, inputs, _ = debug_model
-    state = model.init_state(len(inputs))
-    x = model.embed_inputs(inputs)
+def test_the_estimators_step_map_is_the_models_own_cycle(debug_model):
+    model, batch, _ = debug_model
+    state = model.init_state(len(batch))
+    ctx = model.prepare(batch)
     with torch.no_grad():
-        y, z = model._trm_cycle(state.y, state.z, x, model.cfg.l_cycles)
-        packed = model.cycle(pack_state(state.y, state.z), x)
-    assert packed.shape == (len(inputs), 2, model.seq_len, model.cfg.d_model)
+        y, z = model.cycle(state.y, state.z, ctx)
+        packed = CycleMap(model, ctx)(pack_state(state.y, state.z), ctx.leaf())
+    assert packed.shape == (len(batch), 2, model.seq_len, model.cfg.d_model)
     assert torch.equal(unpack_state(packed)[0], y) and torch.equal(unpack_state(packed)[1], z)
 
 
@@ -60,45 +60,46 @@ def test_truncated_1_reproduces_trm_gradient_and_bptt_matches_autograd(debug_mod
     """TRM's rule (T-1 cycles without gradient, then one with) IS truncated-1 over cycles: the
     surrogate route must give the same gradient for every parameter, embedding and readout
     included. BPTT through all T cycles must equal plain autograd through the unrolled cycles."""
-    model, inputs, labels = debug_model
-    state = model.init_state(len(inputs))
+    model, batch, labels = debug_model
+    state = model.init_state(len(batch))
     loss_of = lambda logits: task_loss(logits, labels, "softmax")  # noqa: E731
-    _, out = model.step(state, inputs)
+    _, out = model.step(state, model.prepare(batch))
     ref = _grads(model, loss_of(out.logits))
-    _, out_e, extra, _ = estimated_step(model, state, inputs, loss_of, Truncated(k=1))
+    _, out_e, extra, _ = estimated_step(model, state, model.prepare(batch), loss_of, Truncated(k=1))
     got = _grads(model, loss_of(out_e.logits) + extra)
     recursion = {n for n, p in model.named_parameters() if any(p is q for q in model.recursion_parameters())}
     assert recursion and "embed.weight" in got and "readout.weight" in got
     for name in recursion | {"embed.weight", "readout.weight"}:
         assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-6), name
     # BPTT over T cycles vs autograd through the same unrolled computation
-    x = model.embed_inputs(inputs)
-    s = pack_state(state.y, state.z)
+    ctx = model.prepare(batch)
+    y, z = state.y, state.z
     for _ in range(model.cfg.h_cycles):
-        s = model.cycle(s, x)
-    ref = _grads(model, loss_of(model.readout(unpack_state(s)[0])))
-    _, out_b, extra, _ = estimated_step(model, state, inputs, loss_of, BPTT())
+        y, z = model.cycle(y, z, ctx)
+    ref = _grads(model, loss_of(model.answer_logits(y)))
+    _, out_b, extra, _ = estimated_step(model, state, model.prepare(batch), loss_of, BPTT())
     got = _grads(model, loss_of(out_b.logits) + extra)
     for name in recursion | {"embed.weight"}:
         assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-6), name
 
 
-def test_recursion_problem_grads_reach_the_embedding_only_through_x(debug_model):
-    model, inputs, labels = debug_model
-    prob = recursion_problem(model, model.init_state(len(inputs)), inputs, lambda lg: task_loss(lg, labels, "softmax"))
-    assert prob["params"][-1] is prob["x_leaf"] and prob["x_leaf"].requires_grad
-    assert prob["z0"].shape[1] == 2 and not prob["z0"].requires_grad
+def test_recursion_problem_grads_reach_the_embedding_only_through_the_context(debug_model):
+    model, batch, labels = debug_model
+    prob = recursion_problem(model, model.init_state(len(batch)), model.prepare(batch),
+                             lambda lg: task_loss(lg, labels, "softmax"))
+    assert prob.params[-1] is prob.leaf and prob.leaf.requires_grad and prob.leaf.shape == prob.context.shape
+    assert prob.z0.shape[1] == 2 and not prob.z0.requires_grad
 
 
 def _train_losses(tmp_path, name, *extra):
-    cfg = apply_overrides(get_config("debug"), [f"--train.estimator={name}", "--train.eval_every=0", *extra])
-    train(cfg, tmp_path, final_eval=False)
+    cfg = apply_overrides(get_config("debug"), [f"--estimator.kind={name}", "--train.eval_every=0", *extra])
+    train_run(cfg, tmp_path, final_eval=False)
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if r["kind"] == "train"]
 
 
-@pytest.mark.parametrize("name,extra", [("bptt", ()), ("truncated", ("--train.estimator_k=2",)), ("phantom", ()),
-                                        ("implicit", ("--train.estimator_max_iter=8", "--train.estimator_tol=1e-3"))])
+@pytest.mark.parametrize("name,extra", [("bptt", ()), ("truncated", ("--estimator.k=2",)), ("phantom", ()),
+                                        ("implicit", ("--estimator.max_iter=8", "--estimator.tol=1e-3"))])
 def test_debug_preset_trains_with_each_estimator(tmp_path, name, extra):
     recs = _train_losses(tmp_path, name, *extra)
     losses = [r["loss"] for r in recs]
@@ -113,25 +114,28 @@ def test_debug_preset_trains_with_each_estimator(tmp_path, name, extra):
         assert "est_fwd_iters_mean" in recs[0] and recs[0]["est_fwd_iters_mean"] <= 8
 
 
-def test_estimator_names_are_validated(tmp_path, capsys):
-    with pytest.raises(PonderError, match="unknown; valid: trm, bptt"):
-        make_estimator("nope")
-    with pytest.raises(PonderError, match="energy-based"):
-        make_estimator("ep_symmetric")
-    assert make_estimator("trm") is None
-    with pytest.raises(PonderError, match="implicit.solver must be one of"):
-        train(apply_overrides(get_config("debug"), ["--train.estimator=implicit", "--train.estimator_solver=x"]),
-              tmp_path / "solver", final_eval=False)
-    assert make_estimator("truncated", k=3, tol=1.0).k == 3  # settings it does not take are ignored
-    assert main(["train", "debug", "--run-dir", str(tmp_path / "r"), "--train.estimator=nope"]) == 2
+def test_estimator_settings_are_the_estimators_own(tmp_path, capsys):
+    def refused(*overrides):
+        with pytest.raises(PonderError) as e:
+            apply_overrides(get_config("debug"), list(overrides))
+        return str(e.value)
+
+    assert "unknown estimator.kind 'nope'; valid: " in refused("--estimator.kind=nope")
+    assert "energy-based" in refused("--estimator.kind=ep_symmetric")
+    assert "estimator.solver must be one of" in refused("--estimator.kind=implicit", "--estimator.solver=x")
+    # a setting the chosen estimator does not take is refused, not ignored
+    assert "unknown key 'tol' in section 'estimator' (kind truncated)" in refused("--estimator.kind=truncated",
+                                                                                  "--estimator.tol=1")
+    assert "unknown key 'k' in section 'estimator' (kind trm)" in refused("--estimator.k=2")
+    assert "trained one step at a time" in refused("--estimator.kind=bptt", "--halt.kind=act")
+    cfg = apply_overrides(get_config("debug"), ["--estimator.tol=1e-6", "--estimator.kind=implicit"])  # kind first
+    assert cfg.estimator.tol == 1e-6 and cfg.estimator.max_iter == 50  # the training-sized cap
+    assert main(["train", "debug", "--run-dir", str(tmp_path / "r"), "--estimator.kind=nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("ponder: error: train.estimator 'nope' unknown")
+    assert err[-1].startswith("ponder: error: unknown estimator.kind 'nope'")
     assert not (tmp_path / "r").exists()
     fwd = _train_losses(tmp_path / "fwd", "forward_gradient")  # attention: plain ops under forward mode
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in fwd])))
-    with pytest.raises(PonderError, match="deep-supervision"):
-        cfg = apply_overrides(get_config("debug"), ["--train.estimator=bptt", "--halt.kind=act"])
-        train(cfg, tmp_path / "act", final_eval=False)
 
 
 def test_hrm_style_trains_with_an_estimator(tmp_path):
@@ -145,18 +149,19 @@ def test_forward_mode_on_the_attention_reasoner_matches_bptt(debug_model, positi
     switch to plain ops, so the directional derivative along v equals BPTT's gradient . v."""
     from ponder.estimators import directional_derivative
 
-    model, inputs, labels = debug_model
+    model, batch, labels = debug_model
     if positions == "none":
         cfg = apply_overrides(get_config("debug"), ["--model.h_cycles=3", "--model.l_cycles=2", "--model.positions=none"])
         torch.manual_seed(0)
         model = build_model(cfg, build_task(cfg.task))
     assert model.cfg.mixer == "attention"
-    prob = recursion_problem(model, model.init_state(len(inputs)), inputs, lambda lg: task_loss(lg, labels, "softmax"))
-    params = prob["params"]
-    bptt = BPTT().estimate(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], steps=2, params=params)
+    prob = recursion_problem(model, model.init_state(len(batch)), model.prepare(batch),
+                             lambda lg: task_loss(lg, labels, "softmax"))
+    params = prob.params
+    bptt = BPTT().estimate(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, steps=2, params=params)
     gen = torch.Generator().manual_seed(0)
     v = [torch.randn(p.shape, generator=gen) for p in params]
-    _, _, d = directional_derivative(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], steps=2,
+    _, _, d = directional_derivative(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, steps=2,
                                      params=params, tangents=v)
     expected = sum((g * t).sum() for g, t in zip(bptt.grads, v))
     torch.testing.assert_close(d, expected, rtol=2e-3, atol=1e-5)

@@ -1,10 +1,12 @@
 import numpy as np
 import torch
 
-from ponder.build import build_model
+from ponder.run import build_model
 from ponder.config import apply_overrides
-from ponder.data.base import Split
-from ponder.evaluate import adaptive_inference, baselines, evaluate_split, exact_and_cells, rollout_all_steps
+from ponder.carry import batch_of
+from ponder.data.base import Split, grid_baselines
+from ponder.evaluate import adaptive_inference, evaluate_split, rollout_all_steps
+from ponder.metrics import ExactMatch, exact_and_cells
 from ponder.presets import get_config
 from ponder.types import IGNORE
 
@@ -20,7 +22,7 @@ def test_exact_and_cells_ignore_unsupervised_positions():
 def test_baselines_on_a_hand_example():
     train = Split(np.array([[2, 1], [2, 1], [3, 1]]), np.array([[2, 4], [2, 4], [3, 5]]), np.zeros(3, np.float32))
     test = Split(np.array([[2, 1], [3, 1]]), np.array([[2, 4], [3, 4]]), np.zeros(2, np.float32))
-    b = baselines(test, train)
+    b = grid_baselines(test, train)
     assert b["copy input"] == {"exact": 0.0, "cell": 0.5}
     assert b["most frequent label"]["exact"] == 0.5 and b["most frequent label"]["cell"] == 0.75
 
@@ -44,25 +46,26 @@ def test_early_exit_matches_full_rollout_and_really_shrinks_the_batch():
     seen = []
     step = model.step
 
-    def counting_step(state, inputs):
-        seen.append(inputs.shape[0])
-        return step(state, inputs)
+    def counting_step(state, ctx):
+        seen.append(len(ctx))
+        return step(state, ctx)
 
     model.step = counting_step
-    preds, steps = adaptive_inference(model, model.halting, torch.as_tensor(split.inputs), max_steps=5)
+    answers, steps = adaptive_inference(model, batch_of(split), max_steps=5)
     assert seen == sorted(seen, reverse=True) and seen[-1] < seen[0]  # finished samples left
     assert sum(seen) == int(steps.sum())  # compute = steps actually used
     model.step = step
-    full = rollout_all_steps(model, model.halting, split, max_steps=5, batch_size=32, device=torch.device("cpu"))
+    full = rollout_all_steps(model, split, ExactMatch(), max_steps=5, batch_size=32, device=torch.device("cpu"))
     assert np.array_equal(full["halt_step"], steps.numpy())
     # the adaptive prediction is the full rollout's prediction at the halting step
-    ex, _, _ = exact_and_cells(preds, torch.as_tensor(split.labels))
-    assert np.array_equal(ex.numpy(), full["exact"][np.arange(32), steps.numpy() - 1])
+    ex, _, _ = exact_and_cells(answers.argmax(-1), torch.as_tensor(split.labels))
+    by_step = np.stack([s["exact"] for s in full["by_budget"]], 1)  # (N, M)
+    assert np.array_equal(ex.numpy(), by_step[np.arange(32), steps.numpy() - 1])
 
 
 def test_evaluate_split_report_fields():
     model, task = _model_with_varied_halting()
-    r = evaluate_split(model, model.halting, task.test, max_steps=5, batch_size=16, device=torch.device("cpu"))
+    r = evaluate_split(model, task.test, task.metric, max_steps=5, batch_size=16, device=torch.device("cpu"))
     assert r["n"] == len(task.test) and len(r["exact_by_budget"]) == 5
     assert sum(r["steps_histogram"]) == r["n"] and 1 <= r["mean_steps"] <= 5
     assert r["halt_consistent"] == 1.0

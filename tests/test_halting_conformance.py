@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +23,16 @@ import torch
 import torch.nn.functional as F
 
 import ponder.models.halting as halting
-from ponder.build import build_model
+from ponder.run import build_model
 from ponder.config import apply_overrides
 from ponder.data.base import Split
 from ponder.evaluate import adaptive_inference, rollout_all_steps
-from ponder.models.halting import HALTING, HaltConfig, build_halting
-from ponder.objectives import Unrolled
+from ponder.carry import batch_of
+from ponder.metrics import ExactMatch
+from ponder.models.halting import HALTING, Segment, build_halting, halt_config
+from ponder.objectives import Trajectory
 from ponder.presets import get_config
-from ponder.train import train
+from ponder.run import train_run
 from ponder.types import Batch, StepOutput
 
 D, M, N_POS, V = 8, 5, 3, 4  # state width, max steps, positions, vocabulary of the synthetic outputs
@@ -43,7 +44,7 @@ class Facts:
 
     distribution: "head" = the head's own `halting_distribution`; "decide" = the distribution
         implied by its decide rule (one-hot at the first step `decide` halts).
-    learn: HaltConfig overrides for the learning check (None = deep-supervision head: its
+    learn: halt_config overrides for the learning check (None = deep-supervision head: its
         learning is tested in tests/test_halting.py).
     """
 
@@ -59,7 +60,7 @@ FACTS = {
     "pondernet": Facts("head", learn={"prior_lambda": 0.7, "kl_weight": 0.1}, config={"eval_rule": "threshold"}),
 }
 HEADS = HALTING.names()
-UNROLLED = [k for k in HEADS if HALTING.get(k).unrolled]
+UNROLLED = [k for k in HEADS if HALTING.get(k).trains_on == "trajectory"]
 
 
 def test_every_registered_head_has_a_row_of_facts():
@@ -71,7 +72,7 @@ def test_every_registered_head_has_a_row_of_facts():
 
 def make_head(kind: str, *, weight_std: float = 0.5, bias: float | None = 0.0, **cfg):
     """A head with probe weight ~ N(0, weight_std) and halt-logit bias `bias` (None: keep the init)."""
-    head = build_halting(HaltConfig(kind=kind, max_steps=M, **{**FACTS[kind].config, **cfg}), d_model=D)
+    head = build_halting(halt_config(kind=kind, max_steps=M, **{**FACTS[kind].config, **cfg}), d_model=D)
     with torch.no_grad():
         head.probe.linear.weight.normal_(0, weight_std)
         if bias is not None:  # output 0 is the halt logit; others (q_continue) keep their init
@@ -83,8 +84,7 @@ def make_outs(head, b: int = 6, *, logit_scale: float = 1.0, steps: int = M) -> 
     """`steps` step outputs: random token logits (leaf tensors) and the head's logits of random states."""
     outs = []
     for _ in range(steps):
-        halt = head.logits(torch.randn(b, N_POS, D))
-        halt_logits, aux = halt if isinstance(halt, tuple) else (halt, {})
+        halt_logits, aux = head.logits(torch.randn(b, N_POS, D))
         logits = (logit_scale * torch.randn(b, N_POS, V)).requires_grad_()
         outs.append(StepOutput(logits=logits, halt_logits=halt_logits, aux=aux))
     return outs
@@ -92,6 +92,12 @@ def make_outs(head, b: int = 6, *, logit_scale: float = 1.0, steps: int = M) -> 
 
 def ce(logits, labels):
     return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)  # (b,)
+
+
+def trajectory(outs, labels, task_loss=ce) -> Segment:
+    """A whole trajectory from step 1 as one segment (what the Trajectory objective hands a head)."""
+    b = len(labels)
+    return Segment(outs, torch.ones(b, dtype=torch.long), labels, task_loss, [torch.zeros(b, dtype=torch.bool)] * len(outs))
 
 
 def decide_replay(head, outs) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -117,15 +123,16 @@ def distribution(head, outs) -> torch.Tensor:
 
 
 def objective(head, outs, labels, task_loss=ce):
-    """The head's halting objective: trajectory loss (unrolled) or per-step losses (deep supervision)."""
-    if head.unrolled:
-        return head.trajectory_loss(outs, labels, task_loss)[0]
+    """The head's objective over the steps: one trajectory segment, or one segment per step
+    (deep supervision)."""
+    if head.trains_on == "trajectory":
+        return head.loss(trajectory(outs, labels, task_loss))[0]
     b = len(labels)
     total = 0.0
     for t in range(len(outs) - 1):  # the last step has no next step for heads that need one
         correct = torch.rand(b) < 0.5
         nxt = outs[t + 1] if head.needs_next_step else None
-        loss, _ = head.loss(outs[t], correct, steps=torch.full((b,), t + 1), next_out=nxt)
+        loss, _ = head.loss(Segment([outs[t]], torch.full((b,), t + 1), labels, task_loss, [correct], next_out=nxt))
         total = total + loss
     return total
 
@@ -166,7 +173,7 @@ def test_halting_objective_has_gradient_on_halting_parameters(kind, init):
     """Catches a ponder loss on integer counts or detached with `.item()`: zero gradient."""
     torch.manual_seed(2)
     if init == "deep_start":  # the default initialisation: zero weight, negative bias
-        head = build_halting(HaltConfig(kind=kind, max_steps=M, **FACTS[kind].config), d_model=D)
+        head = build_halting(halt_config(kind=kind, max_steps=M, **FACTS[kind].config), d_model=D)
     else:
         head = make_head(kind, weight_std=0.5, bias=-1.0, **({"step_gate": True} if init == "step_gate" else {}))
     outs = make_outs(head)
@@ -186,7 +193,7 @@ def test_act_ponder_cost_alone_has_gradient():
     outs = make_outs(head)
     same = [StepOutput(logits=outs[0].logits, halt_logits=o.halt_logits) for o in outs]
     zero_task = lambda lo, la: lo.new_zeros(len(lo))  # noqa: E731
-    loss, stats = head.trajectory_loss(same, torch.zeros(6, N_POS, dtype=torch.long), zero_task)
+    loss, stats = head.loss(trajectory(same, torch.zeros(6, N_POS, dtype=torch.long), zero_task))
     loss.backward()
     assert stats["ponder_cost"] > stats["expected_steps"] == M
     assert head.probe.linear.bias.grad < 0  # raising h lowers R: gradient descent raises the bias
@@ -215,7 +222,7 @@ def test_no_nan_when_probabilities_underflow_or_task_loss_is_large(kind, bias, l
 def test_unrolled_heads_are_finite_with_min_steps_and_extreme_logits(kind):
     head = make_head(kind, weight_std=0.0, bias=100.0, min_steps=3)
     outs = make_outs(head)
-    loss, stats = head.trajectory_loss(outs, torch.randint(0, V, (6, N_POS)), ce)
+    loss, stats = head.loss(trajectory(outs, torch.randint(0, V, (6, N_POS)), ce))
     loss.backward()
     assert torch.isfinite(loss) and all(math.isfinite(v) for v in stats.values())
     assert torch.isfinite(head.probe.linear.bias.grad)
@@ -229,7 +236,7 @@ def test_pondernet_kl_is_p_against_the_prior():
     lam = torch.tensor([[0.6, 0.5, 0.7, 0.2, 0.9]], dtype=torch.float64)  # lambda_5 is replaced by 1
     outs = [StepOutput(logits=torch.zeros(1, N_POS, V), halt_logits=torch.logit(lam[:, i]).float()) for i in range(M)]
     zero_task = lambda lo, la: lo.new_zeros(len(lo))  # noqa: E731
-    loss, stats = head.trajectory_loss(outs, torch.zeros(1, N_POS, dtype=torch.long), zero_task)
+    loss, stats = head.loss(trajectory(outs, torch.zeros(1, N_POS, dtype=torch.long), zero_task))
     # by hand, in float64
     p, rest = [], 1.0
     for n in range(M):
@@ -256,11 +263,11 @@ def test_pondernet_kl_is_zero_when_p_is_the_prior_and_zero_mass_steps_count_zero
     lam = lam.float().expand(2, M)
     outs = [StepOutput(logits=torch.zeros(2, N_POS, V), halt_logits=torch.logit(lam[:, i])) for i in range(M)]
     zero_task = lambda lo, la: lo.new_zeros(len(lo))  # noqa: E731
-    _, stats = head.trajectory_loss(outs, torch.zeros(2, N_POS, dtype=torch.long), zero_task)
+    _, stats = head.loss(trajectory(outs, torch.zeros(2, N_POS, dtype=torch.long), zero_task))
     assert stats["kl"] == pytest.approx(0.0, abs=1e-6)
     head = make_head("pondernet", weight_std=0.0, bias=100.0, kl_weight=1.0)  # p = one-hot at step 1
     outs = make_outs(head, b=2)
-    _, stats = head.trajectory_loss(outs, torch.zeros(2, N_POS, dtype=torch.long), zero_task)
+    _, stats = head.loss(trajectory(outs, torch.zeros(2, N_POS, dtype=torch.long), zero_task))
     assert stats["kl"] == pytest.approx(-math.log(head.log_prior(M)[0].exp().item()), rel=1e-5)
 
 
@@ -273,7 +280,7 @@ def constant_outs(prob: float, b: int = 2, steps: int = 6) -> list[StepOutput]:
 
 
 def test_act_constant_probability_hand_case():
-    head = build_halting(HaltConfig(kind="act", max_steps=6, act_epsilon=0.01, act_tau=0.01), d_model=D)
+    head = build_halting(halt_config(kind="act", max_steps=6, act_epsilon=0.01, act_tau=0.01), d_model=D)
     outs = constant_outs(0.3)
     halt_logits = torch.stack([o.halt_logits for o in outs], 1)
     p = head.halting_distribution(halt_logits)
@@ -286,7 +293,7 @@ def test_act_constant_probability_hand_case():
         seen["logits"] = logits
         return ce(logits, labels)
 
-    loss, stats = head.trajectory_loss(outs, labels, task)
+    loss, stats = head.loss(trajectory(outs, labels, task))
     y = [o.logits for o in outs]
     mean_field = 0.3 * y[0] + 0.3 * y[1] + 0.3 * y[2] + 0.1 * y[3]
     assert torch.allclose(seen["logits"], mean_field, atol=1e-6)  # the LOGITS are averaged
@@ -302,12 +309,12 @@ def test_act_constant_probability_hand_case():
 
 
 def test_act_min_steps_masks_early_halting_mass():
-    head = build_halting(HaltConfig(kind="act", max_steps=6, min_steps=3), d_model=D)
+    head = build_halting(halt_config(kind="act", max_steps=6, min_steps=3), d_model=D)
     halt_logits = torch.stack([o.halt_logits for o in constant_outs(0.3)], 1)
     p = head.halting_distribution(halt_logits)
     assert torch.allclose(p, torch.tensor([[0.0, 0.0, 0.3, 0.3, 0.3, 0.1]] * 2), atol=1e-6)
     assert head.halting_steps(halt_logits).tolist() == [6, 6]
-    head = build_halting(HaltConfig(kind="act", max_steps=6, min_steps=3), d_model=D)
+    head = build_halting(halt_config(kind="act", max_steps=6, min_steps=3), d_model=D)
     halt_logits = torch.stack([o.halt_logits for o in constant_outs(0.999)], 1)  # would halt at step 1
     assert head.halting_steps(halt_logits).tolist() == [3, 3]
     assert torch.allclose(head.halting_distribution(halt_logits)[:, 2], torch.ones(2))
@@ -315,14 +322,14 @@ def test_act_min_steps_masks_early_halting_mass():
 
 def test_pondernet_constant_lambda_hand_case():
     lam = 0.3
-    head = build_halting(HaltConfig(kind="pondernet", max_steps=6, threshold=0.5), d_model=D)
+    head = build_halting(halt_config(kind="pondernet", max_steps=6, threshold=0.5), d_model=D)
     halt_logits = torch.stack([o.halt_logits for o in constant_outs(lam)], 1)
     expected = [lam * (1 - lam) ** n for n in range(5)] + [(1 - lam) ** 5]  # the last step holds the rest
     assert torch.allclose(head.halting_distribution(halt_logits), torch.tensor([expected] * 2), atol=1e-6)
     assert head.halting_steps(halt_logits).tolist() == [2, 2]  # cumulative 0.3, 0.51 >= 0.5
     stop, _ = decide_replay(head, constant_outs(lam))
     assert stop.tolist() == [2, 2]
-    head = build_halting(HaltConfig(kind="pondernet", max_steps=6, min_steps=2), d_model=D)
+    head = build_halting(halt_config(kind="pondernet", max_steps=6, min_steps=2), d_model=D)
     expected = [0.0] + [lam * (1 - lam) ** n for n in range(4)] + [(1 - lam) ** 4]
     assert torch.allclose(head.halting_distribution(halt_logits), torch.tensor([expected] * 2), atol=1e-6)
 
@@ -359,12 +366,12 @@ def test_decide_halts_at_the_step_the_trajectory_loss_uses(kind, cfg):
             seen["logits"] = logits.detach()
             return ce(logits, labels)
 
-        head.trajectory_loss(outs, torch.zeros(512, N_POS, dtype=torch.long), task)
+        head.loss(trajectory(outs, torch.zeros(512, N_POS, dtype=torch.long), task))
         assert torch.equal(torch.stack(answers, 1)[torch.arange(512), stop - 1], seen["logits"])
 
 
 class _Task:
-    vocab_size, seq_len = 6, 16
+    vocab_size, seq_len, num_puzzle_ids, context_len = 6, 16, 0, 0
 
 
 class _Stream:
@@ -394,38 +401,39 @@ def test_training_and_inference_halt_at_the_same_step(kind, monkeypatch):
     b = 24
     inputs = torch.randint(0, _Task.vocab_size, (b, _Task.seq_len))
     labels = torch.randint(1, _Task.vocab_size, (b, _Task.seq_len))
-    preds, steps = adaptive_inference(model, head, inputs, max_steps=M)  # real early exit
-    assert len(steps.unique()) >= 2, "the probe should make halting differ across samples"
     split = Split(inputs.numpy(), labels.numpy(), torch.zeros(b).numpy())
-    full = rollout_all_steps(model, head, split, max_steps=M, batch_size=b, device=torch.device("cpu"))
+    answers_early, steps = adaptive_inference(model, batch_of(split), max_steps=M)  # real early exit
+    preds = answers_early.argmax(-1)
+    assert len(steps.unique()) >= 2, "the probe should make halting differ across samples"
+    full = rollout_all_steps(model, split, ExactMatch(), max_steps=M, batch_size=b, device=torch.device("cpu"))
     assert full["halt_step"].tolist() == steps.tolist()
 
     # the decide rule replayed on the full-batch trajectory (what the training loops use)
     with torch.no_grad():
         state, outs = model.init_state(b, torch.device("cpu")), []
+        ctx = model.prepare(batch_of(split))
         for _ in range(M):
-            state, out = model.step(state, inputs)
+            state, out = model.step(state, ctx)
             outs.append(out)
     stop, answers = decide_replay(head, outs)
     assert stop.tolist() == steps.tolist()
     answer_at_stop = torch.stack(answers, 1)[torch.arange(b), stop - 1]
     assert torch.equal(answer_at_stop.argmax(-1), preds)
-    if not head.unrolled:
+    if head.trains_on != "trajectory":
         return
 
-    # unrolled heads: the N of trajectory_loss == Unrolled's decide replay == inference
+    # trajectory heads: the N of their loss == the Trajectory objective's decide replay == inference
     captured = {}
-    real = head.trajectory_loss
+    real = head.loss
 
-    def capture(outs, labels, task_loss):
-        captured["halt_logits"] = torch.stack([o.halt_logits for o in outs], 1).detach()
-        captured["logits"] = [o.logits.detach() for o in outs]
-        return real(outs, labels, task_loss)
+    def capture(segment):
+        captured["halt_logits"] = torch.stack([o.halt_logits for o in segment.outs], 1).detach()
+        captured["logits"] = [o.logits.detach() for o in segment.outs]
+        return real(segment)
 
-    monkeypatch.setattr(head, "trajectory_loss", capture)
-    objective = Unrolled(model, _Stream(Batch(inputs, labels, torch.zeros(b))), batch_size=b, halt_cfg=cfg.halt,
-                         loss_kind=cfg.train.loss,
-                         device=torch.device("cpu"), seed=0)
+    monkeypatch.setattr(head, "loss", capture)
+    objective = Trajectory(model, _Stream(Batch(inputs, labels, torch.zeros(b))), ExactMatch(), batch_size=b,
+                           halt_cfg=cfg.halt, loss_kind=cfg.train.loss, device=torch.device("cpu"))
     _, metrics = objective.forward(0)
     trained_n = head.halting_steps(captured["halt_logits"])
     assert objective._stop.tolist() == trained_n.tolist() == steps.tolist()
@@ -445,10 +453,9 @@ def test_unrolled_head_learns_to_ponder_longer_where_later_steps_are_better(kind
     a few hundred Adam steps on the head alone must move hard inputs to more steps and keep easy
     inputs at fewer. (The improvement must be gradual for ACT: its gradient only sees the steps
     up to N.)"""
-    t0 = time.perf_counter()
     torch.manual_seed(7)
     m, b = 6, 64
-    head = build_halting(HaltConfig(kind=kind, max_steps=m, bias_init=0.0, **FACTS[kind].config,
+    head = build_halting(halt_config(kind=kind, max_steps=m, bias_init=0.0, **FACTS[kind].config,
                                     **FACTS[kind].learn), d_model=2)
     hard = torch.arange(b) % 2 == 0
     state = torch.stack([torch.where(hard, 1.0, -1.0), torch.ones(b)], 1).view(b, 1, 2)  # (b, 1, d)
@@ -458,14 +465,14 @@ def test_unrolled_head_learns_to_ponder_longer_where_later_steps_are_better(kind
                    for t in range(1, m + 1)]
 
     def run():
-        outs = [StepOutput(logits=y, halt_logits=head.logits(state + 0.1 * torch.randn_like(state)))
+        outs = [StepOutput(logits=y, halt_logits=head.logits(state + 0.1 * torch.randn_like(state))[0])
                 for y in outs_logits]
-        return head.trajectory_loss(outs, labels, ce)
+        return head.loss(trajectory(outs, labels, ce))
 
     def expected_steps(mask):
         with torch.no_grad():
-            outs = [StepOutput(logits=y[mask], halt_logits=head.logits(state[mask])) for y in outs_logits]
-            return head.trajectory_loss(outs, labels[mask], ce)[1]["expected_steps"]
+            outs = [StepOutput(logits=y[mask], halt_logits=head.logits(state[mask])[0]) for y in outs_logits]
+            return head.loss(trajectory(outs, labels[mask], ce))[1]["expected_steps"]
 
     before_hard, before_easy = expected_steps(hard), expected_steps(~hard)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
@@ -478,7 +485,6 @@ def test_unrolled_head_learns_to_ponder_longer_where_later_steps_are_better(kind
     assert after_hard >= before_hard + 1.0, (before_hard, after_hard)
     assert after_easy <= before_easy + 0.01, (before_easy, after_easy)
     assert after_hard >= after_easy + 1.5
-    assert time.perf_counter() - t0 < 3.0
 
 
 # -- end to end --------------------------------------------------------------------------------------
@@ -486,7 +492,7 @@ def test_unrolled_head_learns_to_ponder_longer_where_later_steps_are_better(kind
 @pytest.mark.parametrize("kind", UNROLLED)
 def test_train_runs_end_to_end_with_unrolled_heads(kind, tmp_path):
     cfg = apply_overrides(get_config("debug"), [f"--halt.kind={kind}", "--train.steps=10", "--train.eval_every=10"])
-    train(cfg, tmp_path, final_eval=False)
+    train_run(cfg, tmp_path, final_eval=False)
     records = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     trains = [r for r in records if r["kind"] == "train"]
     assert trains and all(math.isfinite(r["loss"]) for r in trains)
@@ -496,6 +502,6 @@ def test_train_runs_end_to_end_with_unrolled_heads(kind, tmp_path):
     assert any(r["kind"] != "train" for r in records)  # the evaluation with the head's rule ran
 
 
-def test_module_registers_unrolled_heads_on_import():
-    assert halting.HALTING.get("act").unrolled and halting.HALTING.get("pondernet").unrolled
+def test_module_registers_trajectory_heads_on_import():
+    assert halting.HALTING.get("act").trains_on == halting.HALTING.get("pondernet").trains_on == "trajectory"
     assert not halting.HALTING.get("act").needs_next_step and not halting.HALTING.get("pondernet").needs_next_step

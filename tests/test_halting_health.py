@@ -10,11 +10,11 @@ import pytest
 
 from ponder.callbacks import MetricsLog
 from ponder.errors import PonderError
-from ponder.monitors import HaltingHealthMonitor
-from ponder.halting_health import (
+from ponder.health.config import HaltingHealthConfig
+from ponder.health.halting import (
     SAME_STEP_OK,
     VERDICTS,
-    HealthConfig,
+    HaltingMonitor,
     check_collapse,
     check_drift,
     check_health,
@@ -23,7 +23,7 @@ from ponder.halting_health import (
     format_health,
 )
 
-CFG = HealthConfig()
+CFG = HaltingHealthConfig()
 
 
 def sigmoid(x):
@@ -224,8 +224,8 @@ def test_logit_spread_without_eval_needs_max_steps():
     records = stds(0.01)  # halted_mean_steps 3.0
     v = check_input_agnostic(records, CFG)
     assert not v.flagged and v.reason.startswith("no data")
-    assert check_input_agnostic(records, HealthConfig(max_steps=8)).flagged
-    assert not check_input_agnostic(records, HealthConfig(max_steps=3)).flagged  # everyone at M = 3
+    assert check_input_agnostic(records, CFG, max_steps=8).flagged
+    assert not check_input_agnostic(records, CFG, max_steps=3).flagged  # everyone at M = 3
 
 
 def test_input_agnostic_without_data():
@@ -289,23 +289,23 @@ def test_format_health_is_a_checklist_with_figures():
 
 def test_bad_config_is_a_ponder_error():
     with pytest.raises(PonderError):
-        check_health([], HealthConfig(drift_min_records=2))
+        check_health([], HaltingHealthConfig(drift_min_records=2))
     with pytest.raises(PonderError):
-        HaltingHealthMonitor(HealthConfig(eval_prefix="valid"))
+        HaltingMonitor(HaltingHealthConfig(eval_prefix="valid"), max_steps=16)
 
 
 # ----------------------------------------------------------------------------- monitor
 
 
-def test_monitor_prints_new_flags_once_writes_reports_and_resumes(tmp_path, capsys):
+def test_monitor_prints_new_flags_once_logs_them_and_resumes(tmp_path, capsys):
     log = MetricsLog(tmp_path)
-    run = {"run_dir": tmp_path, "config": SimpleNamespace(halt=SimpleNamespace(max_steps=16))}
+    run = SimpleNamespace(run_dir=tmp_path, log=log)
     n = 20
     drift = train_stream(np.linspace(-3.6, -5.7, n), np.linspace(4, 12, n))
     for r in drift[:3]:
         log.write(r)
     log.write(eval_record(step=150, **HEALTHY_EVAL))
-    mon = HaltingHealthMonitor()
+    mon = HaltingMonitor(CFG, max_steps=16)
     mon.on_eval_end(run, {"step": 150})
     assert capsys.readouterr().out == ""  # three records: drift has no data yet, nothing else flags
     for r in drift[3:]:
@@ -314,32 +314,32 @@ def test_monitor_prints_new_flags_once_writes_reports_and_resumes(tmp_path, caps
     mon.on_eval_end(run, {"step": 1000})
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "drift FLAGGED" in out and "step 1000" in out
-    mon.on_eval_end(run, {"step": 1000})  # still flagged: no new line
+    mon.on_eval_end(run, {"step": 1000})  # still flagged: no new line, no new record
     assert capsys.readouterr().out == ""
+    flags = [r for r in log.records() if r["kind"] == "halting_flag"]
+    assert [(r["step"], r["verdict"]) for r in flags] == [(1000, "drift")]
 
     state = mon.state_dict()
-    assert state == {"flagged": ["drift"], "first_flagged": {"drift": 1000}}
-    resumed = HaltingHealthMonitor()
+    assert state == {"flagged": ["drift"]}
+    resumed = HaltingMonitor(CFG, max_steps=16)
     resumed.load_state_dict(json.loads(json.dumps(state)))
     resumed.on_eval_end(run, {"step": 1000})
     assert capsys.readouterr().out == ""
 
-    resumed.on_train_end(run)
-    md = (tmp_path / "halting_health.md").read_text()
-    assert "**drift** (FLAGGED)" in md and "drift at step 1000" in md
-    data = json.loads((tmp_path / "halting_health.json").read_text())
-    assert [v["name"] for v in data["verdicts"]] == list(VERDICTS)
-    assert data["verdicts"][0]["flagged"] and data["first_flagged"] == {"drift": 1000}
-    assert data["config"]["max_steps"] == 16  # taken from the run's config
 
-
-def test_monitor_in_a_real_training_run(tmp_path):
+def test_one_health_report_holds_the_halting_verdicts(tmp_path):
     from ponder.config import apply_overrides
     from ponder.presets import get_config
-    from ponder.train import train
+    from ponder.run import train_run
 
     cfg = apply_overrides(get_config("debug"), ["--train.progress=false"])
-    train(cfg, tmp_path / "run", callbacks=[HaltingHealthMonitor(verbose=False)], final_eval=False)
-    data = json.loads((tmp_path / "run" / "halting_health.json").read_text())
-    assert [v["name"] for v in data["verdicts"]] == list(VERDICTS)
-    assert (tmp_path / "run" / "halting_health.md").read_text().startswith("## Halting health")
+    train_run(cfg, tmp_path / "run", final_eval=False)
+    data = json.loads((tmp_path / "run" / "health.json").read_text())
+    assert [v["name"] for v in data["halting"]] == list(VERDICTS)
+    assert {c["name"] for c in data["checks"]} >= {"non-finite steps", "gradient norm under limit"}
+    md = (tmp_path / "run" / "health.md").read_text()
+    assert "## Training health" in md and "## Halting health" in md and "## Controller actions" in md
+    assert not (tmp_path / "run" / "halting_health.md").exists()  # one report, not two
+    flagged = [v["name"] for v in data["halting"] if v["flagged"]]
+    assert data["passed"] == (not flagged and all(c["passed"] is not False for c in data["checks"]))
+    assert set(data["halting_first_flagged"]) == set(flagged) or not flagged

@@ -12,7 +12,7 @@ from ponder.config import apply_overrides
 from ponder.errors import PonderError
 from ponder.health import faults
 from ponder.presets import get_config
-from ponder.train import train
+from ponder.run import train_run
 
 from run_support import CrashAt, records as _records
 
@@ -22,7 +22,7 @@ BASE = ["--train.steps=40", "--health.controller=true", "--health.window=5", "--
 
 def _run(tmp_path, callbacks, *overrides, steps=40):
     cfg = apply_overrides(get_config("debug"), [*BASE, f"--train.steps={steps}", *overrides])
-    train(cfg, tmp_path, callbacks=callbacks, final_eval=False)
+    train_run(cfg, tmp_path, callbacks=callbacks, final_eval=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return records, [r for r in records if r["kind"] == "action"]
 
@@ -122,7 +122,7 @@ def test_accuracy_drop_backs_off_and_pauses_the_ramp(tmp_path):
 def test_nan_streak_aborts_with_an_emergency_checkpoint(tmp_path, capsys):
     cfg = apply_overrides(get_config("debug"), ["--health.abort_streak=6"])
     with pytest.raises(PonderError, match="training aborted at step 17: 6 non-finite steps in a row"):
-        train(cfg, tmp_path, callbacks=[faults.NaNGradients(range(12, 100))], final_eval=False)
+        train_run(cfg, tmp_path, callbacks=[faults.NaNGradients(range(12, 100))], final_eval=False)
     assert load_checkpoint(resolve_checkpoint(tmp_path))["state"]["step"] == 17
     assert "non-finite steps | FAIL" in (tmp_path / "health.md").read_text()
 
@@ -131,10 +131,10 @@ def test_resume_is_bit_exact_with_the_controller_acting(tmp_path):
     # window 3: the checkpoint at step 20 falls mid-window, so queued monitor events are saved too
     cfg = apply_overrides(get_config("debug"), [*BASE, "--train.ema_decay=0.9", "--health.window=3"])
     fault = [faults.LossSpike([13])]
-    train(cfg, tmp_path / "a", callbacks=fault, final_eval=False)
+    train_run(cfg, tmp_path / "a", callbacks=fault, final_eval=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, tmp_path / "b", callbacks=[*fault, CrashAt(27)], final_eval=False)  # after checkpoint 20
-    train(cfg, tmp_path / "b", resume=True, callbacks=fault, final_eval=False)
+        train_run(cfg, tmp_path / "b", callbacks=[*fault, CrashAt(27)], final_eval=False)  # after checkpoint 20
+    train_run(cfg, tmp_path / "b", resume=True, callbacks=fault, final_eval=False)
     a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
     assert any(r["kind"] == "action" and r["step"] > 20 for r in a)  # the controller acts after the resume point
     assert a == b

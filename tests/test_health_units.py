@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ponder.build import build_model
+from ponder.carry import batch_of
+from ponder.run import build_model
 from ponder.config import apply_overrides, from_dict, to_dict
 from ponder.data import build_task
 from ponder.errors import PonderError
@@ -40,22 +41,22 @@ def test_hyperlora_norm_is_the_frobenius_norm_and_the_clamp_holds():
     with torch.no_grad():
         a.to_u.weight.normal_()
     c = torch.randn(6, 5) * torch.tensor([0.01, 0.1, 1, 3, 10, 30]).view(6, 1)
-    a.prepare(c)
+    f = a.factors(c)
     u = a.to_u(c).view(6, 8, 3)
     v = a.to_v(c).view(6, 8, 3)
     full = torch.linalg.matrix_norm(u @ v.transpose(1, 2))  # (6,) explicit ||U V^T||_F
-    assert torch.allclose(a.last_norms, full.detach(), rtol=1e-4)
-    clamped = torch.linalg.matrix_norm(a._u @ a._v.transpose(1, 2))
+    assert torch.allclose(f.norms, full.detach(), rtol=1e-4)
+    clamped = torch.linalg.matrix_norm(f.u @ f.v.transpose(1, 2))
     assert (clamped <= 2.0 + 1e-4).all()
-    assert a.last_hit_rate == pytest.approx(float((full > 2.0).float().mean()))
+    assert f.hit_rate == pytest.approx(float((full > 2.0).float().mean()))
     h = torch.randn(6, 4, 8)
-    expected = torch.einsum("bnd,bed->bne", h, a._u @ a._v.transpose(1, 2))  # dW_i h per position
-    assert torch.allclose(a.delta(h), expected, atol=1e-5)
-    reg = a.pop_aux_loss()
-    assert reg.item() == pytest.approx(0.1 * ((full - 1.0) ** 2).mean().item(), rel=1e-4)
-    reg.backward()
+    expected = torch.einsum("bnd,bed->bne", h, f.u @ f.v.transpose(1, 2))  # dW_i h per position
+    assert torch.allclose(a.delta(h, f), expected, atol=1e-5)
+    assert f.reg.item() == pytest.approx(0.1 * ((full - 1.0) ** 2).mean().item(), rel=1e-4)
+    f.reg.backward()
     assert a.to_u.weight.grad.abs().sum() > 0
-    assert a.pop_aux_loss() is None  # reset after a pop
+    with torch.no_grad():
+        assert a.factors(c).reg is None  # no regulariser without gradient (inference)
 
 
 def test_adapter_starts_as_the_identity_and_learns(tmp_path):
@@ -66,12 +67,13 @@ def test_adapter_starts_as_the_identity_and_learns(tmp_path):
     torch.manual_seed(0)
     with_adapter = build_model(apply_overrides(cfg, ["--model.adapter_rank=4"]), task)
     with_adapter.load_state_dict(plain.state_dict(), strict=False)
-    x = torch.as_tensor(task.train.inputs[:4])
+    batch = batch_of(task.train.slice(0, 4))
     s0, s1 = plain.init_state(4), with_adapter.init_state(4)
-    _, o0 = plain.step(s0, x)
-    _, o1 = with_adapter.step(s1, x)
+    _, o0 = plain.step(s0, plain.prepare(batch))
+    ctx = with_adapter.prepare(batch)
+    _, o1 = with_adapter.step(s1, ctx)
     assert torch.allclose(o0.logits, o1.logits, atol=1e-6)  # dW = 0 at init
-    loss = o1.logits.square().mean() + with_adapter.pop_aux_loss()
+    loss = o1.logits.square().mean() + ctx.aux_loss
     loss.backward()
     assert with_adapter.adapter.to_u.weight.grad.abs().sum() > 0
 
@@ -119,13 +121,13 @@ def test_health_config_errors_and_old_configs_load():
 
 def test_adapter_run_with_ema_evaluates_and_resumes(tmp_path):
     """The EMA evaluation deep-copies the model: the adapter and the monitors' hooks must allow it."""
-    from ponder.train import train
+    from ponder.run import train_run
 
     cfg = apply_overrides(get_config("debug"), ["--model.adapter_rank=4", "--train.ema_decay=0.9", "--train.steps=10",
                                                 "--model.logit_clamp=2", "--model.logit_clamp_max=4"])
-    train(cfg, tmp_path, final_eval=False)
+    train_run(cfg, tmp_path, final_eval=False)
     cfg.train.steps = 20
-    train(cfg, tmp_path, resume=True, final_eval=False)
+    train_run(cfg, tmp_path, resume=True, final_eval=False)
     text = (tmp_path / "health.md").read_text()
     assert "soft clamp t=2, m=4" in text and "adapter delta norm under limits" in text
 

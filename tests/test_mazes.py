@@ -148,7 +148,7 @@ def test_cache_hit(cache_dir, monkeypatch):
     "kw,match",
     [
         (dict(size=8), "odd"),
-        (dict(size=3), "odd"),
+        (dict(size=3), ">= 5"),
         (dict(min_path_len=33), "at most 32"),
         (dict(n_test=0), "n_test"),
         (dict(loop_fraction=1.5), "loop_fraction"),

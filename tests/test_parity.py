@@ -124,8 +124,8 @@ def test_small_space_can_be_used_up_exactly():
 @pytest.mark.parametrize("kw, match", [
     (dict(length=1), "length must be >= 2"),
     (dict(split="sideways"), "split must be"),
-    (dict(n_test=0), "n_test >= 1"),
-    (dict(n_train=-1), "n_train >= 0"),
+    (dict(n_test=0), "n_test must be >= 1"),
+    (dict(n_train=-1), "n_train must be >= 0"),
     (dict(length=4, n_train=71, n_test=10), "only 80 distinct"),
     (dict(length=4, split="extrapolation", n_train=33, n_test=1), "only 32 distinct"),
     (dict(length=4, split="extrapolation", n_train=1, n_test=49), "only 48 distinct"),

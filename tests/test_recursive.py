@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from ponder.errors import PonderError
 from ponder.models import ModelConfig, RecursiveReasoner
 from ponder.models.flops import step_flops
+from ponder.types import Batch
 
 B, N, V, D = 4, 6, 11, 16
 COMBOS = list(itertools.product(["trm", "hrm"], ["attention", "mlp"], ["rope", "learned", "none"]))
@@ -25,8 +26,11 @@ class MeanHalting(nn.Module):
         self.w = nn.Parameter(0.1 * torch.randn(d))
         self.c = nn.Parameter(torch.zeros(()))
 
-    def logits(self, y: Tensor) -> Tensor:
-        return (y.mean(1) * self.w).sum(-1) + self.c  # (b,)
+    def logits(self, y: Tensor) -> tuple[Tensor, dict]:
+        return (y.mean(1) * self.w).sum(-1) + self.c, {}  # (b,)
+
+    def knobs(self) -> dict:
+        return {}
 
 
 def make_model(seed: int = 0, **overrides: object) -> RecursiveReasoner:
@@ -39,6 +43,11 @@ def tokens(b: int = B, seed: int = 1) -> Tensor:
     return torch.randint(0, V, (b, N), generator=torch.Generator().manual_seed(seed))
 
 
+def prep(model: RecursiveReasoner, inputs: Tensor):
+    """The model's StepContext for a batch of `inputs` (no conditioning)."""
+    return model.prepare(Batch(inputs, inputs, torch.zeros(len(inputs))))
+
+
 def nets(model: RecursiveReasoner) -> list[nn.Module]:
     return [model.net] if model.cfg.style == "trm" else [model.l_net, model.h_net]
 
@@ -48,7 +57,7 @@ def test_step_shapes_dtypes_and_detached_state(style: str, mixer: str, positions
     model = make_model(style=style, mixer=mixer, positions=positions)
     state = model.init_state(B, "cpu")
     assert state.y.shape == state.z.shape == (B, N, D)
-    new, out = model.step(state, tokens())
+    new, out = model.step(state, prep(model, tokens()))
     assert out.logits.shape == (B, N, V) and out.logits.dtype == torch.float32
     assert out.halt_logits.shape == (B,) and out.halt_logits.dtype == torch.float32
     assert new.y.shape == new.z.shape == (B, N, D)
@@ -60,7 +69,7 @@ def test_step_shapes_dtypes_and_detached_state(style: str, mixer: str, positions
 @pytest.mark.parametrize(("style", "mixer", "positions"), COMBOS)
 def test_gradients_reach_every_trained_part(style: str, mixer: str, positions: str) -> None:
     model = make_model(style=style, mixer=mixer, positions=positions)
-    _, out = model.step(model.init_state(B), tokens())
+    _, out = model.step(model.init_state(B), prep(model, tokens()))
     (F.cross_entropy(out.logits.flatten(0, 1), tokens().flatten()) + out.halt_logits.pow(2).mean()).backward()
     parts = [model.embed, model.readout, model.halting, *nets(model)]
     if positions == "learned":
@@ -78,7 +87,7 @@ def test_only_the_last_cycle_builds_a_graph(style: str, grad_calls: dict[str, in
         getattr(model, name).register_forward_hook(
             lambda mod, args, out, name=name: calls.setdefault(name, []).append(out.requires_grad)
         )
-    model.step(model.init_state(B), tokens())
+    model.step(model.init_state(B), prep(model, tokens()))
     if style == "trm":
         assert len(calls["net"]) == 3 * (2 + 1)  # T * (n + 1)
     else:
@@ -91,7 +100,7 @@ def test_only_the_last_cycle_builds_a_graph(style: str, grad_calls: dict[str, in
 def test_trm_t1_equals_one_manual_cycle() -> None:
     model = make_model(h_cycles=1, l_cycles=3)
     state, inputs = model.init_state(B), tokens()
-    new, out = model.step(state, inputs)
+    new, out = model.step(state, prep(model, inputs))
     x = model.embed_inputs(inputs)
     y, z = state.y, state.z
     for _ in range(3):
@@ -111,10 +120,10 @@ def test_t_cycles_equal_t_single_cycle_steps(style: str) -> None:
     single = make_model(style=style, h_cycles=1, l_cycles=2)
     single.load_state_dict(model.state_dict())
     state, inputs = model.init_state(B), tokens()
-    new, out = model.step(state, inputs)
+    new, out = model.step(state, prep(model, inputs))
     ref = state
     for _ in range(3):
-        ref, ref_out = single.step(ref, inputs)
+        ref, ref_out = single.step(ref, prep(single, inputs))
     assert torch.allclose(new.y, ref.y, atol=1e-5) and torch.allclose(new.z, ref.z, atol=1e-5)
     assert torch.allclose(out.logits, ref_out.logits, atol=1e-5)
     assert torch.allclose(out.halt_logits, ref_out.halt_logits, atol=1e-5)
@@ -122,7 +131,7 @@ def test_t_cycles_equal_t_single_cycle_steps(style: str) -> None:
 
 def test_reset_state_changes_only_masked_rows() -> None:
     model = make_model()
-    state, _ = model.step(model.init_state(B), tokens())
+    state, _ = model.step(model.init_state(B), prep(model, tokens()))
     mask = torch.tensor([True, False, True, False])
     reset = model.reset_state(state, mask)
     fresh = model.init_state(B)
@@ -136,12 +145,12 @@ def test_deterministic_given_seed(style: str) -> None:
     outs = []
     for _ in range(2):
         model = make_model(seed=3, style=style)
-        state, out = model.step(model.init_state(B), tokens())
+        state, out = model.step(model.init_state(B), prep(model, tokens()))
         outs.append((state.y, out.logits, out.halt_logits))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
     other = make_model(seed=4, style=style)
-    assert not torch.equal(other.step(other.init_state(B), tokens())[1].logits, outs[0][1])
+    assert not torch.equal(other.step(other.init_state(B), prep(other, tokens()))[1].logits, outs[0][1])
 
 
 @pytest.mark.parametrize(("style", "mixer"), list(itertools.product(["trm", "hrm"], ["attention", "mlp"])))
@@ -149,10 +158,10 @@ def test_rows_are_independent(style: str, mixer: str) -> None:
     """A batched step equals per-sample steps concatenated (needed for early-exit inference)."""
     model = make_model(style=style, mixer=mixer)
     state, inputs = model.init_state(B), tokens()
-    state, _ = model.step(state, inputs)  # a non-trivial carry
-    new, out = model.step(state, inputs)
+    state, _ = model.step(state, prep(model, inputs))  # a non-trivial carry
+    new, out = model.step(state, prep(model, inputs))
     for i in range(B):
-        row_state, row_out = model.step(state.index(slice(i, i + 1)), inputs[i : i + 1])
+        row_state, row_out = model.step(state.index(slice(i, i + 1)), prep(model, inputs[i : i + 1]))
         assert torch.allclose(row_state.y, new.y[i : i + 1], atol=1e-5)
         assert torch.allclose(row_state.z, new.z[i : i + 1], atol=1e-5)
         assert torch.allclose(row_out.logits, out.logits[i : i + 1], atol=1e-5)
@@ -207,7 +216,7 @@ def count_step(model: RecursiveReasoner, *, backward: bool) -> int:
     }
     state, inputs = model.init_state(B), tokens()
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        _, out = model.step(state, inputs)
+        _, out = model.step(state, prep(model, inputs))
         if backward:
             (out.logits.square().mean() + out.halt_logits.mean()).backward()
     return counter.get_total_flops()

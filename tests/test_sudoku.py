@@ -315,7 +315,7 @@ def test_cache_hit(cache_dir, monkeypatch):
         (dict(max_givens=16), "no blank"),
         (dict(min_givens=8, max_givens=6), "max_givens"),
         (dict(box_rows=0), "box_rows"),
-        (dict(box_cols=-1), "box_rows"),
+        (dict(box_cols=-1), "box_cols"),
         (dict(n_test=0), "n_test"),
         (dict(min_givens=4, max_givens=4, n_train=50, n_test=5), "distinct"),
         (dict(min_hardness=1000.0, n_train=5, n_test=1), "distinct"),

@@ -17,7 +17,7 @@ from ponder.checkpoint import load_checkpoint, resolve_checkpoint
 from ponder.config import apply_overrides
 from ponder.errors import PonderError
 from ponder.presets import get_config
-from ponder.train import train
+from ponder.run import train_run
 
 from run_support import CrashAt, records as _records
 
@@ -29,10 +29,10 @@ def _cfg(*overrides):
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    train(_cfg(), tmp_path / "a", final_eval=False)
+    train_run(_cfg(), tmp_path / "a", final_eval=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_cfg(), tmp_path / "b", callbacks=[CrashAt(25)], final_eval=False)  # after checkpoint 20
-    train(_cfg(), tmp_path / "b", resume=True, final_eval=False)
+        train_run(_cfg(), tmp_path / "b", callbacks=[CrashAt(25)], final_eval=False)  # after checkpoint 20
+    train_run(_cfg(), tmp_path / "b", resume=True, final_eval=False)
     a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
     assert len(a) == len(b) > 5
     assert a == b
@@ -51,11 +51,11 @@ class InterruptAt:
 
 
 def test_ctrl_c_checkpoints_then_resumes_exactly(tmp_path):
-    train(_cfg(), tmp_path / "a", final_eval=False)
+    train_run(_cfg(), tmp_path / "a", final_eval=False)
     with pytest.raises(PonderError, match="interrupted at step 7; checkpoint saved"):
-        train(_cfg(), tmp_path / "b", callbacks=[InterruptAt(7)], final_eval=False)
+        train_run(_cfg(), tmp_path / "b", callbacks=[InterruptAt(7)], final_eval=False)
     assert resolve_checkpoint(tmp_path / "b").name == "step-0000007"
-    train(_cfg(), tmp_path / "b", resume=True, final_eval=False)
+    train_run(_cfg(), tmp_path / "b", resume=True, final_eval=False)
     assert _records(tmp_path / "a") == _records(tmp_path / "b")
 
 
@@ -85,7 +85,7 @@ def test_killed_process_resumes_to_identical_metrics(tmp_path):
 
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
-    real = objectives.task_loss
+    real = objectives.per_sample_task_loss
     calls = {"n": 0}
 
     def sometimes_nan(logits, labels, kind):
@@ -93,8 +93,8 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
         loss = real(logits, labels, kind)
         return loss * float("nan") if calls["n"] in (3, 4) else loss
 
-    monkeypatch.setattr(objectives, "task_loss", sometimes_nan)
-    train(_cfg(), tmp_path, final_eval=False)
+    monkeypatch.setattr(objectives, "per_sample_task_loss", sometimes_nan)
+    train_run(_cfg(), tmp_path, final_eval=False)
     last = [r for r in _records(tmp_path) if r["kind"] == "train"][-1]
     assert last["skipped_steps"] == 2 and last["samples_dropped"] == 0
     weights = load_checkpoint(resolve_checkpoint(tmp_path))["model"]
@@ -102,7 +102,7 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_every_delivered_sample_is_supervised(tmp_path):
-    train(_cfg(), tmp_path, final_eval=False)
+    train_run(_cfg(), tmp_path, final_eval=False)
     state = load_checkpoint(resolve_checkpoint(tmp_path))["state"]
     c = state["objective"]["counters"]
     in_flight = int((~state["objective"]["carry"]["needs_sample"]).sum())
@@ -113,20 +113,20 @@ def test_every_delivered_sample_is_supervised(tmp_path):
 
 
 def test_existing_run_dir_is_refused(tmp_path):
-    train(_cfg("--train.steps=10"), tmp_path, final_eval=False)
+    train_run(_cfg("--train.steps=10"), tmp_path, final_eval=False)
     with pytest.raises(PonderError, match="already holds a run"):
-        train(_cfg("--train.steps=10"), tmp_path, final_eval=False)
+        train_run(_cfg("--train.steps=10"), tmp_path, final_eval=False)
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
-    train(_cfg("--train.steps=10"), tmp_path, final_eval=False)
+    train_run(_cfg("--train.steps=10"), tmp_path, final_eval=False)
     with pytest.raises(PonderError, match="cannot be resumed"):
-        train(_cfg("--model.d_model=64"), tmp_path, resume=True, final_eval=False)
+        train_run(_cfg("--model.d_model=64"), tmp_path, resume=True, final_eval=False)
 
 
 def test_golden_loss_of_debug_preset(tmp_path):
     """Pins the first logged losses of the debug preset: any change to the numerics shows here."""
-    train(get_config("debug"), tmp_path, final_eval=False)
+    train_run(get_config("debug"), tmp_path, final_eval=False)
     losses = [round(r["loss"], 4) for r in _records(tmp_path) if r["kind"] == "train"][:3]
     assert losses == pytest.approx(GOLDEN_DEBUG_LOSSES, abs=2e-3)  # tolerance: BLAS differences across CPUs
 
@@ -166,5 +166,5 @@ def test_single_cycle_deep_supervision_trains_the_init_vectors(tmp_path, style):
     # be mutated afterwards (regression: "modified by an inplace operation")
     cfg = _cfg(f"--model.style={style}", "--model.h_cycles=1", "--model.l_cycles=1", "--train.steps=6",
                "--train.eval_every=0", "--train.checkpoint_every=0")
-    record = train(cfg, tmp_path, final_eval=False)
+    record = train_run(cfg, tmp_path, final_eval=False)
     assert math.isfinite(record["loss"])

@@ -15,17 +15,20 @@ of the square (the augmentation).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from ponder.data.base import TASKS, Split, TaskData
+from ponder.data.base import TASKS, Split, TaskData, token_augment
 from ponder.data.cache import cached_arrays
 from ponder.errors import PonderError
+from ponder.render import NEUTRAL, UNKNOWN, cells_caption, grid_body, panels_svg, sample_arrays, wrong_cells
+from ponder.settings import check, setting
+from ponder.types import IGNORE
 
-__all__ = ["MazeConfig", "build_maze", "augment", "maze_key", "generate_maze", "shortest_paths", "CHARSET"]
+__all__ = ["MazeConfig", "build_maze", "augment", "maze_key", "generate_maze", "shortest_paths", "render_maze", "CHARSET"]
 
 VERSION = 1
 PAD, WALL, OPEN, START, GOAL, PATH = range(6)
@@ -37,14 +40,17 @@ _STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 class MazeConfig:
     """Maze data set of `size` x `size` grids (outer wall included; odd, >= 5)."""
 
-    name: str = "maze"
-    size: int = 9
-    n_train: int = 2000
-    n_test: int = 500
-    loop_fraction: float = 0.0  # fraction of the perfect maze's internal walls knocked out
-    min_path_len: int = 0  # minimum shortest-path length (steps) from S to G
-    seed: int = 0
+    name: str = setting("maze", choices=("maze",))
+    size: int = setting(9, ge=5)
+    n_train: int = setting(2000, ge=0)
+    n_test: int = setting(500, ge=1)
+    loop_fraction: float = setting(0.0, ge=0, le=1)  # fraction of the perfect maze's internal walls knocked out
+    min_path_len: int = setting(0, ge=0)  # minimum shortest-path length (steps) from S to G
+    seed: int = setting(0, ge=0)
     augment: bool = True
+
+    def validate(self) -> None:
+        _validate(self)
 
 
 def max_path_len(size: int) -> int:
@@ -58,18 +64,15 @@ def max_path_len(size: int) -> int:
 
 
 def _validate(cfg: MazeConfig) -> None:
-    if cfg.size < 5 or cfg.size % 2 == 0:
+    check(cfg, "task")
+    if cfg.size % 2 == 0:
         raise PonderError(f"maze size must be odd and >= 5 (got {cfg.size})")
-    if not 0.0 <= cfg.loop_fraction <= 1.0:
-        raise PonderError(f"maze loop_fraction must be in [0, 1] (got {cfg.loop_fraction})")
     bound = max_path_len(cfg.size)
     if cfg.min_path_len > bound:
         raise PonderError(
             f"maze min_path_len={cfg.min_path_len} is impossible for size {cfg.size}: "
             f"a shortest path there has at most {bound} steps"
         )
-    if cfg.n_test < 1 or cfg.n_train < 0:
-        raise PonderError(f"maze needs n_test >= 1 and n_train >= 0 (got n_train={cfg.n_train}, n_test={cfg.n_test})")
 
 
 # ----------------------------------------------------------------------------- generation
@@ -230,8 +233,9 @@ def build_maze(cfg: MazeConfig) -> TaskData:
         grid_shape=(cfg.size, cfg.size),
         train=split("train"),
         test=split("test"),
-        augment=augment if cfg.augment else None,
+        augment=token_augment(augment) if cfg.augment else None,
         difficulty_name="path length",
+        render=partial(render_maze, size=cfg.size),
     )
 
 
@@ -266,3 +270,27 @@ def augment(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) ->
     size = int(round(inputs.shape[1] ** 0.5))
     idx = dihedral_index(size)[rng.integers(8, size=inputs.shape[0])]
     return np.take_along_axis(inputs, idx, axis=1), np.take_along_axis(labels, idx, axis=1)
+
+
+# ----------------------------------------------------------------------------- picture
+
+FILL = {PAD: "#f4f4f4", WALL: "#333333", OPEN: "#ffffff", START: "#2ca02c", GOAL: "#9467bd", PATH: "#ffd54f"}
+
+
+def render_maze(inputs, labels, preds, *, size: int, title: str | None = None, cell_px: int = 16) -> str:
+    """Input / target / prediction of one maze as one SVG (ponder.render).
+
+    Inputs hold walls, open cells, S and G; labels are the same grid with the interior cells of
+    the shortest path set to PATH (IGNORE drawn grey). Walls are dark, S green, G purple, path
+    amber; S and G are also lettered. Each panel is coloured by its own tokens, so a prediction
+    that misplaces S/G shows it.
+    """
+    x, y, p = sample_arrays(inputs, labels, preds, size * size)
+    sup, wrong = wrong_cells(y, p)
+    geo = dict(rows=size, cols=size, cell_px=cell_px, text={START: "S", GOAL: "G"}, ink=lambda _: "#ffffff")
+    panels = [
+        grid_body(x, title="input", fill=lambda t: FILL.get(t, UNKNOWN), **geo),
+        grid_body(y, title="target", fill=lambda t: NEUTRAL if t == IGNORE else FILL.get(t, UNKNOWN), **geo),
+        grid_body(p, title="prediction", fill=lambda t: FILL.get(t, UNKNOWN), marks=wrong, **geo),
+    ]
+    return panels_svg(panels, cells_caption(sup, wrong), title)

@@ -29,12 +29,15 @@ from itertools import combinations
 
 import numpy as np
 
-from ponder.data.base import TASKS, Split, TaskData
+from ponder.data.base import TASKS, Split, TaskData, most_frequent_label
 from ponder.data.cache import cached_arrays
 from ponder.errors import PonderError
+from ponder.render import UNKNOWN, grid_body, panels_svg, sample_arrays, wrong_cells
+from ponder.settings import check, setting
 from ponder.types import IGNORE
 
-__all__ = ["ParityConfig", "build_parity", "count_vectors", "k_range", "to_tokens", "parity_labels"]
+__all__ = ["ParityConfig", "build_parity", "count_vectors", "k_range", "to_tokens", "parity_labels", "parity_baselines",
+           "render_parity"]
 
 VERSION = 1
 PAD, ZERO, PLUS, MINUS, EVEN, ODD = range(6)
@@ -47,12 +50,15 @@ ENUMERATE_LIMIT = 1 << 18  # enumerate the distinct vectors when there are at mo
 class ParityConfig:
     """Parity data set of vectors of `length` entries (PonderNet used 64; 96 for extrapolation)."""
 
-    name: str = "parity"
-    length: int = 16
-    split: str = "interpolation"  # "interpolation" | "extrapolation" (see the module docstring)
-    n_train: int = 20000
-    n_test: int = 1000
-    seed: int = 0
+    name: str = setting("parity", choices=("parity",))
+    length: int = setting(16, ge=2)
+    split: str = setting("interpolation", choices=SPLITS)  # see the module docstring
+    n_train: int = setting(20000, ge=0)
+    n_test: int = setting(1000, ge=1)
+    seed: int = setting(0, ge=0)
+
+    def validate(self) -> None:
+        _validate(self)
 
 
 def k_range(length: int, split: str, part: str) -> tuple[int, int]:
@@ -69,12 +75,7 @@ def count_vectors(length: int, lo: int, hi: int) -> int:
 
 
 def _validate(cfg: ParityConfig) -> None:
-    if cfg.length < 2:
-        raise PonderError(f"parity length must be >= 2 (got {cfg.length})")
-    if cfg.split not in SPLITS:
-        raise PonderError(f"parity split must be 'interpolation' or 'extrapolation' (got {cfg.split!r})")
-    if cfg.n_test < 1 or cfg.n_train < 0:
-        raise PonderError(f"parity needs n_test >= 1 and n_train >= 0 (got n_train={cfg.n_train}, n_test={cfg.n_test})")
+    check(cfg, "task")
     L = cfg.length
     if cfg.split == "interpolation":
         total = count_vectors(L, 1, L)
@@ -210,7 +211,54 @@ def build_parity(cfg: ParityConfig) -> TaskData:
         test=split("test"),
         augment=None,
         difficulty_name="non-zeros",
+        baselines=parity_baselines,
+        render=render_parity,
     )
 
 
 TASKS.add("parity", (ParityConfig, build_parity))
+
+
+# ----------------------------------------------------------------------------- baselines and picture
+
+
+def parity_baselines(split: Split, train: Split) -> dict[str, dict[str, float]]:
+    """Constant predictors on `split`: the training split's majority parity, and the majority
+    parity of `split` itself (the best any constant answer can do there)."""
+    labels = split.labels[:, 0]
+    held_out = float(max(np.mean(labels == EVEN), np.mean(labels == ODD))) if len(labels) else float("nan")
+    return {"most frequent label": most_frequent_label(split, train),
+            "majority class of this split": {"exact": held_out, "cell": held_out}}
+
+
+FILL = {PAD: "#f4f4f4", ZERO: "#ffffff", PLUS: "#1f77b4", MINUS: "#ff7f0e", EVEN: "#c7e9c0", ODD: "#fdd0a2"}
+
+
+def render_parity(inputs, labels, preds, *, title: str | None = None, cell_px: int = 16) -> str:
+    """Input vector / target parity / predicted parity of one sample as one SVG (ponder.render).
+
+    The input is a 1 x length strip (+1 blue "+", -1 orange "\u2212", 0 white); target and
+    prediction are single lettered cells read at the supervised position (position 0).
+    """
+    x, y, p = sample_arrays(inputs, labels, preds)
+    sup, wrong = wrong_cells(y, p)
+    where = np.flatnonzero(sup)
+    if len(where) == 0:
+        raise ValueError("parity labels have no supervised position (all IGNORE)")
+    pos = int(where[0])
+    names = {EVEN: "even", ODD: "odd"}
+    box = dict(rows=1, cols=1, cell_px=max(2 * cell_px, 44),
+               fill=lambda t: FILL.get(t, UNKNOWN), text=lambda t: names.get(t, f"?{t}"))
+    panels = [
+        grid_body(x, title="input", rows=1, cols=len(x), cell_px=cell_px,
+                  fill=lambda t: FILL.get(t, UNKNOWN) if t <= MINUS else UNKNOWN,
+                  text={PLUS: "+", MINUS: "\u2212"}, ink=lambda _: "#ffffff"),
+        grid_body([y[pos]], title="target", **box),
+        grid_body([p[pos]], title="prediction", marks=[bool(wrong[pos])], **box),
+    ]
+    k, plus = int(np.isin(x, (PLUS, MINUS)).sum()), int((x == PLUS).sum())
+    right = not wrong.any()
+    caption = (f"exact: {'yes' if right else 'no'}, parity {'right' if right else 'wrong'} "
+               f"(target {names.get(int(y[pos]), '?')}, predicted {names.get(int(p[pos]), '?')}); "
+               f"{k} non-zeros, {plus} of them +1")
+    return panels_svg(panels, caption, title)

@@ -22,7 +22,7 @@ from functools import lru_cache, partial
 import numpy as np
 from tqdm import tqdm
 
-from ponder.data.base import TASKS, Split, TaskData
+from ponder.data.base import TASKS, Split, TaskData, token_augment
 from ponder.data.cache import cached_arrays
 from ponder.data.sudoku_solver import (
     MAX_SIDE,
@@ -41,9 +41,12 @@ from ponder.data.sudoku_solver import (
     state_to_flat,
 )
 from ponder.errors import PonderError
+from ponder.render import (GIVEN_FILL, INK, NEUTRAL, SOLVED_INK, WRONG, cells_caption, grid_body, panels_svg,
+                           sample_arrays, wrong_cells)
+from ponder.settings import check, setting
 
 __all__ = [
-    "SudokuConfig", "build_sudoku", "augment", "puzzle_key", "generate_puzzle",
+    "SudokuConfig", "build_sudoku", "augment", "puzzle_key", "generate_puzzle", "render_sudoku",
     "solve", "count_solutions", "is_valid_solution", "hardness", "min_givens_bound",
 ]
 
@@ -62,16 +65,19 @@ class SudokuConfig:
     use e.g. 25..35, for 6x6 e.g. 12..18.
     """
 
-    name: str = "sudoku"
-    box_rows: int = 2
-    box_cols: int = 2
-    n_train: int = 2000
-    n_test: int = 500
-    min_givens: int = 4
-    max_givens: int = 10
-    min_hardness: float = 0.0  # keep only puzzles with hardness >= this
-    seed: int = 0
+    name: str = setting("sudoku", choices=("sudoku",))
+    box_rows: int = setting(2, ge=1)
+    box_cols: int = setting(2, ge=1)
+    n_train: int = setting(2000, ge=0)
+    n_test: int = setting(500, ge=1)
+    min_givens: int = setting(4, ge=1)
+    max_givens: int = setting(10, ge=1)
+    min_hardness: float = setting(0.0, ge=0)  # keep only puzzles with hardness >= this
+    seed: int = setting(0, ge=0)
     augment: bool = True
+
+    def validate(self) -> None:
+        _validate(self)
 
 
 def min_givens_bound(box_rows: int, box_cols: int) -> int:
@@ -82,8 +88,9 @@ def min_givens_bound(box_rows: int, box_cols: int) -> int:
 
 
 def _validate(cfg: SudokuConfig) -> None:
+    check(cfg, "task")
     br, bc = cfg.box_rows, cfg.box_cols
-    if br < 1 or bc < 1 or br * bc < 2:
+    if br * bc < 2:
         raise PonderError(f"sudoku box_rows and box_cols must be >= 1 with a grid side of at least 2 (got {br}x{bc})")
     n = br * bc
     if n > MAX_SIDE:
@@ -96,8 +103,6 @@ def _validate(cfg: SudokuConfig) -> None:
         raise PonderError(f"sudoku max_givens={cfg.max_givens} leaves no blank cell ({allowed})")
     if cfg.min_givens > cfg.max_givens:
         raise PonderError(f"sudoku min_givens={cfg.min_givens} > max_givens={cfg.max_givens} ({allowed})")
-    if cfg.n_test < 1 or cfg.n_train < 0:
-        raise PonderError(f"sudoku needs n_test >= 1 and n_train >= 0 (got n_train={cfg.n_train}, n_test={cfg.n_test})")
 
 
 # ----------------------------------------------------------------------------- generation
@@ -227,8 +232,9 @@ def build_sudoku(cfg: SudokuConfig) -> TaskData:
         grid_shape=(n, n),
         train=split("train"),
         test=split("test"),
-        augment=partial(augment, box_rows=cfg.box_rows, box_cols=cfg.box_cols) if cfg.augment else None,
+        augment=token_augment(partial(augment, box_rows=cfg.box_rows, box_cols=cfg.box_cols)) if cfg.augment else None,
         difficulty_name="solver hardness (blanks + rounds + hidden singles + 10 x guesses)",
+        render=partial(render_sudoku, box_rows=cfg.box_rows, box_cols=cfg.box_cols),
     )
 
 
@@ -281,6 +287,36 @@ def _random_line_perm(k: int, n_groups: int, size: int, rng: np.random.Generator
     groups = rng.permuted(np.tile(np.arange(n_groups), (k, 1)), axis=1)
     within = rng.permuted(np.tile(np.arange(size), (k, n_groups, 1)), axis=2)
     return (groups[:, :, None] * size + within).reshape(k, n_groups * size)
+
+
+def render_sudoku(inputs, labels, preds, *, box_rows: int, box_cols: int, title: str | None = None,
+                  cell_px: int = 24) -> str:
+    """Input / target / prediction of one Sudoku as one SVG (ponder.render).
+
+    Tokens: PAD, blank, digit d -> d + 1 (1..N, N = box_rows * box_cols), N*N per array, row-major.
+    Givens are dark on grey in every panel; filled-in digits are blue; wrong predicted digits are
+    red with a red outline. Tokens outside the digit range are shown as "?" (PAD and blank empty).
+    """
+    n = box_rows * box_cols
+    x, y, p = sample_arrays(inputs, labels, preds, n * n)
+    sup, wrong = wrong_cells(y, p)
+    given = (x >= BLANK + 1) & (x <= n + 1)
+
+    def digit(t: int) -> str:
+        return str(t - 1) if BLANK + 1 <= t <= n + 1 else ("" if t in (PAD, BLANK) else "?")
+
+    grey = [GIVEN_FILL if g else None for g in given]
+    target_fill = [g if s else NEUTRAL for g, s in zip(grey, sup)]
+    target_ink = [INK if g else SOLVED_INK for g in given]
+    pred_ink = [WRONG if w else i for w, i in zip(wrong, target_ink)]
+    geo = dict(rows=n, cols=n, cell_px=cell_px, borders=(box_rows, box_cols))
+    panels = [
+        grid_body(x, title="input", fill=grey, text=digit, **geo),
+        grid_body(y, title="target", fill=target_fill, text=[digit(t) if s else "" for t, s in zip(y, sup)],
+                  ink=target_ink, **geo),
+        grid_body(p, title="prediction", fill=grey, text=digit, ink=pred_ink, marks=wrong, **geo),
+    ]
+    return panels_svg(panels, cells_caption(sup, wrong), title)
 
 
 # ----------------------------------------------------------------------------- keys

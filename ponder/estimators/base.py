@@ -22,7 +22,7 @@ Args of `estimate`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -52,7 +52,11 @@ class Rollout:
 
 
 class GradientEstimator(Protocol):
-    name: str
+    """An estimator is a dataclass whose fields are its settings (declared with
+    ponder.settings.setting, so they are range-checked) and whose class attribute `name` is its
+    registry key."""
+
+    name: ClassVar[str]
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout: ...
@@ -76,7 +80,7 @@ def grads_or_zeros(out: Tensor, params: Sequence[Tensor]) -> tuple[Tensor, ...]:
 class BPTT:
     """Full backpropagation through the T deployed steps: the exact gradient of L(z_T)."""
 
-    name: str = "bptt"
+    name: ClassVar[str] = "bptt"
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import cmath
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, grads_or_zeros
 from ponder.estimators.solvers import dtype_floor, solve_fixed_point
+from ponder.settings import setting
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,  # holomorphic away from its poles at i pi (k + 1/2)
@@ -123,13 +124,13 @@ class EquilibriumPropagation:
     Stats: free_rel_residual_max, nudged_rel_residual_max, free_iters_max, nudged_iters_max.
     """
 
-    mode: str = "symmetric"
-    beta: float = 0.05
-    nudges: int = 4
-    tol: float = 1e-12
-    max_iter: int | None = None
-    anderson_m: int = 5
-    name: str = "ep"
+    name: ClassVar[str] = "ep"
+    mode: str = setting("symmetric", choices=EP_MODES)
+    beta: float = setting(0.05, gt=0)
+    nudges: int = setting(4, ge=1)
+    tol: float = setting(1e-12, gt=0)
+    max_iter: int | None = setting(None, ge=1)
+    anderson_m: int = setting(5, ge=1)
 
     def __post_init__(self) -> None:
         if self.mode not in EP_MODES:
@@ -210,24 +211,24 @@ class EquilibriumPropagation:
 
 @dataclass
 class EPOneSided(EquilibriumPropagation):
-    mode: str = "one_sided"
-    beta: float = 0.01
-    name: str = "ep_one_sided"
+    name: ClassVar[str] = "ep_one_sided"
+    mode: str = setting("one_sided", choices=EP_MODES)
+    beta: float = setting(0.01, gt=0)
 
 
 @dataclass
 class EPSymmetric(EquilibriumPropagation):
-    mode: str = "symmetric"
-    beta: float = 0.05
-    name: str = "ep_symmetric"
+    name: ClassVar[str] = "ep_symmetric"
+    mode: str = setting("symmetric", choices=EP_MODES)
+    beta: float = setting(0.05, gt=0)
 
 
 @dataclass
 class EPHolomorphic(EquilibriumPropagation):
-    mode: str = "holomorphic"
-    beta: float = 0.2
-    nudges: int = 4
-    name: str = "ep_holomorphic"
+    name: ClassVar[str] = "ep_holomorphic"
+    mode: str = setting("holomorphic", choices=EP_MODES)
+    beta: float = setting(0.2, gt=0)
+    nudges: int = setting(4, ge=1)
 
 
 ESTIMATORS.add("ep_one_sided", EPOneSided)

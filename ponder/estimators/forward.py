@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, StepFn
+from ponder.settings import setting
 
 
 class _Thunk(nn.Module):
@@ -143,9 +144,9 @@ def directional_derivative(step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: Loss
 class ForwardGradient:
     """(dL/dtheta . v) v with v ~ N(0, I), averaged over `directions` draws (seeded by `seed`)."""
 
-    directions: int = 1
-    seed: int | None = None
-    name: str = "forward_gradient"
+    name: ClassVar[str] = "forward_gradient"
+    directions: int = setting(1, ge=1)
+    seed: int | None = setting(None, ge=0)
 
     def sample_directions(self, params: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
         return [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
@@ -173,9 +174,9 @@ class RTRL:
     """Exact gradient of L(z_T) by eligibility traces (forward mode); refuses models with more
     than `max_params` parameter entries (the traces hold |z| x P numbers)."""
 
-    max_params: int = 20000
-    chunk_size: int | None = None
-    name: str = "rtrl"
+    name: ClassVar[str] = "rtrl"
+    max_params: int = setting(20000, ge=1)
+    chunk_size: int | None = setting(None, ge=1)
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:

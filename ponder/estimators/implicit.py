@@ -14,13 +14,14 @@ forward iterations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn
+from ponder.settings import setting
 from ponder.estimators.solvers import (FIXED_POINT_METHODS, SolveResult, dtype_floor, flat_rows, gmres,
                                       solve_fixed_point)
 
@@ -49,16 +50,16 @@ class Implicit:
         adj_rel_residual_{mean,max}, adj_iters_{mean,max}.
     """
 
-    solver: str = "anderson"
-    tol: float = 1e-6
-    max_iter: int | None = None
-    adjoint: str = "gmres"
-    adjoint_tol: float = 1e-8
-    adjoint_max_iter: int = 100
-    anderson_m: int = 5
-    gmres_restart: int = 30
+    name: ClassVar[str] = "implicit"
+    solver: str = setting("anderson", choices=FIXED_POINT_METHODS)
+    tol: float = setting(1e-6, gt=0)
+    max_iter: int | None = setting(None, ge=1)
+    adjoint: str = setting("gmres", choices=ADJOINT_METHODS)
+    adjoint_tol: float = setting(1e-8, gt=0)
+    adjoint_max_iter: int = setting(100, ge=1)
+    anderson_m: int = setting(5, ge=1)
+    gmres_restart: int = setting(30, ge=1)
     per_sample: bool = True
-    name: str = "implicit"
 
     def __post_init__(self) -> None:
         if self.solver not in FIXED_POINT_METHODS:

@@ -6,13 +6,14 @@ Both run most of the iteration without a graph, so memory is O(k) instead of O(T
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn, grads_or_zeros
+from ponder.settings import setting
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -27,8 +28,8 @@ class Truncated:
     k >= T is full BPTT; k = 1 gives F_theta^T g at z_{T-1} (the 1-step / JFB gradient).
     """
 
-    k: int = 1
-    name: str = "truncated"
+    name: ClassVar[str] = "truncated"
+    k: int = setting(1, ge=1)
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:
@@ -58,9 +59,9 @@ class Phantom:
     series convergent when J has eigenvalues near -1.
     """
 
-    k: int = 5
-    lam: float = 0.5
-    name: str = "phantom"
+    name: ClassVar[str] = "phantom"
+    k: int = setting(5, ge=1)
+    lam: float = setting(0.5, gt=0, le=1)
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:

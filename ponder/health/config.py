@@ -1,9 +1,12 @@
-"""Settings of the training-health monitors and the stability controller (config section `health`)."""
+"""Settings of the health wing: the training-health monitors and the stability controller
+(config section `health`) and the halting-health verdicts (config section `halting_health`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ponder.errors import PonderError
+from ponder.settings import check, setting
 
 RAMP_SHAPES = ("linear", "cosine")
 
@@ -52,55 +55,125 @@ class TrainingHealthConfig:
     """
 
     monitors: bool = True
-    abort_streak: int = 50
-    explode_factor: float = 10.0
-    spike_ratio: float = 2.0
-    spike_warmup: int = 20
-    ema_beta: float = 0.9
-    attention_every: int = 10
-    attention_samples: int = 4
-    attention_floor: float = 1.5
-    logit_limit: float = 50.0
-    halt_var_floor: float = 0.5
-    acc_drop: float = 0.05
-    norm_warn: float = 1.5
-    norm_critical: float = 3.0
-    norm_kill: float = 10.0
+    abort_streak: int = setting(50, ge=1)
+    explode_factor: float = setting(10.0, gt=0)
+    spike_ratio: float = setting(2.0, gt=1)
+    spike_warmup: int = setting(20, ge=0)
+    ema_beta: float = setting(0.9, gt=0, lt=1)
+    attention_every: int = setting(10, ge=0)
+    attention_samples: int = setting(4, ge=1)
+    attention_floor: float = setting(1.5, gt=0)
+    logit_limit: float = setting(50.0, gt=0)
+    halt_var_floor: float = setting(0.5, ge=0)
+    acc_drop: float = setting(0.05, gt=0, le=1)
+    norm_warn: float = setting(1.5, gt=0)
+    norm_critical: float = setting(3.0, gt=0)
+    norm_kill: float = setting(10.0, gt=0)
     activation_norms: str = ""
     controller: bool = False
-    window: int = 10
+    window: int = setting(10, ge=1)
     ramp: str = ""
-    ramp_steps: int = 0
-    ramp_shape: str = "linear"
-    recovery: float = 0.05
-    lr_backoff: float = 0.5
-    cooldown_windows: int = 2
-    restore_windows: int = 4
+    ramp_steps: int = setting(0, ge=0)
+    ramp_shape: str = setting("linear", choices=RAMP_SHAPES)
+    recovery: float = setting(0.05, gt=0, le=1)
+    lr_backoff: float = setting(0.5, gt=0, le=1)
+    cooldown_windows: int = setting(2, ge=0)
+    restore_windows: int = setting(4, ge=1)
     backoff_on_acc_drop: bool = True
-    aux_cap: float = 0.25
-    hard_nan: int = 3
-    rollback_after: int = 2
-    rollback_lr: float = 0.5
-    max_rollbacks: int = 3
-    snapshot_every: int = 1
+    aux_cap: float = setting(0.25, gt=0, le=1)
+    hard_nan: int = setting(3, ge=1)
+    rollback_after: int = setting(2, ge=1)
+    rollback_lr: float = setting(0.5, gt=0, le=1)
+    max_rollbacks: int = setting(3, ge=0)
+    snapshot_every: int = setting(1, ge=1)
+
+    def inactive(self) -> dict[str, str]:
+        """Settings that do nothing under the current values."""
+        out: dict[str, str] = {}
+        if not (self.monitors or self.controller):
+            out.update({k: "health.monitors and health.controller are off" for k in (
+                "abort_streak", "explode_factor", "spike_ratio", "spike_warmup", "ema_beta", "attention_every",
+                "attention_samples", "attention_floor", "logit_limit", "halt_var_floor", "acc_drop", "norm_warn",
+                "norm_critical", "norm_kill", "activation_norms")})
+        if not self.controller:
+            out.update({k: "the stability controller is off (health.controller=false)" for k in (
+                "window", "ramp", "ramp_steps", "ramp_shape", "recovery", "lr_backoff", "cooldown_windows",
+                "restore_windows", "backoff_on_acc_drop", "aux_cap", "hard_nan", "rollback_after", "rollback_lr",
+                "max_rollbacks", "snapshot_every")})
+        elif not self.ramp:
+            out.update({k: "no weights are ramped (health.ramp is empty)" for k in ("ramp_steps", "ramp_shape",
+                                                                                     "recovery")})
+        return out
 
     def validate(self) -> None:
-        if self.abort_streak < 1 or self.window < 1 or self.rollback_after < 1 or self.snapshot_every < 1:
-            raise PonderError("health.abort_streak, window, rollback_after and snapshot_every must be >= 1")
-        if self.ramp_shape not in RAMP_SHAPES:
-            raise PonderError(f"health.ramp_shape must be one of {', '.join(RAMP_SHAPES)}, got {self.ramp_shape!r}")
-        for name in ("lr_backoff", "rollback_lr", "recovery", "ema_beta"):
-            if not 0 < getattr(self, name) <= 1:
-                raise PonderError(f"health.{name} must be in (0, 1], got {getattr(self, name)}")
-        if not 0 < self.aux_cap <= 1:
-            raise PonderError(f"health.aux_cap must be in (0, 1], got {self.aux_cap}")
+        check(self, "health")
         if not self.norm_warn <= self.norm_critical <= self.norm_kill:
             raise PonderError("health.norm_warn <= norm_critical <= norm_kill is required")
         parse_ramp(self.ramp)
 
 
+@dataclass(kw_only=True)
+class HaltingHealthConfig:
+    """Thresholds of the halting-health verdicts (ponder.health.halting; config section
+    `halting_health`).
+
+    Attributes:
+        drift_window: trailing train records checked for drift, besides the whole run (a drift
+            can start after a healthy rise, and a slow one only shows over the whole run). The
+            default covers 1000 steps at the default log_every of 50, the span of REFERENCE's case.
+        drift_min_records: fewer train records than this (with both fields) are "no data": a
+            rank correlation of 3-4 points is not evidence of a trend.
+        drift_logit_rho: Spearman(halt logit, step) at or below this is a "mostly decreasing"
+            logit: -0.8 still allows a few noisy reversals between log records.
+        drift_min_logit_fall: the logit must also fall by at least this much (first to last
+            record of the window). One logit unit divides the odds of halting by e (~2.7); batch
+            means of the logit wobble by much less, and REFERENCE's case falls by 2.1.
+        drift_steps_rho: Spearman(steps used, step) at or above this: steps mostly climbing.
+        drift_min_steps_rise: relative rise of the steps used (0.25 = +25%, first to last record);
+            REFERENCE's case goes 4 -> 12 (+200%); exploration noise moves it by a few percent.
+        collapse_frac: "nearly all" samples: the fraction at step 1 (or at M) that counts as
+            collapse. 0.95 leaves room for exploration and a few odd inputs.
+        solved_exact: exact accuracy at which samples that all stop at one step count as
+            "right": below 0.9 more than one sample in ten is wrong, which further steps might fix.
+        agnostic_window: trailing train records whose `halt_logit_std` is averaged.
+        agnostic_logit_std: spread of halt logits across the batch below which the head treats
+            every input alike: sigmoid's slope is at most 1/4, so a spread of 0.05 moves the halt
+            probability by at most ~1.25 percentage points between inputs.
+        agnostic_min_abs_rho: |Spearman(steps, difficulty)| below this means the steps do not
+            follow difficulty; 0.1 is the conventional floor of a "small" correlation.
+        q_window: trailing train records whose `q_halt_acc` is averaged.
+        q_halt_acc_min: the probe's per-step accuracy (halt prediction == answer exactly right)
+            below this is miscalibrated: 0.8 is well above the majority-class rate once right and
+            wrong answers mix, and early on (all wrong, probe says "go on") it is near 1.
+        wrong_halt_frac_max: of the samples the head stops before M, the fraction answered
+            wrongly above this flags premature halting: a Q-halt head stops only when it believes
+            the answer is right, so more than one wrong stop in five means that belief is poor.
+        eval_prefix: which split of the eval records is judged ("test" or "train").
+    """
+
+    drift_window: int = setting(20, ge=1)
+    drift_min_records: int = setting(5, ge=3)
+    drift_logit_rho: float = setting(-0.8, ge=-1, le=1)
+    drift_min_logit_fall: float = setting(1.0, ge=0)
+    drift_steps_rho: float = setting(0.5, ge=-1, le=1)
+    drift_min_steps_rise: float = setting(0.25, ge=0)
+    collapse_frac: float = setting(0.95, gt=0, le=1)
+    solved_exact: float = setting(0.9, ge=0, le=1)
+    agnostic_window: int = setting(5, ge=1)
+    agnostic_logit_std: float = setting(0.05, ge=0)
+    agnostic_min_abs_rho: float = setting(0.1, ge=0, le=1)
+    q_window: int = setting(5, ge=1)
+    q_halt_acc_min: float = setting(0.8, ge=0, le=1)
+    wrong_halt_frac_max: float = setting(0.2, ge=0, le=1)
+    eval_prefix: str = setting("test", choices=("test", "train"))
+
+    def validate(self) -> None:
+        check(self, "halting_health")
+
+
+# every knob a component may declare (RecursiveReasoner.knobs): checked when the config is read;
+# the controller checks that the built model has the ones a ramp names
 KNOBS = ("halt_weight", "adapter_scale", "adapter_reg")
-LOSS_KNOBS = ("halt_weight", "adapter_reg")  # the weights of auxiliary loss terms
 
 
 def parse_ramp(text: str) -> dict[str, tuple[float, float]]:
@@ -110,8 +183,10 @@ def parse_ramp(text: str) -> dict[str, tuple[float, float]]:
         try:
             name, base, target = part.split(":")
             out_value = (float(base), float(target))
+            if not all(math.isfinite(v) for v in out_value):
+                raise ValueError
         except ValueError:
-            raise PonderError(f"health.ramp entry {part!r} is not knob:base:target") from None
+            raise PonderError(f"health.ramp entry {part!r} is not knob:base:target with finite numbers") from None
         if name not in KNOBS:
             raise PonderError(f"health.ramp knob {name!r} unknown; valid: {', '.join(KNOBS)}")
         out[name] = out_value

@@ -20,58 +20,31 @@ events and decides, in this order (REFERENCE section 4, "meta-escalation"):
 5. aux cap: if the auxiliary terms made more than aux_cap of the total loss, the auxiliary loss
    weights are scaled down to meet the cap.
 
-Every decision is an `Action(kind, reason, detail)`, written to metrics.jsonl as a record of
-kind "action" and listed in the health report. The ramp itself runs per step: base -> target
-over ramp_steps, linear or cosine. All state is in `state_dict` (exact resume).
+The knobs it turns are declared by the parts that own them (`model.knobs()`: the halting
+head's loss weight, the adapter's scale and regulariser weight), never reached through
+attributes. Every decision is a typed `Action(step, kind, causes, reason, detail)`
+(ponder.health.events), written to the metrics log as a record of kind "action" and listed in
+the health report. The ramp itself runs per step: base -> target over ramp_steps, linear or
+cosine. All state is in `state_dict` (exact resume).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ponder.callbacks import MetricsLog
 from ponder.checkpoint import atomic_write_bytes
 from ponder.errors import PonderError
-from ponder.health.config import LOSS_KNOBS, TrainingHealthConfig, parse_ramp
+from ponder.health.config import TrainingHealthConfig, parse_ramp
+from ponder.health.events import Action, ActionKind, Cause
 from ponder.health.monitors import HealthMonitor
 
 SNAPSHOTS = "health"
 KEEP_SNAPSHOTS = 2
-
-
-@dataclass
-class Action:
-    """One controller decision: what it did, why, and the figures."""
-
-    kind: str
-    reason: str
-    detail: dict = field(default_factory=dict)
-
-
-def _get_knob(model, name: str) -> float | None:
-    adapter = getattr(model, "adapter", None)
-    if name == "halt_weight":
-        hcfg = getattr(getattr(model, "halting", None), "cfg", None)
-        return getattr(hcfg, "loss_weight", None)
-    if adapter is None:
-        return None
-    return adapter.scale if name == "adapter_scale" else adapter.reg_weight
-
-
-def _set_knob(model, name: str, value: float) -> None:
-    if name == "halt_weight":
-        model.halting.cfg.loss_weight = value
-    elif name == "adapter_scale":
-        model.adapter.scale = value
-    else:
-        model.adapter.reg_weight = value
 
 
 def ramp_value(step: int, base: float, target: float, steps: int, shape: str) -> float:
@@ -101,96 +74,102 @@ class StabilityController:
         self.clean_windows = self.hard_windows = self.rollbacks = 0
         self.clean_since_snapshot = 0
         self.good_step: int | None = None
-        self.actions: list[dict] = []
+        self.actions: list[Action] = []
 
     # ------------------------------------------------------------------ knobs
 
-    def on_train_start(self, run: dict) -> None:
+    def on_train_start(self, run) -> None:
         self.run = run
-        self.log = MetricsLog(run["run_dir"])
-        model = run["model"]
-        head = getattr(model, "halting", None)
-        if dataclasses.is_dataclass(getattr(head, "cfg", None)):
-            head.cfg = dataclasses.replace(head.cfg)  # the knob changes the head's copy, not the run's Config
-        self.orig = {k: v for k in LOSS_KNOBS if (v := _get_knob(model, k)) is not None}
-        missing = [k for k in self.ramp if _get_knob(model, k) is None]
+        self.knobs = run.model.knobs()
+        missing = [k for k in self.ramp if k not in self.knobs]
         if missing:
-            raise PonderError(f"health.ramp names {', '.join(missing)}, which this model does not have "
-                              f"(adapter knobs need model.adapter_rank > 0)")
+            raise PonderError(f"health.ramp names {', '.join(missing)}, which this model does not have; it has "
+                              f"{', '.join(sorted(self.knobs)) or 'none'} (adapter knobs need model.adapter_rank > 0)")
+        # the unramped value of every auxiliary loss weight (the aux cap scales them)
+        self.orig = {k: knob.get() for k, knob in self.knobs.items() if knob.loss_weight}
 
     def _apply(self, step: int) -> None:
-        model = self.run["model"]
         if self.mode == "track":
             for k, (base, target) in self.ramp.items():
                 self.values[k] = ramp_value(step, base, target, self.cfg.ramp_steps, self.cfg.ramp_shape)
         for k in set(self.ramp) | set(self.orig):
+            knob = self.knobs[k]
             v = self.values.get(k, self.orig.get(k))
-            _set_knob(model, k, v * self.aux_mult if k in LOSS_KNOBS else v)
+            knob.set(v * self.aux_mult if knob.loss_weight else v)
 
-    def on_step_start(self, run: dict, step: int) -> None:
+    def on_step_start(self, run, step: int) -> None:
         self._apply(step)
         if self.lr_mult != 1.0:
-            for g in run["optimizer"].param_groups:
+            for g in run.optimizer.param_groups:
                 g["lr"] *= self.lr_mult
 
     # ------------------------------------------------------------------ decisions
 
-    def _act(self, step: int, kind: str, reason: str, **detail: Any) -> None:
-        a = Action(kind, reason, detail)
-        self.actions.append({"step": step, "kind": a.kind, "reason": a.reason, "detail": a.detail})
-        self.log.write({"step": step, "kind": "action", "action": a.kind, "reason": a.reason, "detail": a.detail})
-        tqdm.write(f"controller at step {step}: {a.kind}: {a.reason}")
+    def _act(self, step: int, kind: ActionKind, causes: list[Cause], reason: str, **detail: Any) -> None:
+        a = Action(step, kind, tuple(dict.fromkeys(causes)), reason, detail)
+        self.actions.append(a)
+        self.run.log.write(a.to_record())
+        tqdm.write(f"controller at step {step}: {a.kind.value}: {a.reason}")
 
-    def on_step_end(self, run: dict, m: dict) -> None:
+    def on_step_end(self, run, m: dict) -> None:
         step = m["step"]
         if step % self.cfg.window:
             return
         events = self.monitor.take_events()
         c = self.cfg
-        nonfinite = sum(1 for e in events if e.get("nonfinite"))
-        streak = max((e.get("streak", 0) for e in events), default=0)
-        explosions = [e["explosion"] for e in events if "explosion" in e]
-        spikes = [e["spike"] for e in events if "spike" in e]
-        collapses = sorted({name for e in events for name in e.get("collapse", [])})
-        norms = [e["norm"] for e in events if "norm" in e]
+        nonfinite = sum(1 for e in events if e.nonfinite)
+        streak = max((e.streak for e in events), default=0)
+        explosions = [e.explosion for e in events if e.explosion is not None]
+        spikes = [e.spike for e in events if e.spike is not None]
+        collapses = sorted({name for e in events for name in e.collapsed})
+        norms = [(e.norm_level, e.norm_max) for e in events if e.norm_level != "ok"]
         level = max((lvl for lvl, _ in norms), key=("warn", "critical", "kill").index, default="ok")
         norm_max = max((v for _, v in norms), default=0.0)
-        drops = [e["acc_drop"] for e in events if "acc_drop" in e]
-        shares = [e["aux_share"] for e in events if "aux_share" in e]
+        drops = [e.acc_drop for e in events if e.acc_drop is not None]
+        shares = [e.aux_share for e in events if e.aux_share is not None]
 
         reasons: list[str] = []
+        causes: list[Cause] = []
         if nonfinite:
             reasons.append(f"{nonfinite} non-finite steps (longest streak {streak})")
+            causes.append(Cause.NONFINITE)
         if explosions:
             reasons.append(f"{len(explosions)} gradient explosions (max pre-clip norm {max(explosions):.3g})")
+            causes.append(Cause.EXPLOSION)
         if spikes:
             loss, mean = max(spikes)
             reasons.append(f"{len(spikes)} loss spikes (loss {loss:.3g} vs running mean {mean:.3g})")
+            causes.append(Cause.SPIKE)
         if collapses:
             reasons.append("attention collapse in " + ", ".join(collapses))
+            causes.append(Cause.ATTENTION_COLLAPSE)
         if level in ("critical", "kill"):  # "warn" is logged by the monitor, not acted on
             reasons.append(f"adapter delta norm {norm_max:.3g} at {level} level (clamp {self.monitor.max_norm:g})")
+            causes.append(Cause.ADAPTER_NORM)
         if drops:
             ema, best = drops[-1]
             reasons.append(f"accuracy EMA {ema:.3f} is {best - ema:.3f} below its best {best:.3f}")
+            causes.append(Cause.ACCURACY_DROP)
 
         hard = nonfinite >= c.hard_nan or level == "kill"
         self.hard_windows = self.hard_windows + 1 if hard else 0
         self.cooldown = max(0, self.cooldown - 1)
         acted = False
         if level == "kill" or self.hard_windows >= c.rollback_after:
-            acted = self._rollback(step, "; ".join(reasons))
+            acted = self._rollback(step, causes + [Cause.REPEATED_FAILURE], "; ".join(reasons))
         backoff = explosions or collapses or level in ("critical", "kill") or (drops and c.backoff_on_acc_drop)
         if not acted and backoff and self.cooldown == 0:
             self.lr_mult *= c.lr_backoff
             self.cooldown = c.cooldown_windows
             acted = True
-            self._act(step, "lr_backoff", "; ".join(reasons), lr_mult=self.lr_mult, cooldown_windows=c.cooldown_windows)
+            self._act(step, ActionKind.LR_BACKOFF, causes, "; ".join(reasons), lr_mult=self.lr_mult,
+                      cooldown_windows=c.cooldown_windows)
 
         if reasons or acted:
             self.clean_windows = self.clean_since_snapshot = 0
             self.mode = "paused"
-            self._act(step, "pause", "; ".join(reasons) or "a backoff this window", held=dict(self.values))
+            self._act(step, ActionKind.PAUSE, causes, "; ".join(reasons) or "a backoff this window",
+                      held=dict(self.values))
         else:
             self._clean_window(step)
         if shares:
@@ -198,9 +177,9 @@ class StabilityController:
             if share > c.aux_cap and self.orig:
                 factor = c.aux_cap * (1 - share) / ((1 - c.aux_cap) * share)
                 self.aux_mult *= factor
-                self._act(step, "aux_cap", f"auxiliary terms were {share:.1%} of the loss (cap {c.aux_cap:.0%})",
-                          aux_mult=self.aux_mult)
-        self.log.write({"step": step, "kind": "controller", "lr_mult": self.lr_mult, "aux_mult": self.aux_mult,
+                self._act(step, ActionKind.AUX_CAP, [Cause.AUX_SHARE],
+                          f"auxiliary terms were {share:.1%} of the loss (cap {c.aux_cap:.0%})", aux_mult=self.aux_mult)
+        self.run.log.write({"step": step, "kind": "controller", "lr_mult": self.lr_mult, "aux_mult": self.aux_mult,
                         "mode": self.mode, **{f"ramp_{k}": v for k, v in self.values.items()}})
 
     def _clean_window(self, step: int) -> None:
@@ -208,7 +187,8 @@ class StabilityController:
         self.clean_windows += 1
         if self.mode == "paused":
             self.mode = "recovering" if self.ramp else "track"
-            self._act(step, "resume", "a clean window after a pause", values=dict(self.values))
+            self._act(step, ActionKind.RESUME, [Cause.CLEAN_WINDOW], "a clean window after a pause",
+                      values=dict(self.values))
         elif self.mode == "recovering":
             done = True
             for k, (base, target) in self.ramp.items():
@@ -217,11 +197,12 @@ class StabilityController:
                 done &= abs(sched - self.values[k]) <= 0.01 * max(abs(target - base), 1e-12)
             if done:
                 self.mode = "track"
-            self._act(step, "recover", f"closing {c.recovery:.0%} of the gap to the schedule"
-                      + ("; back on schedule" if done else ""), values=dict(self.values))
+            self._act(step, ActionKind.RECOVER, [Cause.CLEAN_WINDOW], f"closing {c.recovery:.0%} of the gap to the "
+                      f"schedule" + ("; back on schedule" if done else ""), values=dict(self.values))
         if self.lr_mult < 1.0 and self.cooldown == 0:
             self.lr_mult = min(1.0, self.lr_mult * (1 / c.lr_backoff) ** (1 / c.restore_windows))
-            self._act(step, "lr_restore", "a clean window after a backoff", lr_mult=self.lr_mult)
+            self._act(step, ActionKind.LR_RESTORE, [Cause.CLEAN_WINDOW], "a clean window after a backoff",
+                      lr_mult=self.lr_mult)
         self.clean_since_snapshot += 1
         if self.clean_since_snapshot >= c.snapshot_every:
             self._snapshot(step)
@@ -230,46 +211,42 @@ class StabilityController:
     # ------------------------------------------------------------------ snapshots and rollback
 
     def _snapshot_dir(self) -> Path:
-        return Path(self.run["run_dir"]) / SNAPSHOTS
+        return Path(self.run.run_dir) / SNAPSHOTS
 
     def _snapshot(self, step: int) -> None:
-        ema = self.run.get("ema")
+        ema = self.run.ema
         buf = io.BytesIO()
-        torch.save({"step": step, "model": self.run["model"].state_dict(),
-                    "optimizer": self.run["optimizer"].state_dict(),
+        torch.save({"step": step, "model": self.run.model.state_dict(),
+                    "optimizer": self.run.optimizer.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None}, buf)
         atomic_write_bytes(self._snapshot_dir() / f"good-step-{step:07d}.pt", buf.getvalue())
         self.good_step = step
         for old in sorted(self._snapshot_dir().glob("good-step-*.pt"))[:-KEEP_SNAPSHOTS]:
             old.unlink(missing_ok=True)
 
-    def _rollback(self, step: int, reason: str) -> bool:
+    def _rollback(self, step: int, causes: list[Cause], reason: str) -> bool:
         c = self.cfg
         if self.rollbacks >= c.max_rollbacks:
-            save = self.run.get("checkpoint")
-            if save is not None:
-                save(step)
-            self._act(step, "abort", f"{reason}; {self.rollbacks} rollbacks did not help")
+            self.run.save_checkpoint(step)
+            self._act(step, ActionKind.ABORT, causes, f"{reason}; {self.rollbacks} rollbacks did not help")
             raise PonderError(f"training stopped at step {step} after {self.rollbacks} rollbacks ({reason}); "
-                              f"emergency checkpoint in {self.run['run_dir']}/checkpoints")
+                              f"emergency checkpoint in {self.run.run_dir}/checkpoints")
         files = sorted(self._snapshot_dir().glob("good-step-*.pt"))
         wanted = self._snapshot_dir() / f"good-step-{self.good_step or 0:07d}.pt"
         path = wanted if wanted.exists() else (files[-1] if files else None)
         if path is None:
             return False  # nothing good yet: fall through to an LR backoff
         snap = torch.load(path, map_location="cpu", weights_only=True)
-        self.run["model"].load_state_dict(snap["model"])
-        self.run["optimizer"].load_state_dict(snap["optimizer"])
-        if self.run.get("ema") is not None and snap["ema"] is not None:
-            self.run["ema"].load_state_dict(snap["ema"])
-        objective = self.run.get("objective")
-        if objective is not None:
-            objective.commit(False)  # latents computed by the bad weights are dropped
+        self.run.model.load_state_dict(snap["model"])
+        self.run.optimizer.load_state_dict(snap["optimizer"])
+        if self.run.ema is not None and snap["ema"] is not None:
+            self.run.ema.load_state_dict(snap["ema"])
+        self.run.objective.commit(False)  # latents computed by the bad weights are dropped
         self.rollbacks += 1
         self.hard_windows = 0
         self.lr_mult *= c.rollback_lr
         self.cooldown = c.cooldown_windows
-        self._act(step, "rollback", reason, to_step=int(snap["step"]), lr_mult=self.lr_mult,
+        self._act(step, ActionKind.ROLLBACK, causes, reason, to_step=int(snap["step"]), lr_mult=self.lr_mult,
                   rollbacks=self.rollbacks)
         return True
 
@@ -279,11 +256,12 @@ class StabilityController:
         return {"values": dict(self.values), "mode": self.mode, "lr_mult": self.lr_mult, "aux_mult": self.aux_mult,
                 "cooldown": self.cooldown, "clean_windows": self.clean_windows, "hard_windows": self.hard_windows,
                 "rollbacks": self.rollbacks, "clean_since_snapshot": self.clean_since_snapshot,
-                "good_step": self.good_step, "actions": list(self.actions)}
+                "good_step": self.good_step, "actions": [a.to_record() for a in self.actions]}
 
     def load_state_dict(self, s: dict) -> None:
         for k in ("mode", "lr_mult", "aux_mult", "cooldown", "clean_windows", "hard_windows", "rollbacks",
                   "clean_since_snapshot", "good_step"):
             setattr(self, k, s[k])
         self.values = dict(s["values"])
-        self.actions = list(s["actions"])
+        self.actions = [Action.from_record(r) if "action" in r else
+                        Action.from_record({**r, "action": r["kind"]}) for r in s["actions"]]

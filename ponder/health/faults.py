@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import torch
 
+from ponder.models.blocks import Attention
+
 
 class _AtSteps:
     def __init__(self, steps):
         self.steps = set(steps)
         self._handles: list = []
 
-    def on_step_start(self, run: dict, step: int) -> None:
+    def on_step_start(self, run, step: int) -> None:
         if step + 1 in self.steps:
-            self.inject(run["model"])
+            self.inject(run.model)
 
-    def on_step_end(self, run: dict, metrics: dict) -> None:
+    def on_step_end(self, run, metrics: dict) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -70,8 +72,6 @@ class CollapseAttention(_AtSteps):
 
     @torch.no_grad()
     def inject(self, model) -> None:
-        from ponder.models.blocks import Attention
-
         for m in model.modules():
             if isinstance(m, Attention):
                 d = m.qkv.weight.shape[1]

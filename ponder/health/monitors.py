@@ -14,8 +14,9 @@ Every `attention_every` steps: attention statistics per attention layer. SDPA re
 weights, so a pre-hook keeps the input of the last call for `attention_samples` rows and the
 weights are recomputed from it (mean max-attention, entropy; collapse = max near uniform 1/n).
 
-Figures go to the metrics log as records of kind "health" every `train.log_every` steps; the
-per-step events are queued for the stability controller (`take_events`).
+Figures go to the metrics log as records of kind "health" every `train.log_every` steps (per
+layer and per module figures nested under "attention" and "activations"); the per-step
+`StepEvent`s are queued for the stability controller (`take_events`).
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponder.callbacks import MetricsLog
 from ponder.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
+from ponder.health.events import StepEvent
+from ponder.health.report import write_health_report
 from ponder.models.blocks import Attention, split_heads
 
 LEVELS = ("ok", "warn", "critical", "kill")
@@ -60,11 +62,39 @@ class _Window:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.maxs[key] = max(self.maxs.get(key, -math.inf), value)
 
+    def mean(self, key: str) -> float:
+        return self.sums[key] / self.counts[key]
+
     def state_dict(self) -> dict:
         return {"sums": dict(self.sums), "counts": dict(self.counts), "maxs": dict(self.maxs)}
 
     def load_state_dict(self, s: dict) -> None:
         self.sums, self.counts, self.maxs = dict(s["sums"]), dict(s["counts"]), dict(s["maxs"])
+
+
+class _Windows:
+    """One `_Window` of the run-wide figures and one per named part (attention layer, module)."""
+
+    def __init__(self):
+        self.run = _Window()
+        self.attention: dict[str, _Window] = {}
+        self.activations: dict[str, _Window] = {}
+
+    def part(self, group: str, name: str) -> _Window:
+        return getattr(self, group).setdefault(name, _Window())
+
+    def state_dict(self) -> dict:
+        return {"run": self.run.state_dict(),
+                **{g: {k: w.state_dict() for k, w in getattr(self, g).items()} for g in ("attention", "activations")}}
+
+    def load_state_dict(self, s: dict) -> None:
+        if "run" not in s:  # saved before the per-part windows: one flat window
+            self.run.load_state_dict(s)
+            return
+        self.run.load_state_dict(s["run"])
+        for g in ("attention", "activations"):
+            for k, ws in s.get(g, {}).items():
+                self.part(g, k).load_state_dict(ws)
 
 
 def _percentile(values: torch.Tensor, q: float) -> float:
@@ -83,14 +113,14 @@ class HealthMonitor:
     def __init__(self, cfg: TrainingHealthConfig, *, log_every: int, grad_clip: float):
         cfg.validate()
         self.cfg, self.log_every, self.grad_clip = cfg, max(1, log_every or 1), grad_clip
-        self.window = _Window()
+        self.window = _Windows()
         self.streak = 0
         self.loss_ema: float | None = None
         self.grad_ema: float | None = None
         self.acc_ema: float | None = None
         self.acc_best: float | None = None
         self.acc_steps = 0
-        self.events: list[dict] = []  # per-step events not yet taken by the controller
+        self.events: list[StepEvent] = []  # per-step events not yet taken by the controller
         self._hooks: list[Any] = []
         self._armed = False
         self._attn_armed = False
@@ -100,12 +130,10 @@ class HealthMonitor:
 
     # ------------------------------------------------------------------ hooks
 
-    def on_train_start(self, run: dict) -> None:
-        model = run["model"]
-        self.run_dir = run["run_dir"]
-        self.log = MetricsLog(run["run_dir"])
-        self.adapter = getattr(model, "adapter", None)
-        self.max_norm = getattr(getattr(model, "cfg", None), "adapter_max_norm", 1.0)
+    def on_train_start(self, run) -> None:
+        model = run.model
+        self.run_dir, self.log = run.run_dir, run.log
+        self.max_norm = model.cfg.adapter_max_norm
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -144,7 +172,7 @@ class HealthMonitor:
                 self._act[name] = out.detach().flatten(1).norm(dim=1)  # (b,)
         return hook
 
-    def on_step_start(self, run: dict, step: int) -> None:
+    def on_step_start(self, run, step: int) -> None:
         self._armed = True
         every = self.cfg.attention_every
         self._attn_armed = every > 0 and bool(self.attention) and (step + 1) % every == 0
@@ -158,40 +186,40 @@ class HealthMonitor:
                 return level
         return "ok"
 
-    def on_step_end(self, run: dict, m: dict) -> None:
+    def on_step_end(self, run, m: dict) -> None:
         self._armed = self._attn_armed = False
-        c, w, step = self.cfg, self.window, m["step"]
-        ev: dict[str, Any] = {"step": step}
+        c, w, step = self.cfg, self.window.run, m["step"]
+        ev = StepEvent(step=step)
         loss, gnorm = m.get("loss", math.nan), m.get("grad_norm", math.nan)
         if m.get("skipped"):
             self.streak += 1
             w.add("nonfinite", 1.0)
-            ev["nonfinite"] = True
+            ev.nonfinite = True
         else:
             self.streak = 0
             w.add("nonfinite", 0.0)
         w.add("nonfinite_streak", float(self.streak))
-        ev["streak"] = self.streak
+        ev.streak = self.streak
         if math.isfinite(gnorm):
             w.add("grad_norm", gnorm)
             limit = c.explode_factor * (self.grad_clip if self.grad_clip > 0 else (self.grad_ema or math.inf))
             exploded = gnorm > limit
             w.add("explosions", float(exploded))
             if exploded:
-                ev["explosion"] = gnorm
+                ev.explosion = gnorm
             self.grad_ema = gnorm if self.grad_ema is None else c.ema_beta * self.grad_ema + (1 - c.ema_beta) * gnorm
         if math.isfinite(loss) and not m.get("skipped"):
             spike = (self.loss_ema is not None and step > c.spike_warmup and loss > c.spike_ratio * self.loss_ema)
             w.add("spikes", float(spike))
             if spike:
-                ev["spike"] = (loss, self.loss_ema)
+                ev.spike = (loss, self.loss_ema)
             else:  # a spike does not move the reference it is judged against
                 self.loss_ema = loss if self.loss_ema is None else c.ema_beta * self.loss_ema + (1 - c.ema_beta) * loss
             lm = m.get("lm_loss")
             if lm is not None and loss > 0:
                 share = max(0.0, (loss - lm) / loss)
                 w.add("aux_share", share)
-                ev["aux_share"] = share
+                ev.aux_share = share
         if self._logit_max is not None:
             w.add("logit_absmax", float(self._logit_max))
             self._logit_max = None
@@ -199,37 +227,38 @@ class HealthMonitor:
         if std is not None and math.isfinite(std):
             w.add("halt_logit_var", std * std)
             w.add("halt_saturated", float(std * std < c.halt_var_floor))
-        if self.adapter is not None and self.adapter.last_norms is not None and not m.get("skipped"):
-            norms = self.adapter.last_norms
+        ctx = getattr(run.objective, "context", None)
+        factors = None if ctx is None else ctx.adapter
+        if factors is not None and not m.get("skipped"):
+            norms = factors.norms
             nmax = float(norms.max())
             w.add("adapter_norm_mean", float(norms.mean()))
             w.add("adapter_norm_max", nmax)
             w.add("adapter_norm_p90", _percentile(norms, 90))
-            w.add("adapter_clamp_rate", float(self.adapter.last_hit_rate or 0.0))
+            w.add("adapter_clamp_rate", float(factors.hit_rate))
             level = self._norm_level(nmax)
-            if level != "ok":
-                ev["norm"] = (level, nmax)
+            ev.norm_level, ev.norm_max = level, nmax
             w.add("norm_warn", float(level != "ok"))
-            self.adapter.last_norms = None
         for name, norms in self._act.items():
-            w.add(f"act_{name}_mean", float(norms.mean()))
-            w.add(f"act_{name}_max", float(norms.max()))
-            w.add(f"act_{name}_p90", _percentile(norms, 90))
+            aw = self.window.part("activations", name)
+            aw.add("mean", float(norms.mean()))
+            aw.add("max", float(norms.max()))
+            aw.add("p90", _percentile(norms, 90))
         self._act = {}
         collapsed = []
         for name, x in self._attn_inputs.items():
             maxp, ent = attention_stats(self.attention[name], x)
             n = x.shape[1]
-            w.add(f"attn_{name}_maxattn", maxp)
-            w.add(f"attn_{name}_entropy", ent)
-            w.add(f"attn_{name}_max_x_n", maxp * n)  # 1.0 = uniform
+            aw = self.window.part("attention", name)
+            aw.add("max_attention", maxp)
+            aw.add("entropy", ent)
+            aw.add("max_x_n", maxp * n)  # 1.0 = uniform
             if maxp < c.attention_floor / n:
                 collapsed.append(f"{name} (max {maxp:.4f}, uniform {1 / n:.4f})")
         if self._attn_inputs:
             w.add("attention_collapses", float(len(collapsed)))
         self._attn_inputs = {}
-        if collapsed:
-            ev["collapse"] = collapsed
+        ev.collapsed = collapsed
         acc = m.get("step_cell")
         if acc is not None and math.isfinite(acc) and not m.get("skipped"):
             self.acc_steps += 1
@@ -237,7 +266,7 @@ class HealthMonitor:
             if self.acc_steps >= round(1 / (1 - c.ema_beta)):  # the EMA has seen enough steps
                 self.acc_best = self.acc_ema if self.acc_best is None else max(self.acc_best, self.acc_ema)
                 if self.acc_best - self.acc_ema > c.acc_drop:
-                    ev["acc_drop"] = (self.acc_ema, self.acc_best)
+                    ev.acc_drop = (self.acc_ema, self.acc_best)
                     w.add("acc_drops", 1.0)
         self.events.append(ev)
         if step % self.log_every == 0:
@@ -246,57 +275,53 @@ class HealthMonitor:
             self._abort(run, step)
 
     def _write_record(self, step: int) -> None:
-        w = self.window
+        w = self.window.run
         rec: dict[str, Any] = {"step": step, "kind": "health"}
         for key in sorted(w.sums):
             if key in COUNTS:
                 rec[key] = int(w.sums[key])
-            elif key in PEAKS or (key.startswith("act_") and key.endswith("_max")):
-                rec[PEAKS.get(key, key)] = w.maxs[key]
+            elif key in PEAKS:
+                rec[PEAKS[key]] = w.maxs[key]
             else:
-                rec[key] = w.sums[key] / w.counts[key]
+                rec[key] = w.mean(key)
         if "grad_norm" in w.sums:
-            rec["grad_norm_mean"] = w.sums["grad_norm"] / w.counts["grad_norm"]
+            rec["grad_norm_mean"] = w.mean("grad_norm")
+        if self.window.attention:
+            rec["attention"] = {name: {k: aw.mean(k) for k in sorted(aw.sums)}
+                                for name, aw in sorted(self.window.attention.items())}
+        if self.window.activations:
+            rec["activations"] = {name: {"mean": aw.mean("mean"), "max": aw.maxs["max"], "p90": aw.mean("p90")}
+                                  for name, aw in sorted(self.window.activations.items())}
         rec.update({"acc_ema": self.acc_ema, "acc_best": self.acc_best, "loss_ema": self.loss_ema})
         self.log.write(rec)
-        self.window = _Window()
+        self.window = _Windows()
 
-    def _abort(self, run: dict, step: int) -> None:
-        from ponder.health.report import write_health_report
-
+    def _abort(self, run, step: int) -> None:
         self._write_record(step)
-        save = run.get("checkpoint")
-        if save is not None:
-            save(step)
-        try:
-            write_health_report(self.run_dir)
-        except PonderError:
-            pass
+        run.save_checkpoint(step)
+        write_health_report(run.run_dir, run.cfg, run.log.records())
         tqdm.write(f"health: {self.streak} non-finite steps in a row at step {step}; emergency checkpoint written")
         raise PonderError(f"training aborted at step {step}: {self.streak} non-finite steps in a row "
                           f"(health.abort_streak); emergency checkpoint in {self.run_dir}/checkpoints, "
                           f"health report in {self.run_dir}/health.md")
 
-    def take_events(self) -> list[dict]:
+    def take_events(self) -> list[StepEvent]:
         """Events of the steps since the last call (for the stability controller)."""
         out, self.events = self.events, []
         return out
 
-    def on_train_end(self, run: dict) -> None:
-        from ponder.health.report import write_health_report
-
+    def on_train_end(self, run) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        write_health_report(run["run_dir"])
 
     def state_dict(self) -> dict:
         return {"window": self.window.state_dict(), "streak": self.streak, "loss_ema": self.loss_ema,
                 "grad_ema": self.grad_ema, "acc_ema": self.acc_ema, "acc_best": self.acc_best,
-                "acc_steps": self.acc_steps, "events": list(self.events)}
+                "acc_steps": self.acc_steps, "events": [e.to_state() for e in self.events]}
 
     def load_state_dict(self, s: dict) -> None:
         self.window.load_state_dict(s["window"])
         self.streak, self.loss_ema, self.grad_ema = s["streak"], s["loss_ema"], s["grad_ema"]
         self.acc_ema, self.acc_best, self.acc_steps = s["acc_ema"], s["acc_best"], s["acc_steps"]
-        self.events = list(s["events"])
+        self.events = [StepEvent.from_state(e) for e in s["events"]]

@@ -1,9 +1,11 @@
-"""The health report of a run: a pass/fail checklist with its figures, and every controller action.
+"""The one health report of a run: the training-health checklist with its figures, the
+halting-health verdicts, and every controller action.
 
-A pure function of RUN_DIR/config.json and RUN_DIR/metrics.jsonl (the "health", "eval",
-"train" and "action" records), so `ponder health RUN_DIR` rebuilds it for any run, finished,
-stopped or aborted. Written to RUN_DIR/health.md and RUN_DIR/health.json. A check without data
-(e.g. attention on an MLP-mixer model) is neither passed nor failed: it says "no data".
+A pure function of a run's config and its metric records (the "health", "eval", "train",
+"halting_flag" and "action" records), so `ponder health RUN_DIR` rebuilds it for any run,
+finished, stopped or aborted. Written to RUN_DIR/health.md and RUN_DIR/health.json. A check
+without data (e.g. attention on an MLP-mixer model) is neither passed nor failed: it says
+"no data". The run passes when no check failed and no halting verdict is flagged.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ponder.checkpoint import atomic_write_text
-from ponder.errors import PonderError
-from ponder.health.config import TrainingHealthConfig
+from ponder.health.events import Action
+from ponder.health.halting import check_health, check_input_agnostic, format_health
 from ponder.stats import largest_drop
 
 
@@ -37,8 +39,9 @@ def _r(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v
 
 
-def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Check]:
-    """The checklist from a run's metric records, its Config `cfg` and health settings `hc`."""
+def build_checks(records: list[dict], cfg) -> list[Check]:
+    """The training-health checklist from a run's metric records and its Config `cfg`."""
+    hc = cfg.health
     health = [r for r in records if r.get("kind") == "health"]
     evals = [r for r in records if r.get("kind") == "eval"]
     train = [r for r in records if r.get("kind") == "train"]
@@ -83,27 +86,24 @@ def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Che
                              "adapter_norm_p90": _r(_mean(health, "adapter_norm_p90")),
                              "clamp_rate": _r(_mean(health, "adapter_clamp_rate")), "warn": warn,
                              "critical": critical, "warn_steps": int(sum(_vals(health, "norm_warn")))}))
-    acts = sorted({k[4:-4] for r in health for k in r if k.startswith("act_") and k.endswith("_max")})
+    acts = _parts(health, "activations")
     if acts:
-        figs = {n: {"mean": _r(_mean(health, f"act_{n}_mean")), "max": _r(max(_vals(health, f"act_{n}_max")))}
-                for n in acts}
+        figs = {n: {"mean": _r(_mean(rs, "mean")), "max": _r(max(_vals(rs, "max")))} for n, rs in acts.items()}
         checks.append(Check("activation norms (logged)", None,
                             "; ".join(f"{n}: mean {f['mean']:.3g}, max {f['max']:.3g}" for n, f in figs.items()), figs))
-    from ponder.halting_health import HealthConfig, check_input_agnostic
-
-    verdict = check_input_agnostic(records, HealthConfig(max_steps=cfg.halt.max_steps))
+    verdict = check_input_agnostic(records, cfg.halting_health, cfg.halt.max_steps)
     var = _mean(health, "halt_logit_var")
     no_verdict = verdict.reason.startswith("no data")
     checks.append(Check("halt logits kept spread", None if no_verdict else not verdict.flagged,
                         f"{verdict.reason}; mean variance across the batch {var:.3g} "
                         f"(below {hc.halt_var_floor:g} in {_mean(health, 'halt_saturated'):.0%} of steps)",
                         {"halt_logit_var_mean": _r(var), "verdict": verdict.figures}))
-    layers = sorted({k[5:-8] for r in health for k in r if k.startswith("attn_") and k.endswith("_max_x_n")})
+    layers = _parts(health, "attention")
     if not layers:
         no_data("attention never collapsed", "no attention layers, or health.attention_every=0")
     else:
         collapses = int(sum(_vals(health, "attention_collapses")))
-        low = {n: _r(min(_vals(health, f"attn_{n}_max_x_n"))) for n in layers}
+        low = {n: _r(min(_vals(rs, "max_x_n"))) for n, rs in layers.items()}
         checks.append(Check("attention never collapsed", collapses == 0,
                             f"{collapses} collapsed checks; lowest mean max-attention x n per layer (1 = uniform, "
                             f"collapse below {hc.attention_floor:g}): "
@@ -138,21 +138,31 @@ def build_checks(records: list[dict], cfg, hc: TrainingHealthConfig) -> list[Che
     return checks
 
 
+def _parts(records: list[dict], group: str) -> dict[str, list[dict]]:
+    """{part name: its figures in every record} of a nested group ("attention", "activations")."""
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        for name, figs in (r.get(group) or {}).items():
+            if isinstance(figs, dict):
+                out.setdefault(name, []).append(figs)
+    return dict(sorted(out.items()))
+
+
 def _mean(records: list[dict], key: str) -> float:
     v = _vals(records, key)
     return sum(v) / len(v) if v else float("nan")
 
 
-def format_report(checks: list[Check], actions: list[dict]) -> str:
+def format_report(checks: list[Check], halting: str, actions: list[Action]) -> str:
     mark = {True: "PASS", False: "FAIL"}
-    lines = ["# Training health", "", "| check | result | figures |", "|---|---|---|"]
+    lines = ["# Health", "", "## Training health", "", "| check | result | figures |", "|---|---|---|"]
     lines += [f"| {c.name} | {mark.get(c.passed, 'no data' if c.summary.startswith('no data') else 'logged')} | "
               f"{c.summary} |" for c in checks]
-    lines += ["", f"## Controller actions ({len(actions)})", ""]
+    lines += ["", halting.rstrip(), "", f"## Controller actions ({len(actions)})", ""]
     if not actions:
         lines.append("none (controller off, or nothing to act on)")
-    lines += [f"- step {a['step']}: **{a['action']}**: {a['reason']}"
-              + (f" ({', '.join(f'{k}={_fmt(v)}' for k, v in a.get('detail', {}).items())})" if a.get("detail") else "")
+    lines += [f"- step {a.step}: **{a.kind.value}** ({', '.join(c.value for c in a.causes) or 'no cause'}): {a.reason}"
+              + (f" ({', '.join(f'{k}={_fmt(v)}' for k, v in a.detail.items())})" if a.detail else "")
               for a in actions]
     return "\n".join(lines) + "\n"
 
@@ -165,24 +175,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_health_report(run_dir: Path) -> dict:
-    """Build RUN_DIR/health.md and health.json; returns the JSON payload. A missing or invalid
-    run directory is a PonderError."""
-    from ponder.callbacks import MetricsLog
-    from ponder.config import load_config
+def build_report(cfg, records: list[dict]) -> tuple[dict, str]:
+    """(JSON payload, Markdown) of the health report of a run with Config `cfg` and metric records."""
+    checks = build_checks(records, cfg)
+    verdicts = check_health(records, cfg.halting_health, cfg.halt.max_steps)
+    first = {}
+    for r in records:
+        if r.get("kind") == "halting_flag" and r.get("verdict") not in first:
+            first[r["verdict"]] = r.get("step")
+    halting = format_health(verdicts)
+    if first:
+        halting += "\nFirst flagged during training: " + ", ".join(
+            f"{k} at step {s}" for k, s in sorted(first.items(), key=lambda kv: (kv[1] is None, kv[1] or 0))) + "\n"
+    actions = [Action.from_record(r) for r in records if r.get("kind") == "action"]
+    payload = {"passed": all(c.passed is not False for c in checks) and not any(v.flagged for v in verdicts),
+               "checks": [asdict(c) for c in checks], "halting": [asdict(v) for v in verdicts],
+               "halting_first_flagged": first, "actions": [a.to_record() for a in actions]}
+    return payload, format_report(checks, halting, actions)
 
+
+def write_health_report(run_dir: Path, cfg, records: list[dict]) -> dict:
+    """Write RUN_DIR/health.md and health.json for a run with Config `cfg` and metric records;
+    returns the JSON payload."""
+    payload, md = build_report(cfg, records)
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PonderError(f"no such run directory: {run_dir}")
-    if not (run_dir / "config.json").exists() or not (run_dir / "metrics.jsonl").exists():
-        raise PonderError(f"{run_dir} is not a run directory (needs config.json and metrics.jsonl)")
-    cfg = load_config(run_dir / "config.json")
-    records = MetricsLog(run_dir).records()
-    hc = getattr(cfg, "health", None) or TrainingHealthConfig()
-    checks = build_checks(records, cfg, hc)
-    actions = [r for r in records if r.get("kind") == "action"]
-    payload = {"passed": all(c.passed is not False for c in checks), "checks": [asdict(c) for c in checks],
-               "actions": actions}
     atomic_write_text(run_dir / "health.json", json.dumps(payload, indent=1) + "\n")
-    atomic_write_text(run_dir / "health.md", format_report(checks, actions))
+    atomic_write_text(run_dir / "health.md", md)
     return payload

@@ -9,11 +9,12 @@ Guards (REFERENCE section 4: a delta-norm creep 1.27 -> 1.80 preceded an accurac
 - each sample's ||dW_i||_F is clamped to `max_norm` (the U factor is rescaled);
 - a regulariser `reg_weight * mean_i (||dW_i|| - target_norm)^2` on the pre-clamp norms pulls
   them toward a target;
-- the pre-clamp norms and the clamp hit-rate of the last differentiated call are kept for the
-  training-health monitors (`last_norms`, `last_hit_rate`).
+- the pre-clamp norms and the clamp hit-rate travel with the batch's factors
+  (`AdapterFactors.norms`, `.hit_rate`) to the training-health monitors.
 
 The U head starts at zero, so dW = 0 and the model equals the adapter-free one at initialisation.
-With no task context (today's tasks) the context is the input embedding pooled over positions.
+The context is the model's per-sample conditioning vector when the task has one (a puzzle
+embedding or pooled context tokens), else the input embedding pooled over positions.
 
 `soft_clamp`: identity for |x| <= t, then sign(x) * (t + (m - t) * tanh((|x| - t) / (m - t))),
 continuous with slope 1 at t and bounded by m.
@@ -21,9 +22,12 @@ continuous with slope 1 at t and bounded by m.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from ponder.types import Knob
 
 
 def soft_clamp(x: Tensor, t: float, m: float) -> Tensor:
@@ -39,8 +43,34 @@ def soft_clamp(x: Tensor, t: float, m: float) -> Tensor:
     return torch.where(a <= t, x, torch.sign(x) * over)
 
 
+@dataclass
+class AdapterFactors:
+    """One batch's per-sample delta dW_i = U_i V_i^T, prepared once per batch by `HyperLoRA.factors`.
+
+    Attributes:
+        u: (b, d, r) U factors, already scaled down where the norm clamp hit.
+        v: (b, d, r) V factors.
+        norms: (b,) ||dW_i||_F BEFORE the clamp (watched by the training-health monitors).
+        hit_rate: fraction of samples whose delta was clamped.
+        reg: the norm regulariser reg_weight * mean_i (||dW_i|| - target)^2 (a scalar with
+            gradient), or None when built without gradient.
+    """
+
+    u: Tensor
+    v: Tensor
+    norms: Tensor
+    hit_rate: float
+    reg: Tensor | None
+
+    def index(self, idx: Tensor) -> "AdapterFactors":
+        return AdapterFactors(self.u[idx], self.v[idx], self.norms[idx], self.hit_rate, None)
+
+
 class HyperLoRA(nn.Module):
     """Per-sample low-rank delta dW_i = U_i V_i^T predicted from a context c_i (b, c).
+
+    The module holds no per-batch state: `factors(context)` returns the batch's factors and
+    `delta(h, factors)` applies them, so the same factors serve every step of the batch.
 
     Args:
         d_model: width d of the states the delta acts on.
@@ -48,8 +78,8 @@ class HyperLoRA(nn.Module):
         rank: r.
         max_norm: per-sample Frobenius-norm clamp of dW (REFERENCE: 3.0, later 1.0).
         target_norm: the regulariser pulls ||dW_i|| toward this.
-        reg_weight: weight of the norm regulariser (REFERENCE: ~0.001).
-        scale: s, multiplies the delta (the stability controller can ramp it).
+        reg_weight: weight of the norm regulariser (REFERENCE: ~0.001); a controller knob.
+        scale: s, multiplies the delta; a controller knob.
     """
 
     def __init__(self, d_model: int, d_context: int, rank: int, *, max_norm: float = 1.0,
@@ -63,14 +93,8 @@ class HyperLoRA(nn.Module):
         with torch.no_grad():
             self.to_u.weight.zero_()  # dW = 0 at start
             nn.init.normal_(self.to_v.weight, std=1.0 / math.sqrt(d_context * rank))
-        self._u: Tensor | None = None
-        self._v: Tensor | None = None
-        self._reg_sum: Tensor | None = None
-        self._reg_calls = 0
-        self.last_norms: Tensor | None = None  # (b,) pre-clamp ||dW_i|| of the last differentiated call
-        self.last_hit_rate: float | None = None
 
-    def prepare(self, context: Tensor) -> None:
+    def factors(self, context: Tensor) -> AdapterFactors:
         """Predict and clamp this batch's factors. context: (b, c)."""
         b = context.shape[0]
         u = self.to_u(context).view(b, self.d, self.rank)  # (b, d, r)
@@ -79,28 +103,20 @@ class HyperLoRA(nn.Module):
         gram = torch.einsum("bdr,bds->brs", u, u) * torch.einsum("bdr,bds->brs", v, v)
         norms = gram.sum((1, 2)).clamp(min=0).add(1e-12).sqrt()  # (b,)
         factor = (self.max_norm / norms).clamp(max=1.0)  # (b,) 1 = not clamped
-        self._u, self._v = u * factor.view(b, 1, 1), v
+        reg = None
         if torch.is_grad_enabled():
             # on the norm BEFORE the clamp: inside the clamp only the direction of dW is used, so
             # its raw size would otherwise drift freely (it did: 0.5 -> 13 in 30 debug steps)
             reg = self.reg_weight * (norms - self.target_norm).square().mean()
-            self._reg_sum = reg if self._reg_sum is None else self._reg_sum + reg
-            self._reg_calls += 1
-            self.last_norms = norms.detach()
-            self.last_hit_rate = float((factor < 1.0).float().mean())
+        return AdapterFactors(u * factor.view(b, 1, 1), v, norms.detach(),
+                              float((factor < 1.0).float().mean()), reg)
 
-    def delta(self, h: Tensor) -> Tensor:
+    def delta(self, h: Tensor, f: AdapterFactors) -> Tensor:
         """s * dW_i h for every position: h (b, n, d) -> (b, n, d)."""
-        assert self._u is not None and self._v is not None, "call prepare() first"
-        return self.scale * torch.einsum("bnr,bdr->bnd", torch.einsum("bnd,bdr->bnr", h, self._v), self._u)
+        return self.scale * torch.einsum("bnr,bdr->bnd", torch.einsum("bnd,bdr->bnr", h, f.v), f.u)
 
-    def pop_aux_loss(self) -> Tensor | None:
-        """The mean regulariser over the differentiated calls since the last pop (then reset).
-
-        Called by the training loop after every forward pass; it also drops the batch's factors."""
-        self._u = self._v = None  # the step's factors are done with (and keep deepcopy of the model possible)
-        if self._reg_sum is None:
-            return None
-        out = self._reg_sum / self._reg_calls
-        self._reg_sum, self._reg_calls = None, 0
-        return out
+    def knobs(self) -> dict[str, Knob]:
+        """The delta's scale and the regulariser's weight, for the stability controller."""
+        return {"adapter_scale": Knob("adapter_scale", lambda: self.scale, lambda v: setattr(self, "scale", v)),
+                "adapter_reg": Knob("adapter_reg", lambda: self.reg_weight, lambda v: setattr(self, "reg_weight", v),
+                                    loss_weight=True)}

@@ -1,52 +1,47 @@
 """Halting heads: decide, per sample, when a recursive reasoner stops.
 
 Every head is an `nn.Module` owned by the model (its weights are checkpointed with it) and
-implements the `HaltingHead` protocol below. Two training modes exist:
+implements the one `HaltingHead` protocol below. Training: the objective hands the head a
+`Segment` (consecutive steps of the same samples) and the head returns the whole loss of it
+(task and halting terms). What segments a head is given is its `trains_on`:
 
-- deep supervision (`unrolled = False`; Q-halt, Q-halt + Q-continue): each optimizer step is one
-  ACT step of every slot of the carry, with a per-step halting loss (`loss`);
-- unrolled (`unrolled = True`; ACT, PonderNet): each optimizer step runs a fresh batch for all M
-  steps and the head turns the trajectory into one loss (`trajectory_loss`).
+- "step" (Q-halt, Q-halt + Q-continue): deep supervision, one ACT step of every slot of the carry
+  per optimizer step;
+- "trajectory" (ACT, PonderNet): a fresh batch runs all M steps per optimizer step.
 
 Inference is the same for every head: `start` a per-sample memo, then after each step `decide`
 who halts and read each halting sample's `answer`. The training loop uses the same `decide`.
-Heads are registered in `HALTING` by name (`halt.kind`).
+
+Each head has its own settings dataclass (the config section `halt`, switched by `halt.kind`):
+the settings every head shares are `HaltSettings`; a head's own are declared on its class, so a
+setting that a head does not use cannot be set for it. Heads are registered in `HALTING` by name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.registry import Registry
-from ponder.types import StepOutput
+from ponder.settings import KindRegistry, check, setting
+from ponder.types import Knob, StepOutput
 
 Memo = dict[str, Tensor]  # per-sample running halting state; every tensor is batch-first
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (logits (b, n, v), labels (b, n)) -> (b,) per-sample loss
 
 
 @dataclass(kw_only=True)
-class HaltConfig:
-    """Halting configuration shared by all heads (each reads the fields it needs).
+class HaltSettings:
+    """Settings every halting head has (config section `halt`; `halt.kind` picks the head).
 
     Attributes:
-        kind: registered head name: "q_halt", "q_continue", "act", "pondernet".
         max_steps: M, the most ACT steps a sample may take.
         min_steps: no halting before this many steps (a stabiliser; 1 = off).
-        explore_prob: deep supervision only: with this probability a sample must run at least
-            U{2..M} steps before it may halt (TRM's exploration).
-        loss_weight: weight of the halting term (Q losses; ACT's ponder cost uses act_tau).
         bias_init: initial bias of the halt logit (negative = "deep start": rare early halts).
         pool: how the answer state (b, n, d) is reduced for the probe: "first" position or "mean".
-        act_tau: ACT ponder-cost weight tau.
-        act_epsilon: ACT halts once the cumulative halting probability reaches 1 - epsilon.
-        prior_lambda: PonderNet's geometric prior parameter lambda_p.
-        kl_weight: PonderNet's beta, weight of KL(p || prior).
-        eval_rule: PonderNet at inference: "threshold" (cumulative halt mass >= threshold) or "sample".
-        threshold: PonderNet: see eval_rule; Q-halt: halt when sigmoid(q_halt) > threshold.
         l1_weight: L1 penalty on the halt logit (stabiliser; 0 = off).
         logit_bound: bound the halt logit to +-logit_bound with a scaled tanh (0 = off).
         lr_scale: the halting head's learning rate as a multiple of the base LR (own param group).
@@ -56,53 +51,59 @@ class HaltConfig:
             from 0 over this many optimizer steps (0 = off).
     """
 
-    kind: str = "q_halt"
-    max_steps: int = 8
-    min_steps: int = 1
-    explore_prob: float = 0.1
-    loss_weight: float = 0.5
-    bias_init: float = -5.0
-    pool: str = "mean"
-    act_tau: float = 0.01
-    act_epsilon: float = 0.01
-    prior_lambda: float = 0.2
-    kl_weight: float = 0.01
-    eval_rule: str = "threshold"
-    threshold: float = 0.5
-    l1_weight: float = 0.0
-    logit_bound: float = 0.0
-    lr_scale: float = 1.0
+    kind: ClassVar[str] = ""
+    max_steps: int = setting(8, ge=1)
+    min_steps: int = setting(1, ge=1)
+    bias_init: float = setting(-5.0, ge=-100, le=100)
+    pool: str = setting("mean", choices=("first", "mean"))
+    l1_weight: float = setting(0.0, ge=0)
+    logit_bound: float = setting(0.0, ge=0)
+    lr_scale: float = setting(1.0, gt=0)
     step_gate: bool = False
-    penalty_warmup_steps: int = 0
+    penalty_warmup_steps: int = setting(0, ge=0)
 
     def validate(self) -> None:
-        if self.kind not in HALTING:
-            raise PonderError(f"unknown halting head {self.kind!r}; valid: {', '.join(HALTING.names())}")
-        if self.max_steps < 1:
-            raise PonderError(f"halt.max_steps must be >= 1, got {self.max_steps}")
-        if not 1 <= self.min_steps <= self.max_steps:
+        check(self, "halt")
+        if self.min_steps > self.max_steps:
             raise PonderError(f"halt.min_steps must be in 1..max_steps={self.max_steps}, got {self.min_steps}")
-        for name in ("explore_prob", "act_epsilon", "threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise PonderError(f"halt.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.prior_lambda < 1.0:
-            raise PonderError(f"halt.prior_lambda must be in (0, 1), got {self.prior_lambda}")
-        if self.pool not in ("first", "mean"):
-            raise PonderError(f"halt.pool must be 'first' or 'mean', got {self.pool!r}")
-        if self.eval_rule not in ("threshold", "sample"):
-            raise PonderError(f"halt.eval_rule must be 'threshold' or 'sample', got {self.eval_rule!r}")
-        if self.logit_bound < 0 or self.lr_scale <= 0:
-            raise PonderError("halt.logit_bound must be >= 0 and halt.lr_scale > 0")
+
+
+HALT_SETTINGS = KindRegistry("halt")  # kind -> settings dataclass
+
+
+@dataclass
+class Segment:
+    """Consecutive ACT steps of the same samples, handed to `HaltingHead.loss`.
+
+    Attributes:
+        outs: the step outputs, oldest first (one for deep supervision, M for a trajectory).
+        steps: (b,) step count of outs[0] (1 = the first step from fresh latents).
+        labels: (b, n) targets.
+        task_loss: per-sample task loss of (logits, labels) -> (b,).
+        correct: one (b,) bool per output: is that step's answer exactly right (Q targets).
+        train_step: the optimizer step (for the penalty warm-up).
+        next_out: the output of the step after the last one, without gradient (HRM's bootstrapped
+            Q-continue target), or None when the head does not ask for it.
+    """
+
+    outs: list[StepOutput]
+    steps: Tensor
+    labels: Tensor
+    task_loss: TaskLoss
+    correct: list[Tensor]
+    train_step: int = 0
+    next_out: Optional[StepOutput] = None
 
 
 class HaltingHead(Protocol):
     """What the training loop and the evaluator need from a halting head."""
 
-    unrolled: bool  # True: trained on whole trajectories (trajectory_loss); False: per step (loss)
-    needs_next_step: bool  # True: `loss` wants the next step's output (HRM's Q-continue target)
+    trains_on: ClassVar[str]  # "step" (deep supervision with a carry) or "trajectory" (M steps from fresh)
+    needs_next_step: ClassVar[bool]  # True: the segment must carry the next step's output (Q-continue)
+    cfg: HaltSettings
 
-    def logits(self, y: Tensor) -> Tensor:
-        """(b, n, d) answer state -> (b,) raw halt logits (stored in StepOutput.halt_logits)."""
+    def logits(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(b, n, d) answer state -> (b,) raw halt logits and further per-sample outputs."""
 
     def start(self, batch_size: int, device: torch.device) -> Memo:
         """Fresh per-sample memo for samples at step 0."""
@@ -114,16 +115,25 @@ class HaltingHead(Protocol):
     def answer(self, out: StepOutput, memo: Memo) -> Tensor:
         """(b, n, v) logits a sample answers with if it halts at this step (memo after decide)."""
 
-    def loss(self, out: StepOutput, correct: Tensor, *, steps: Tensor,
-             next_out: StepOutput | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Deep supervision: halting loss of one step given (b,) bool "answer exactly right now"."""
+    def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
+        """The whole objective of a segment (task and halting terms) and named figures."""
 
-    def trajectory_loss(self, outs: list[StepOutput], labels: Tensor,
-                        task_loss: TaskLoss) -> tuple[Tensor, dict[str, float]]:
-        """Unrolled: the whole objective (task and halting terms) of an M-step trajectory."""
+    def knobs(self) -> dict[str, Knob]:
+        """Runtime settings the stability controller may change (e.g. "halt_weight")."""
 
 
 HALTING: Registry[type] = Registry("halting head")
+
+
+def register_head(settings: type):
+    """Register a head class under `settings.kind`, with its settings dataclass."""
+    def decorate(cls: type) -> type:
+        HALT_SETTINGS.register(settings)
+        HALTING.add(settings.kind, cls)
+        cls.Settings = settings
+        return cls
+
+    return decorate
 
 
 class HaltProbe(nn.Module):
@@ -131,7 +141,7 @@ class HaltProbe(nn.Module):
     bounded logit (scaled tanh) and the step gate (learned per-step gate and cycle embedding,
     times the cycle-aware factor (c+1)/C)."""
 
-    def __init__(self, cfg: HaltConfig, d_model: int, outputs: int = 1):
+    def __init__(self, cfg: HaltSettings, d_model: int, outputs: int = 1):
         super().__init__()
         self.cfg = cfg
         self.linear = nn.Linear(d_model, outputs)
@@ -162,31 +172,47 @@ class HaltProbe(nn.Module):
 
 
 class ProbeHead(nn.Module):
-    """What every head shares: its config, a `HaltProbe` on the answer state (`outputs` logits)
-    and `train_step`, the optimizer step set by the training loop (for the penalty warm-up).
-    `logits` returns the probe's single logit; heads with several override it."""
+    """What every head shares: its settings and a `HaltProbe` on the answer state (`outputs`
+    logits). `logits` returns the probe's single logit; heads with several override it. The
+    weight of the head's penalty term is a runtime value (`penalty_weight`, the controller's
+    "halt_weight" knob), initialised from the head's own setting named by `weight_setting`."""
 
     outputs = 1
+    weight_setting = ""
 
-    def __init__(self, cfg: HaltConfig, d_model: int):
+    def __init__(self, cfg: HaltSettings, d_model: int):
         super().__init__()
         self.cfg = cfg
         self.probe = HaltProbe(cfg, d_model, outputs=self.outputs)
-        self.train_step = 0
+        self.penalty_weight = float(getattr(cfg, self.weight_setting))
 
-    def logits(self, y: Tensor) -> Tensor:
-        return self.probe(y).squeeze(-1)  # (b,)
+    def logits(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.probe(y).squeeze(-1), {}  # (b,)
+
+    def weight(self, train_step: int) -> float:
+        """The penalty weight at optimizer step `train_step` (after the warm-up ramp)."""
+        return self.penalty_weight * penalty_scale(self.cfg, train_step)
+
+    def knobs(self) -> dict[str, Knob]:
+        return {"halt_weight": Knob("halt_weight", lambda: self.penalty_weight,
+                                    lambda v: setattr(self, "penalty_weight", float(v)), loss_weight=True)}
 
 
-def penalty_scale(cfg: HaltConfig, train_step: int) -> float:
+def penalty_scale(cfg: HaltSettings, train_step: int) -> float:
     """Warm-up factor of the halting penalty at optimizer step `train_step`."""
     if cfg.penalty_warmup_steps <= 0:
         return 1.0
     return min(1.0, (train_step + 1) / cfg.penalty_warmup_steps)
 
 
-def build_halting(cfg: HaltConfig, d_model: int) -> nn.Module:
-    """Construct the registered head named by `cfg.kind`."""
+def halt_config(kind: str = "q_halt", **settings) -> HaltSettings:
+    """The settings dataclass of head `kind` with `settings`; a setting the head does not have is
+    a PonderError naming the ones it has."""
+    return HALT_SETTINGS.make(kind, **settings)
+
+
+def build_halting(cfg: HaltSettings, d_model: int) -> nn.Module:
+    """Construct the registered head of `cfg` (its kind's settings dataclass)."""
     cfg.validate()
     return HALTING.get(cfg.kind)(cfg, d_model)
 
@@ -194,5 +220,5 @@ def build_halting(cfg: HaltConfig, d_model: int) -> nn.Module:
 from ponder.models.halting import q_halt as _q_halt  # noqa: E402,F401  (registers q_halt, q_continue)
 from ponder.models.halting import act as _act, pondernet as _pondernet  # noqa: E402,F401
 
-__all__ = ["HALTING", "HaltConfig", "HaltProbe", "HaltingHead", "Memo", "ProbeHead", "TaskLoss", "build_halting",
-           "penalty_scale"]
+__all__ = ["HALTING", "HALT_SETTINGS", "HaltProbe", "HaltSettings", "HaltingHead", "Memo", "ProbeHead", "Segment",
+           "TaskLoss", "build_halting", "halt_config", "penalty_scale", "register_head"]

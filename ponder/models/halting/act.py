@@ -20,14 +20,31 @@ in training is exactly the step inference halts at.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ponder.models.halting import HALTING, Memo, ProbeHead, TaskLoss, penalty_scale
+from ponder.models.halting import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.settings import setting
 from ponder.types import StepOutput
 
 
-@HALTING.register("act")
+@dataclass(kw_only=True)
+class ACTSettings(HaltSettings):
+    """Graves' ACT.
+
+    Attributes:
+        act_tau: weight tau of the ponder cost N + R; the controller's "halt_weight".
+        act_epsilon: a sample halts once its cumulative halting probability reaches 1 - epsilon.
+    """
+
+    kind = "act"
+    act_tau: float = setting(0.01, ge=0)
+    act_epsilon: float = setting(0.01, ge=0, lt=1)
+
+
+@register_head(ACTSettings)
 class ACTHead(ProbeHead):
     """Graves' ACT: halt once the cumulative halting probability reaches 1 - epsilon; answer
     with the mean-field logits; ponder cost N + R.
@@ -42,8 +59,9 @@ class ACTHead(ProbeHead):
     min(N, t) steps), so `rollout_all_steps` never sees negative remainders.
     """
 
-    unrolled = True
+    trains_on = "trajectory"
     needs_next_step = False
+    weight_setting = "act_tau"
 
     # -- the halting unit, shared by training and inference ------------------------------------
     def _h(self, raw: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,25 +109,26 @@ class ACTHead(ProbeHead):
         return self._trajectory(halt_logits, steps)["N"]
 
     # -- training -------------------------------------------------------------------------------
-    def trajectory_loss(self, outs: list[StepOutput], labels: Tensor,
-                        task_loss: TaskLoss) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
+        """task_loss(mean-field logits) + act_tau * (N + R) (+ L1 penalty) over the trajectory in
+        `segment` (its steps from `segment.steps`; the last one is treated as M)."""
+        outs, labels = segment.outs, segment.labels
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
-        tr = self._trajectory(halt_logits)
+        steps = segment.steps.view(-1, 1) + torch.arange(len(outs), device=halt_logits.device)  # (b, M)
+        tr = self._trajectory(halt_logits, steps)
         p = tr["p"]
         mean_field = torch.zeros_like(outs[0].logits)
         for i, o in enumerate(outs):  # same order of additions as the inference memo
             mean_field = mean_field + p[:, i].view(-1, 1, 1).to(o.logits.dtype) * o.logits
-        task = task_loss(mean_field, labels).mean()
+        task = segment.task_loss(mean_field, labels).mean()
         rho = tr["N"].to(tr["R"].dtype) + tr["R"]  # gradient only through R
-        weight = self.cfg.act_tau * penalty_scale(self.cfg, self.train_step)
+        weight = self.weight(segment.train_step)
         loss = task + weight * rho.mean() + self.probe.penalty(tr["shaped"])
         with torch.no_grad():
             stats = {"ponder_cost": rho.mean().item(), "expected_steps": tr["N"].float().mean().item(),
-                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean().item(), "task_loss": task.item()}
+                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean().item(), "task_loss": task.item(),
+                     "lm_loss": task.item()}
         return loss, stats
-
-    def loss(self, out, correct, *, steps, next_out=None):
-        raise NotImplementedError("act trains on unrolled trajectories (unrolled = True)")
 
     # -- inference ------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device) -> Memo:

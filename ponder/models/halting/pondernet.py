@@ -24,17 +24,40 @@ Both respect min_steps and always halt at M. The answer is the step's own readou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ponder.models.halting import HALTING, HaltConfig, Memo, ProbeHead, TaskLoss, penalty_scale
+from ponder.models.halting import HaltSettings, Memo, ProbeHead, Segment, register_head
 from ponder.models.halting.act import step_grid
+from ponder.settings import setting
 from ponder.types import StepOutput
 
 
-@HALTING.register("pondernet")
+@dataclass(kw_only=True)
+class PonderNetSettings(HaltSettings):
+    """PonderNet.
+
+    Attributes:
+        prior_lambda: lambda_p of the geometric prior.
+        kl_weight: beta, weight of KL(p || prior); the controller's "halt_weight".
+        eval_rule: at inference, "threshold" (cumulative halt mass >= threshold) or "sample".
+        threshold: the cumulative halting mass at which the "threshold" rule halts.
+    """
+
+    kind = "pondernet"
+    prior_lambda: float = setting(0.2, gt=0, lt=1)
+    kl_weight: float = setting(0.01, ge=0)
+    eval_rule: str = setting("threshold", choices=("threshold", "sample"))
+    threshold: float = setting(0.5, ge=0, le=1)
+
+    def inactive(self) -> dict[str, str]:
+        return {"threshold": "halt.eval_rule=sample draws each halt"} if self.eval_rule == "sample" else {}
+
+
+@register_head(PonderNetSettings)
 class PonderNetHead(ProbeHead):
     """PonderNet: halting distribution p_n = lambda_n prod_{j<n}(1 - lambda_j), expected task
     loss under p plus beta * KL(p || truncated geometric prior).
@@ -43,15 +66,13 @@ class PonderNetHead(ProbeHead):
     the probability mass not yet halted after the steps decided so far.
     """
 
-    unrolled = True
+    trains_on = "trajectory"
     needs_next_step = False
+    weight_setting = "kl_weight"
 
-    def __init__(self, cfg: HaltConfig, d_model: int):
+    def __init__(self, cfg: PonderNetSettings, d_model: int):
         super().__init__(cfg, d_model)
         self.generator: torch.Generator | None = None  # for eval_rule "sample"; None = global RNG
-
-    def logits(self, y: Tensor) -> Tensor:
-        return self.probe(y).squeeze(-1)  # (b,)
 
     # -- the halting distribution ---------------------------------------------------------------
     def _log_lambdas(self, raw: Tensor, steps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -112,28 +133,28 @@ class PonderNetHead(ProbeHead):
         return (log_prior - torch.logsumexp(log_prior, 0)).to(dtype)
 
     # -- training -------------------------------------------------------------------------------
-    def trajectory_loss(self, outs: list[StepOutput], labels: Tensor,
-                        task_loss: TaskLoss) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
+        """Expected task loss under p + kl_weight * KL(p || prior) (+ L1 penalty) over the
+        trajectory in `segment` (its steps from `segment.steps`; the last one is treated as M)."""
+        outs, labels = segment.outs, segment.labels
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
-        d = self._log_distribution(halt_logits)
+        steps = segment.steps.view(-1, 1) + torch.arange(len(outs), device=halt_logits.device)  # (b, M)
+        d = self._log_distribution(halt_logits, steps)
         support, log_p = d["support"], d["log_p"]
         p = torch.where(support, log_p.exp(), torch.zeros_like(log_p))
-        losses = torch.stack([task_loss(o.logits, labels) for o in outs], 1).to(p.dtype)  # (b, M)
+        losses = torch.stack([segment.task_loss(o.logits, labels) for o in outs], 1).to(p.dtype)  # (b, M)
         reconstruction = (p * losses).sum(1).mean()
         log_prior = self.log_prior(len(outs), halt_logits.device, p.dtype)
         # 0 * log 0 = 0: off-support log p is a finite dummy and p is exactly 0 there
         kl = torch.where(support, p * (log_p - log_prior), torch.zeros_like(p)).sum(1).mean()
-        weight = self.cfg.kl_weight * penalty_scale(self.cfg, self.train_step)
+        weight = self.weight(segment.train_step)
         loss = reconstruction + weight * kl + self.probe.penalty(d["shaped"])
         with torch.no_grad():
             n = torch.arange(1, len(outs) + 1, device=p.device, dtype=p.dtype)
             stats = {"kl": kl.item(), "expected_steps": (p * n).sum(1).mean().item(),
-                     "reconstruction": reconstruction.item(),
+                     "reconstruction": reconstruction.item(), "lm_loss": reconstruction.item(),
                      "halt_prob_mean": torch.sigmoid(d["shaped"]).mean().item()}
         return loss, stats
-
-    def loss(self, out, correct, *, steps, next_out=None):
-        raise NotImplementedError("pondernet trains on unrolled trajectories (unrolled = True)")
 
     # -- inference ------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device) -> Memo:

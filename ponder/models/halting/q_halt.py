@@ -7,27 +7,68 @@
   bootstrapped value sigmoid(max(q_halt', q_continue')) of the NEXT step (q_halt' alone at the
   last step), computed by an extra no-grad forward; halt when q_halt > q_continue. TRM's copy of
   this path crashes (it unpacks five values from three); here it is tested.
+
+Both are trained on one step at a time (`trains_on = "step"`); given a longer segment, the
+objective is the mean over its steps.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ponder.models.halting import HALTING, HaltConfig, Memo, ProbeHead, penalty_scale
+from ponder.models.halting import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.settings import setting
 from ponder.types import StepOutput
 
 
-@HALTING.register("q_halt")
-class QHaltHead(ProbeHead):
-    """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold (0.5, i.e. q > 0,
-    is TRM's rule), at max_steps, never before min_steps. A higher threshold at evaluation trades
-    compute for accuracy without retraining."""
+@dataclass(kw_only=True)
+class QHaltSettings(HaltSettings):
+    """TRM's Q-halt.
 
-    unrolled = False
+    Attributes:
+        explore_prob: with this probability a fresh sample must run at least U{2..M} steps before
+            it may halt (TRM's exploration during deep supervision).
+        loss_weight: weight of the BCE halting term (TRM: 0.5); the controller's "halt_weight".
+        threshold: halt when sigmoid(q_halt) > threshold (0.5, i.e. q > 0, is TRM's rule); a higher
+            threshold at evaluation trades compute for accuracy without retraining.
+    """
+
+    kind = "q_halt"
+    explore_prob: float = setting(0.1, ge=0, le=1)
+    loss_weight: float = setting(0.5, ge=0)
+    threshold: float = setting(0.5, ge=0, le=1)
+
+
+@dataclass(kw_only=True)
+class QContinueSettings(HaltSettings):
+    """HRM's Q-halt + Q-continue (halts when q_halt > q_continue: no threshold).
+
+    Attributes:
+        explore_prob: as for q_halt.
+        loss_weight: weight of the two BCE terms (HRM: 0.5); the controller's "halt_weight".
+    """
+
+    kind = "q_continue"
+    explore_prob: float = setting(0.1, ge=0, le=1)
+    loss_weight: float = setting(0.5, ge=0)
+
+
+def _mean_over_steps(terms: list[Tensor]) -> Tensor:
+    return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+
+
+@register_head(QHaltSettings)
+class QHaltHead(ProbeHead):
+    """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold, at max_steps,
+    never before min_steps."""
+
+    trains_on = "step"
     needs_next_step = False
+    weight_setting = "loss_weight"
 
     def start(self, batch_size: int, device: torch.device) -> Memo:
         return {}
@@ -45,29 +86,34 @@ class QHaltHead(ProbeHead):
     def answer(self, out: StepOutput, memo: Memo) -> Tensor:
         return out.logits
 
-    def loss(self, out: StepOutput, correct: Tensor, *, steps: Tensor,
-             next_out: StepOutput | None = None) -> tuple[Tensor, dict[str, float]]:
-        logit = self._halt_logit(out, steps)
-        bce = F.binary_cross_entropy_with_logits(logit, correct.to(logit.dtype))
-        weight = self.cfg.loss_weight * penalty_scale(self.cfg, self.train_step)
-        with torch.no_grad():
-            acc = ((logit > 0) == correct).float().mean().item()
-        return weight * bce + self.probe.penalty(logit), {"halt_loss": bce.item(), "q_halt_acc": acc}
+    def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
+        """Per step: task loss + loss_weight * BCE(q_halt, exactly right) (+ L1 penalty)."""
+        totals, lms, bces, accs = [], [], [], []
+        weight = self.weight(segment.train_step)
+        for i, (out, correct) in enumerate(zip(segment.outs, segment.correct)):
+            lm = segment.task_loss(out.logits, segment.labels).mean()
+            logit = self._halt_logit(out, segment.steps + i)
+            bce = F.binary_cross_entropy_with_logits(logit, correct.to(logit.dtype))
+            totals.append(lm + (weight * bce + self.probe.penalty(logit)))
+            lms.append(lm)
+            bces.append(bce)
+            with torch.no_grad():
+                accs.append(((logit > 0) == correct).float().mean())
+        return _mean_over_steps(totals), {"lm_loss": _mean_over_steps(lms).item(),
+                                          "halt_loss": _mean_over_steps(bces).item(),
+                                          "q_halt_acc": _mean_over_steps(accs).item()}
 
-    def trajectory_loss(self, outs, labels, task_loss):
-        raise NotImplementedError("q_halt trains by deep supervision (unrolled = False)")
 
-
-@HALTING.register("q_continue")
+@register_head(QContinueSettings)
 class QContinueHead(ProbeHead):
     """HRM's Q-halt + Q-continue with the bootstrapped continue target; halt when q_halt > q_continue."""
 
-    unrolled = False
+    trains_on = "step"
     needs_next_step = True
-
+    weight_setting = "loss_weight"
     outputs = 2
 
-    def __init__(self, cfg: HaltConfig, d_model: int):
+    def __init__(self, cfg: QContinueSettings, d_model: int):
         super().__init__(cfg, d_model)
         with torch.no_grad():  # q_continue starts at 0 > q_halt's bias: deep start
             self.probe.linear.bias[1] = 0.0
@@ -87,23 +133,32 @@ class QContinueHead(ProbeHead):
     def answer(self, out: StepOutput, memo: Memo) -> Tensor:
         return out.logits
 
-    def loss(self, out: StepOutput, correct: Tensor, *, steps: Tensor,
-             next_out: StepOutput | None = None) -> tuple[Tensor, dict[str, float]]:
-        if next_out is None:
+    def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
+        """Per step: task loss + loss_weight * (BCE(q_halt, right) + BCE(q_continue, bootstrapped
+        target)); the target of the last step of the segment comes from `segment.next_out`."""
+        if segment.next_out is None:
             raise ValueError("q_continue needs the next step's output (needs_next_step = True)")
-        q_halt = self.probe.shape(out.halt_logits, steps)
-        with torch.no_grad():  # bootstrapped target from the next step, as in HRM
-            nxt_halt = self.probe.shape(next_out.halt_logits, steps + 1)
-            nxt = torch.where(steps + 1 >= self.cfg.max_steps, nxt_halt,
-                              torch.maximum(nxt_halt, next_out.aux["q_continue"]))
-            target = torch.sigmoid(nxt)
-        halt_bce = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype))
-        cont_bce = F.binary_cross_entropy_with_logits(out.aux["q_continue"], target)
-        weight = self.cfg.loss_weight * penalty_scale(self.cfg, self.train_step)
-        with torch.no_grad():
-            acc = ((q_halt > 0) == correct).float().mean().item()
-        loss = weight * (halt_bce + cont_bce) + self.probe.penalty(q_halt)
-        return loss, {"halt_loss": halt_bce.item(), "continue_loss": cont_bce.item(), "q_halt_acc": acc}
-
-    def trajectory_loss(self, outs, labels, task_loss):
-        raise NotImplementedError("q_continue trains by deep supervision (unrolled = False)")
+        outs = [*segment.outs, segment.next_out]
+        weight = self.weight(segment.train_step)
+        totals, lms, halts, conts, accs = [], [], [], [], []
+        for i, correct in enumerate(segment.correct):
+            out, nxt_out, steps = outs[i], outs[i + 1], segment.steps + i
+            lm = segment.task_loss(out.logits, segment.labels).mean()
+            q_halt = self.probe.shape(out.halt_logits, steps)
+            with torch.no_grad():  # bootstrapped target from the next step, as in HRM
+                nxt_halt = self.probe.shape(nxt_out.halt_logits, steps + 1)
+                nxt = torch.where(steps + 1 >= self.cfg.max_steps, nxt_halt,
+                                  torch.maximum(nxt_halt, nxt_out.aux["q_continue"]))
+                target = torch.sigmoid(nxt)
+            halt_bce = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype))
+            cont_bce = F.binary_cross_entropy_with_logits(out.aux["q_continue"], target)
+            totals.append(lm + (weight * (halt_bce + cont_bce) + self.probe.penalty(q_halt)))
+            lms.append(lm)
+            halts.append(halt_bce)
+            conts.append(cont_bce)
+            with torch.no_grad():
+                accs.append(((q_halt > 0) == correct).float().mean())
+        return _mean_over_steps(totals), {"lm_loss": _mean_over_steps(lms).item(),
+                                          "halt_loss": _mean_over_steps(halts).item(),
+                                          "continue_loss": _mean_over_steps(conts).item(),
+                                          "q_halt_acc": _mean_over_steps(accs).item()}

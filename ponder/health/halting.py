@@ -1,4 +1,5 @@
-"""Halting-health monitor: named verdicts on how a learned halting head behaves during training.
+"""Halting health: named verdicts on how a learned halting head behaves during training, and the
+callback that runs them (config section `halting_health`).
 
 The checks are pure functions of the metric records the training loop writes to metrics.jsonl
 (train records: `halt_logit_mean`, `halt_logit_std`, `halted_mean_steps`, `q_halt_acc`, ...;
@@ -16,7 +17,8 @@ REFERENCE.md section 2:
 - `q_miscalibration`: the halting probe's "answer is right" prediction is often wrong, or the
   head stops on wrong answers.
 
-`ponder.monitors.HaltingHealthMonitor` is the training callback that runs these checks.
+`HaltingMonitor` is the training callback that runs these checks after every evaluation; the
+verdicts also go into the run's one health report (ponder.health.report).
 """
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+from tqdm import tqdm
+
+from ponder.health.config import HaltingHealthConfig
 from ponder.stats import spearman_or_none
 
-from ponder.errors import PonderError
-
-__all__ = ["Verdict", "HealthConfig", "VERDICTS", "check_health", "format_health",
+__all__ = ["Verdict", "VERDICTS", "check_health", "format_health", "HaltingMonitor",
            "check_drift", "check_collapse", "check_input_agnostic", "check_q_miscalibration"]
 
 VERDICTS = ("drift", "collapse", "input_agnostic", "q_miscalibration")
@@ -44,74 +47,6 @@ class Verdict:
     flagged: bool
     reason: str
     figures: dict = field(default_factory=dict)
-
-
-@dataclass(kw_only=True)
-class HealthConfig:
-    """Thresholds of the halting-health verdicts.
-
-    Attributes:
-        drift_window: trailing train records checked for drift, besides the whole run (a drift
-            can start after a healthy rise, and a slow one only shows over the whole run). The
-            default covers 1000 steps at the default log_every of 50, the span of REFERENCE's case.
-        drift_min_records: fewer train records than this (with both fields) are "no data": a
-            rank correlation of 3-4 points is not evidence of a trend.
-        drift_logit_rho: Spearman(halt logit, step) at or below this is a "mostly decreasing"
-            logit: -0.8 still allows a few noisy reversals between log records.
-        drift_min_logit_fall: the logit must also fall by at least this much (first to last
-            record of the window). One logit unit divides the odds of halting by e (~2.7); batch
-            means of the logit wobble by much less, and REFERENCE's case falls by 2.1.
-        drift_steps_rho: Spearman(steps used, step) at or above this: steps mostly climbing.
-        drift_min_steps_rise: relative rise of the steps used (0.25 = +25%, first to last record);
-            REFERENCE's case goes 4 -> 12 (+200%); exploration noise moves it by a few percent.
-        collapse_frac: "nearly all" samples: the fraction at step 1 (or at M) that counts as
-            collapse. 0.95 leaves room for exploration and a few odd inputs.
-        solved_exact: exact accuracy at which samples that all stop at one step count as
-            "right": below 0.9 more than one sample in ten is wrong, which further steps might fix.
-        agnostic_window: trailing train records whose `halt_logit_std` is averaged.
-        agnostic_logit_std: spread of halt logits across the batch below which the head treats
-            every input alike: sigmoid's slope is at most 1/4, so a spread of 0.05 moves the halt
-            probability by at most ~1.25 percentage points between inputs.
-        agnostic_min_abs_rho: |Spearman(steps, difficulty)| below this means the steps do not
-            follow difficulty; 0.1 is the conventional floor of a "small" correlation.
-        q_window: trailing train records whose `q_halt_acc` is averaged.
-        q_halt_acc_min: the probe's per-step accuracy (halt prediction == answer exactly right)
-            below this is miscalibrated: 0.8 is well above the majority-class rate once right and
-            wrong answers mix, and early on (all wrong, probe says "go on") it is near 1.
-        wrong_halt_frac_max: of the samples the head stops before M, the fraction answered
-            wrongly above this flags premature halting: a Q-halt head stops only when it believes
-            the answer is right, so more than one wrong stop in five means that belief is poor.
-        eval_prefix: which split of the eval records is judged ("test" or "train").
-        max_steps: M of the run when known (the monitor takes it from the run's config); lets the
-            logit-spread check tell "everyone runs to M" apart without an eval record.
-    """
-
-    drift_window: int = 20
-    drift_min_records: int = 5
-    drift_logit_rho: float = -0.8
-    drift_min_logit_fall: float = 1.0
-    drift_steps_rho: float = 0.5
-    drift_min_steps_rise: float = 0.25
-    collapse_frac: float = 0.95
-    solved_exact: float = 0.9
-    agnostic_window: int = 5
-    agnostic_logit_std: float = 0.05
-    agnostic_min_abs_rho: float = 0.1
-    q_window: int = 5
-    q_halt_acc_min: float = 0.8
-    wrong_halt_frac_max: float = 0.2
-    eval_prefix: str = "test"
-    max_steps: Optional[int] = None
-
-    def validate(self) -> None:
-        if min(self.drift_window, self.drift_min_records, self.agnostic_window, self.q_window) < 1:
-            raise PonderError("halting-health windows and drift_min_records must be >= 1")
-        if self.drift_min_records < 3:
-            raise PonderError(f"halting-health drift_min_records must be >= 3 (got {self.drift_min_records})")
-        if not 0.0 < self.collapse_frac <= 1.0:
-            raise PonderError(f"halting-health collapse_frac must be in (0, 1] (got {self.collapse_frac})")
-        if self.eval_prefix not in ("test", "train"):
-            raise PonderError(f"halting-health eval_prefix must be 'test' or 'train' (got {self.eval_prefix!r})")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -165,7 +100,7 @@ def _eval_fields(ev: Optional[dict], prefix: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- verdicts
 
 
-def _drift_window(rows: list[tuple[int, float, float, Optional[float]]], cfg: HealthConfig) -> tuple[bool, dict]:
+def _drift_window(rows: list[tuple[int, float, float, Optional[float]]], cfg: HaltingHealthConfig) -> tuple[bool, dict]:
     steps = [r[0] for r in rows]
     logit = [r[1] for r in rows]
     used = [r[2] for r in rows]
@@ -188,7 +123,7 @@ def _drift_window(rows: list[tuple[int, float, float, Optional[float]]], cfg: He
     return falling and climbing, {k: _round(v) for k, v in figures.items()}
 
 
-def check_drift(records: list[dict], cfg: HealthConfig) -> Verdict:
+def check_drift(records: list[dict], cfg: HaltingHealthConfig) -> Verdict:
     """Halt logit falling steadily toward "never halt" while the steps used climb.
 
     Judged over the whole run and over the trailing `drift_window` train records; flagged if
@@ -224,7 +159,7 @@ def check_drift(records: list[dict], cfg: HealthConfig) -> Verdict:
     return Verdict("drift", flagged, reason, f)
 
 
-def check_collapse(records: list[dict], cfg: HealthConfig) -> Verdict:
+def check_collapse(records: list[dict], cfg: HaltingHealthConfig) -> Verdict:
     """From the latest eval: nearly all samples stop at step 1 with poor accuracy, or nearly
     none stops before M."""
     e = _eval_fields(_latest_eval(records), cfg.eval_prefix)
@@ -272,10 +207,11 @@ def _steps_constant(e: dict) -> Optional[bool]:
     return None
 
 
-def check_input_agnostic(records: list[dict], cfg: HealthConfig) -> Verdict:
+def check_input_agnostic(records: list[dict], cfg: HaltingHealthConfig, max_steps: Optional[int] = None) -> Verdict:
     """The halt logit hardly differs across inputs, or the steps used ignore difficulty.
 
-    Cases left to `collapse` (nearly all samples at step 1 or at M) are not flagged here; nor is
+    max_steps: M of the run when known; lets the logit-spread check tell "everyone runs to M"
+    apart without an eval record. Cases left to `collapse` (nearly all samples at step 1 or at M) are not flagged here; nor is
     a run whose samples all stop at one step with their answers right.
     """
     train = _train_records(records)
@@ -311,8 +247,8 @@ def check_input_agnostic(records: list[dict], cfg: HealthConfig) -> Verdict:
         all_at_max = False  # (>= collapse_frac returned above)
     else:
         used, _ = _recent_mean(train, "halted_mean_steps", cfg.agnostic_window)
-        if used is not None and cfg.max_steps is not None:
-            all_at_max = used >= cfg.max_steps - 1e-6
+        if used is not None and max_steps is not None:
+            all_at_max = used >= max_steps - 1e-6
     if std is None:
         notes.append("no halt_logit_std")
     elif all_at_max is None:
@@ -353,7 +289,7 @@ def check_input_agnostic(records: list[dict], cfg: HealthConfig) -> Verdict:
     return Verdict("input_agnostic", False, "halting depends on the input: " + "; ".join(notes), figures)
 
 
-def check_q_miscalibration(records: list[dict], cfg: HealthConfig) -> Verdict:
+def check_q_miscalibration(records: list[dict], cfg: HaltingHealthConfig) -> Verdict:
     """The probe's halt prediction disagrees with correctness (train `q_halt_acc`), or the head
     stops on wrong answers (eval `wrong_halt_frac`)."""
     acc, n_acc = _recent_mean(_train_records(records), "q_halt_acc", cfg.q_window)
@@ -381,11 +317,12 @@ def check_q_miscalibration(records: list[dict], cfg: HealthConfig) -> Verdict:
     return Verdict("q_miscalibration", False, "halting agrees with correctness: " + ", ".join(notes), figures)
 
 
-def check_health(records: list[dict], cfg: Optional[HealthConfig] = None) -> list[Verdict]:
-    """All verdicts (in `VERDICTS` order) on a stream of metric records."""
-    cfg = cfg or HealthConfig()
+def check_health(records: list[dict], cfg: Optional[HaltingHealthConfig] = None,
+                 max_steps: Optional[int] = None) -> list[Verdict]:
+    """All verdicts (in `VERDICTS` order) on a stream of metric records (max_steps: M of the run)."""
+    cfg = cfg or HaltingHealthConfig()
     cfg.validate()
-    return [check_drift(records, cfg), check_collapse(records, cfg), check_input_agnostic(records, cfg),
+    return [check_drift(records, cfg), check_collapse(records, cfg), check_input_agnostic(records, cfg, max_steps),
             check_q_miscalibration(records, cfg)]
 
 
@@ -413,3 +350,38 @@ def format_health(verdicts: list[Verdict]) -> str:
         if v.figures:
             lines.append("  - " + ", ".join(f"{k}={_fmt(x)}" for k, x in v.figures.items()))
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+class HaltingMonitor:
+    """Training callback: re-checks halting health after every evaluation.
+
+    It reads the run's records from the metrics log (the eval record is written before
+    `on_eval_end` runs), prints one line when verdicts newly flag and writes a record of kind
+    "halting_flag" (step, verdict, reason) for each, which the health report lists as "first
+    flagged at". Its state (which verdicts are flagged) is saved in checkpoints.
+    """
+
+    def __init__(self, cfg: HaltingHealthConfig, *, max_steps: int, verbose: bool = True):
+        cfg.validate()
+        self.cfg, self.max_steps, self.verbose = cfg, max_steps, verbose
+        self.flagged: set[str] = set()
+        self.last: list[Verdict] = []
+
+    def on_eval_end(self, run, record: dict) -> None:
+        self.last = check_health(run.log.records(), self.cfg, self.max_steps)
+        new = [v for v in self.last if v.flagged and v.name not in self.flagged]
+        step = record.get("step")
+        for v in new:
+            run.log.write({"step": step, "kind": "halting_flag", "verdict": v.name, "reason": v.reason})
+        if new and self.verbose:
+            tqdm.write(f"halting health at step {step}: " + "; ".join(f"{v.name} FLAGGED: {v.reason}" for v in new))
+        self.flagged = {v.name for v in self.last if v.flagged}
+
+    def state_dict(self) -> dict:
+        return {"flagged": sorted(self.flagged)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flagged = set(state.get("flagged", []))

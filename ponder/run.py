@@ -1,0 +1,226 @@
+"""The run layer: run directories, building the parts, resume, init-from, loading trained runs.
+
+- `build_model(cfg, task)`: the reasoner and its halting head, sized for the task.
+- `open_run(cfg, run_dir, resume=..., init_from=...)`: a `ponder.train.Run` ready for the loop:
+  every part built, a checkpoint resumed (after checking that it is this run's and that every
+  file of it fits) or another run's matching weights loaded, the config saved.
+- `train_run(...)`: open, train, write the health report and the final evaluation.
+- `load_trained(path)`: model, task and config of a run or checkpoint, for evaluation.
+- `health_report(run_dir)`: the health report of any run directory.
+
+Every way a run directory can be unusable (a file missing, truncated, overwritten, or from a run
+of another size) ends here in one PonderError line naming the file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ponder.callbacks import Callbacks, MetricsLog
+from ponder.carry import SampleStream
+from ponder.checkpoint import (atomic_write_text, format_load_report, nonfinite_tensors, partial_load, read_config,
+                               read_training_state, read_weights, resolve_checkpoint, run_dir_of)
+from ponder.config import Config, apply_overrides, from_dict, load_config, save_config, to_dict
+from ponder.data import TaskData, build_task
+from ponder.errors import PonderError
+from ponder.estimator_hook import TRMRule
+from ponder.health import build_health_callbacks
+from ponder.health.report import write_health_report
+from ponder.models.halting import build_halting
+from ponder.models.recursive import RecursiveReasoner
+from ponder.objectives import build_objective
+from ponder.optim import ExponentialMovingAverage, build_optimizer
+from ponder.report import evaluate_run
+from ponder.train import Run, resolve_device, set_threads, train
+
+
+def build_model(cfg: Config, task: TaskData) -> RecursiveReasoner:
+    """The RecursiveReasoner of `cfg.model` with the halting head of `cfg.halt`, sized for `task`."""
+    cfg.model.validate()
+    head = build_halting(cfg.halt, cfg.model.d_model)
+    return RecursiveReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
+                             num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
+
+
+def check_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse (one line) `weights` whose names or shapes differ from `own`, or that are not finite."""
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what} {items[:2]}" for what, items in
+                           (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if items)
+        raise PonderError(f"{source} does not fit this run's model ({detail}): a run of another size?")
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise PonderError(f"{source} holds non-finite weights (NaN or inf in {len(bad)} of {len(weights)} tensors, "
+                          f"e.g. {bad[0]})")
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load `weights` into `model` exactly (names and shapes), refusing non-finite values."""
+    check_fit(model.state_dict(), weights, source)
+    model.load_state_dict(weights)
+
+
+def _check_compatible(saved: dict, cfg: Config, run_dir: Path) -> None:
+    """A checkpoint resumes only as the run it was saved by: same preset, task and model."""
+    now = to_dict(cfg)
+    filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
+    if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
+        raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
+                          f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
+
+
+def _check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, source: Path) -> None:
+    """torch loads an optimizer state of other shapes without complaint; refuse it here."""
+    try:
+        groups, saved = state["param_groups"], state["state"]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError
+        for i, p in enumerate(params):
+            for v in saved.get(i, {}).values():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                    raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PonderError(f"{source}/state.pt holds an optimizer state that does not fit this run's model") from None
+
+
+def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Path | None = None,
+             callbacks: list | None = None) -> Run:
+    """Build every part of the run described by `cfg` in `run_dir`.
+
+    Args:
+        resume: continue the run in `run_dir` exactly from its latest checkpoint.
+        init_from: a run or checkpoint whose matching weights start a NEW run (fine-tuning, e.g.
+            to more steps or with new modules); a load report is printed and saved.
+        callbacks: further training callbacks (after the health wing's).
+    """
+    cfg.validate()  # every section is checked before any data is generated
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    set_threads(tc.threads)
+    if not resume and (run_dir / "checkpoints").exists():
+        raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    ckpt = source = None
+    if resume:  # read and check everything before building anything
+        ckpt = resolve_checkpoint(run_dir)
+        _check_compatible(read_config(ckpt), cfg, run_dir)
+        saved = {"model": read_weights(ckpt, "model"), "ema": read_weights(ckpt, "ema"),
+                 "state": read_training_state(ckpt)}
+    elif init_from is not None:
+        source = resolve_checkpoint(Path(init_from))
+        ema_weights = read_weights(source, "ema")
+        weights = ema_weights if ema_weights is not None else read_weights(source, "model")
+        bad = nonfinite_tensors(weights)
+        if bad:
+            raise PonderError(f"--init-from {source} holds non-finite weights (e.g. {bad[0]})")
+    torch.manual_seed(tc.seed)
+    task = build_task(cfg.task)
+    model = build_model(cfg, task).to(device)
+    optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
+    ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
+    estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
+    objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
+                                loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator)
+    log = MetricsLog(run_dir)
+    run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
+              ema=ema, stream=stream, objective=objective,
+              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device)
+    if source is not None:
+        report = partial_load(model, weights)
+        if not report["loaded"]:
+            raise PonderError(f"--init-from {source}: no tensor of it fits this model (a run of another task?)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1))
+        tqdm.write(format_load_report(report, source))
+        if ema is not None:
+            run.ema = ExponentialMovingAverage(model, tc.ema_decay)  # start the average at the loaded weights
+    if ckpt is not None:
+        _resume(run, ckpt, saved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+    return run
+
+
+def _resume(run: Run, ckpt: Path, saved: dict[str, Any]) -> None:
+    load_weights(run.model, saved["model"], ckpt / "model.safetensors")
+    if run.ema is not None:
+        if saved["ema"] is None:
+            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run keeps an EMA)")
+        check_fit(run.ema.shadow, saved["ema"], ckpt / "ema.safetensors")
+        run.ema.load_state_dict(saved["ema"])
+    state = saved["state"]
+    _check_optimizer_state(state.get("optimizer", {}), run.optimizer, ckpt)
+    try:
+        run.load_training_state(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise PonderError(f"checkpoint {ckpt}: state.pt does not fit this run ({str(e).splitlines()[0][:100]})") from None
+    run.log.truncate_after(run.step)  # drop records written after the checkpoint
+
+
+def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Path | None = None,
+              callbacks: list | None = None, final_eval: bool = True) -> dict:
+    """Open the run, train it, write its health report and (with `final_eval`) the full
+    evaluation of RUN_DIR/eval/. Returns the evaluation report (or the last metric record)."""
+    run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
+    train(run)
+    records = run.log.records()
+    write_health_report(run.run_dir, cfg, records)
+    if not final_eval:
+        return records[-1] if records else {}
+    return evaluate_run(run.eval_model(), run.task, cfg, run.run_dir, device=run.device)
+
+
+def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None):
+    """Model, task and config of a run directory or checkpoint, ready to evaluate.
+
+    Args:
+        path: RUN_DIR (its latest checkpoint) or a checkpoint directory.
+        overrides: `--section.key=value` changes to the saved config (e.g. a halting threshold).
+        use_ema: load the EMA weights (default: `cfg.eval.use_ema`, when the run kept an EMA).
+    Returns:
+        (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
+        config's model, or hold NaN or inf, is a PonderError.
+    """
+    ckpt_dir = resolve_checkpoint(Path(path))
+    try:
+        cfg = from_dict(read_config(ckpt_dir))
+    except PonderError as e:
+        raise PonderError(f"checkpoint {ckpt_dir}: config.json: {e}") from None
+    cfg = apply_overrides(cfg, overrides or [])
+    ema = cfg.eval.use_ema if use_ema is None else use_ema
+    weights = read_weights(ckpt_dir, "ema") if ema else None
+    name = "ema.safetensors" if weights is not None else "model.safetensors"
+    if weights is None:
+        weights = read_weights(ckpt_dir, "model")
+    task = build_task(cfg.task)
+    model = build_model(cfg, task)
+    load_weights(model, weights, ckpt_dir / name)
+    return model, task, cfg, ckpt_dir
+
+
+def health_report(run_dir: Path) -> dict:
+    """Write RUN_DIR/health.md and health.json from the run's config and metrics; returns the payload."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PonderError(f"no such run directory: {run_dir}")
+    if not (run_dir / "config.json").exists() or not (run_dir / "metrics.jsonl").exists():
+        raise PonderError(f"{run_dir} is not a run directory (needs config.json and metrics.jsonl)")
+    return write_health_report(run_dir, load_config(run_dir / "config.json"), MetricsLog(run_dir).records())
+
+
+def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test") -> dict:
+    """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/."""
+    model, task, cfg, ckpt_dir = load_trained(path, overrides)
+    device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split)
