@@ -20,8 +20,10 @@ the spectral radius of df/dz at z_T by the growth-rate power iteration (ponder.d
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -319,8 +321,6 @@ def report_markdown(result: dict, png_name: str = "decisive.png") -> str:
 
 def write_report(result: dict, out_dir) -> dict:
     """report.md, report.json and decisive.png in out_dir; returns their paths."""
-    import json
-    from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, StepFn
+from ponder.models.blocks import plain_ops
 from ponder.settings import setting
 
 
@@ -105,8 +106,6 @@ def bind_params(step_fn: StepFn, params: Sequence[Tensor], x: Tensor | None = No
 def _forward_mode_support():
     """Plain ops for the reasoner's fused blocks; torch's refusal of an op under forward-mode
     transforms becomes NotApplicable."""
-    from ponder.models.blocks import plain_ops
-
     try:
         with plain_ops():
             yield

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ponder.models.halting import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.models.halting.base import HaltSettings, Memo, ProbeHead, Segment, register_head
 from ponder.settings import setting
 from ponder.types import StepOutput
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ponder.models.halting import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.models.halting.base import HaltSettings, Memo, ProbeHead, Segment, register_head
 from ponder.settings import setting
 from ponder.types import StepOutput
 
