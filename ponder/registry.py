@@ -28,7 +28,7 @@ class Registry(Generic[T]):
         self.register(name)(obj)
 
     def get(self, name: str) -> T:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise PonderError(f"unknown {self.family} {name!r}; valid: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 

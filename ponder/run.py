@@ -117,8 +117,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
                  "state": read_training_state(ckpt)}
     elif init_from is not None:
         source = resolve_checkpoint(Path(init_from))
-        ema_weights = read_weights(source, "ema")
-        weights = ema_weights if ema_weights is not None else read_weights(source, "model")
+        weights, _ = read_trained_weights(source, from_dict(read_config(source)), use_ema=True)
         bad = nonfinite_tensors(weights)
         if bad:
             raise PonderError(f"--init-from {source} holds non-finite weights (e.g. {bad[0]})")
@@ -180,6 +179,19 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
     return evaluate_run(run.eval_model(), run.task, cfg, run.run_dir, device=run.device)
 
 
+def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dict, Path]:
+    """The weights a trained run is used with: the EMA's when the run kept one and `use_ema`,
+    else the raw ones. A run that kept an EMA whose file is gone is incomplete, not silently
+    evaluated with other weights. Returns (weights, the file they came from)."""
+    if use_ema and cfg.train.ema_decay > 0:
+        weights = read_weights(ckpt, "ema")
+        if weights is None:
+            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run kept an EMA; "
+                              f"--eval.use_ema=false evaluates the raw weights)")
+        return weights, ckpt / "ema.safetensors"
+    return read_weights(ckpt, "model"), ckpt / "model.safetensors"
+
+
 def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None):
     """Model, task and config of a run directory or checkpoint, ready to evaluate.
 
@@ -197,14 +209,10 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
     except PonderError as e:
         raise PonderError(f"checkpoint {ckpt_dir}: config.json: {e}") from None
     cfg = apply_overrides(cfg, overrides or [])
-    ema = cfg.eval.use_ema if use_ema is None else use_ema
-    weights = read_weights(ckpt_dir, "ema") if ema else None
-    name = "ema.safetensors" if weights is not None else "model.safetensors"
-    if weights is None:
-        weights = read_weights(ckpt_dir, "model")
+    weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
     task = build_task(cfg.task)
     model = build_model(cfg, task)
-    load_weights(model, weights, ckpt_dir / name)
+    load_weights(model, weights, source)
     return model, task, cfg, ckpt_dir
 
 

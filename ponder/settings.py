@@ -16,6 +16,7 @@ dataclasses, one per kind, each with a `kind` class attribute; see `KindRegistry
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -71,6 +72,7 @@ def bounds_of(f: Field) -> Bounds:
     return f.metadata.get("bounds", Bounds())
 
 
+@functools.lru_cache(maxsize=None)
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass's init fields."""
     hints = typing.get_type_hints(cls)
@@ -229,7 +231,7 @@ class KindRegistry:
         return sorted(self.classes)
 
     def get(self, kind: str) -> type:
-        if kind not in self.classes:
+        if not isinstance(kind, str) or kind not in self.classes:
             raise PonderError(f"unknown {self.section}.kind {kind!r}; valid: {', '.join(self.names())}")
         return self.classes[kind]
 

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from conftest import SUMMARY
 from ponder.config import apply_overrides
 from ponder.errors import PonderError
 from ponder.estimator_hook import ESTIMATOR_SETTINGS
@@ -53,7 +54,7 @@ def applies(estimator: str, head: str) -> bool:
 def counts():
     seen = {"stepped": 0, "refused": 0}
     yield seen
-    print(f"\ncomposed-step matrix: {seen['stepped']} combinations took an optimizer step, "
+    SUMMARY.append(f"composed-step matrix: {seen['stepped']} combinations took an optimizer step, "
           f"{seen['refused']} were refused in one line")
 
 
