@@ -47,7 +47,8 @@ def memory_scan(run_dir: Path) -> list[dict]:
     from ponder.objectives import task_loss
 
     model, b, cfg, _ = load_model_and_batch(str(run_dir), BATCH)
-    prob = recursion_problem(model, model.init_state(len(b)), b.inputs, lambda lg: task_loss(lg, b.labels, cfg.train.loss))
+    prob = recursion_problem(model, model.init_state(len(b)), model.prepare(b),
+                             lambda lg: task_loss(lg, b.labels, cfg.train.loss))
     ests = {"bptt": BPTT(), "truncated-1": Truncated(k=1),
             # forward solve capped at T iterations; GMRES adjoint with a fixed budget of 20 products
             "implicit": Implicit(solver="fixed_point", tol=1e-5, max_iter=None, adjoint="gmres", adjoint_tol=1e-5,
@@ -56,8 +57,7 @@ def memory_scan(run_dir: Path) -> list[dict]:
     for T in TS:
         for name, est in ests.items():
             def call(est=est, T=T):
-                return est.estimate(prob["step_fn"], prob["z0"], prob["x_leaf"], prob["loss_fn"], steps=T,
-                                    params=prob["params"])
+                return est.estimate(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, steps=T, params=prob.params)
 
             times = []
             for _ in range(REPEATS):

@@ -86,7 +86,7 @@ def overhead(tmp: Path) -> dict:
     cfg = apply_overrides(get_config("trm-sudoku9"), [
         f"--train.steps={OVERHEAD_STEPS}", "--train.log_every=1", "--train.eval_every=0",
         "--train.checkpoint_every=0", "--train.keep_checkpoints=1", f"--train.threads={OVERHEAD_THREADS}",
-        "--train.progress=false", "--health.monitors=false", "--health.attention_every=2"])
+        "--train.progress=false", "--health.monitors=false"])
     mon = TimedHealthMonitor(replace(cfg.health, monitors=True, attention_every=2), log_every=1,
                              grad_clip=cfg.train.grad_clip)
     loads = [os.getloadavg()[0]]

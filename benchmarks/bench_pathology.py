@@ -103,8 +103,8 @@ def main() -> None:
     runs, verdicts, finals = {}, {}, {}
     for name, d in dirs.items():
         runs[name] = _trajectory(d)
-        health = json.loads((d / "halting_health.json").read_text())
-        verdicts[name] = {v["name"]: v for v in health["verdicts"]}
+        health = json.loads((d / "health.json").read_text())
+        verdicts[name] = {v["name"]: v for v in health["halting"]}
         finals[name] = json.loads((d / "eval" / "report.json").read_text())["held_out"]
     _plot(runs, RESULTS / "pathology_drift.png")
 

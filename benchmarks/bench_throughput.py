@@ -8,48 +8,41 @@ import time
 
 import torch
 
-from benchmarks.common import write_fragment
-from ponder.run import build_model
+from benchmarks.common import matmul_gflops, write_fragment
 from ponder.config import apply_overrides
 from ponder.models.flops import step_flops
-from ponder.objectives import task_loss
-from ponder.optim import build_optimizer
+from ponder.models.halting import Segment
+from ponder.objectives import per_sample_task_loss
+from ponder.optim import AdamWSettings, build_optimizer
 from ponder.presets import get_config
+from ponder.run import build_model
+from ponder.types import Batch
 
 THREADS = 2
-
-
-def matmul_gflops(size: int = 1024, repeats: int = 7, inner: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        times.append((time.perf_counter() - t0) / inner)
-    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 class _Task:
     def __init__(self, vocab_size: int, seq_len: int):
         self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.num_puzzle_ids = self.context_len = 0
 
 
 def make_step(cfg, vocab: int, seq: int, batch: int, compiled: bool = False):
     torch.manual_seed(0)
     model = build_model(cfg, _Task(vocab, seq))
-    opt = build_optimizer(model, name="adamw", lr=1e-4, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    opt = build_optimizer(model, AdamWSettings(), lr=1e-4)
     inputs = torch.randint(1, vocab, (batch, seq))
     labels = torch.randint(1, vocab, (batch, seq))
+    data = Batch(inputs, labels, torch.zeros(batch))
     state = model.init_state(batch, "cpu")
     step_fn = torch.compile(model.step) if compiled else model.step
     head = model.halting
+    task_loss = lambda lg, la: per_sample_task_loss(lg, la, "softmax")  # noqa: E731
 
     def run():
-        _, out = step_fn(state, inputs)
+        _, out = step_fn(state, model.prepare(data))
         correct = (out.logits.argmax(-1) == labels).all(1)
-        loss = task_loss(out.logits, labels, "softmax") + head.loss(out, correct, steps=torch.ones(batch, dtype=torch.long))[0]
+        loss, _ = head.loss(Segment([out], torch.ones(batch, dtype=torch.long), labels, task_loss, [correct]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

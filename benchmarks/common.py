@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "sudoku9", "maze9", "finetune", "pathology", "parity", "throughput", "health", "estimators", "decisive"]
+ORDER = ["demo", "sudoku9", "maze9", "finetune", "pathology", "parity", "throughput", "contention", "health", "estimators",
+         "decisive"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
 
@@ -31,6 +33,26 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}")
+
+
+def matmul_gflops(threads: int | None = None, size: int = 1024, repeats: int = 7, inner: int = 10) -> float:
+    """fp32 size x size matmul rate in GFLOP/s (median over repeats), on `threads` torch threads
+    (default: the current setting, which is restored)."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            times.append((time.perf_counter() - t0) / inner)
+    finally:
+        torch.set_num_threads(old)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def write_fragment(name: str, markdown: str, data: dict) -> None:
@@ -63,7 +85,7 @@ def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple
     rows = []
     for t in thresholds:
         model, task, cfg, _ = load_trained(run_dir, [f"--halt.threshold={t}"])
-        r = evaluate_split(model, model.halting, task.test, max_steps=cfg.halt.max_steps, batch_size=250,
+        r = evaluate_split(model, task.test, task.metric, max_steps=cfg.halt.max_steps, batch_size=250,
                            device=torch.device("cpu"), budgets=False)
         rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
                      "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})

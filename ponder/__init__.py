@@ -9,8 +9,14 @@ imported from its module (kept out of this file so `import ponder` stays light):
 - ponder.evaluate: `evaluate_split`, `adaptive_inference`
 - ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `halt_config`, `HALTING`
 """
-from ponder.types import Batch, State, StepOutput
-from ponder.errors import PonderError
+import os
+
+# OpenMP threads that spin while waiting make every op wait on a thread another process has
+# preempted (BENCHMARKS.md, busy machines); passive waiting must be chosen before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ponder.types import Batch, State, StepOutput  # noqa: E402
+from ponder.errors import PonderError  # noqa: E402
 
 __all__ = ["Batch", "State", "StepOutput", "PonderError"]
 __version__ = "0.1.0"

@@ -66,32 +66,34 @@ class AdamATan2(torch.optim.Optimizer):
 
 
 @dataclass(kw_only=True)
-class AdamWSettings:
-    """torch.optim.AdamW (decoupled weight decay, on matrices only)."""
+class AdamSettings:
+    """What both update rules share: Adam's moment decays and decoupled weight decay (on
+    matrices only)."""
 
-    kind: ClassVar[str] = "adamw"
+    kind: ClassVar[str] = ""
     beta1: float = setting(0.9, ge=0, lt=1)
     beta2: float = setting(0.95, ge=0, lt=1)
     weight_decay: float = setting(0.1, ge=0)
-    eps: float = setting(1e-8, gt=0)
 
     def validate(self) -> None:
         check(self, "optim")
 
 
 @dataclass(kw_only=True)
-class AdamATan2Settings:
+class AdamWSettings(AdamSettings):
+    """torch.optim.AdamW."""
+
+    kind: ClassVar[str] = "adamw"
+    eps: float = setting(1e-8, gt=0)
+
+
+@dataclass(kw_only=True)
+class AdamATan2Settings(AdamSettings):
     """AdamATan2 above; a = b = 1 is the update of the package TRM and HRM import."""
 
     kind: ClassVar[str] = "adam_atan2"
-    beta1: float = setting(0.9, ge=0, lt=1)
-    beta2: float = setting(0.95, ge=0, lt=1)
-    weight_decay: float = setting(0.1, ge=0)
     a: float = setting(1.0, gt=0)
     b: float = setting(1.0, gt=0)
-
-    def validate(self) -> None:
-        check(self, "optim")
 
 
 OPTIMIZERS = KindRegistry("optim")  # kind -> settings dataclass (config section `optim`)

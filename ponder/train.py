@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,8 +229,9 @@ class _StopRequest:
 EVAL_KEYS = ("mean_steps", "halt_first_frac", "halt_max_frac", "wrong_halt_frac", "steps_histogram")
 
 
-def evaluate_during_training(run: Run, step: int) -> dict:
-    """Score fixed subsets of the held-out and training splits with adaptive halting; log the record."""
+def evaluate_during_training(run: Run, step: int, seconds: float | None = None) -> dict:
+    """Score fixed subsets of the held-out and training splits with adaptive halting; log the
+    record (with `time_since_start`, the wall time of this session's loop so far, when given)."""
     cfg, task = run.cfg, run.task
     model = run.eval_model()
     rng = np.random.default_rng(0)  # fixed subsets: comparable across evaluations and runs
@@ -242,6 +243,8 @@ def evaluate_during_training(run: Run, step: int) -> dict:
                            device=run.device, budgets=False)
         record.update({f"{name}_{k}": r[k] for k in (*task.metric.columns, *EVAL_KEYS)})
         record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
+    if seconds is not None:
+        record["time_since_start"] = seconds
     run.log.write(record)
     run.callbacks.call("on_eval_end", run, record)
     return record
@@ -290,7 +293,23 @@ def _log_train(run: Run, done: int, seconds: float) -> dict:
     return record
 
 
-def train(run: Run, on_stop: Callable[[str], None] | None = None) -> str:
+def train_step(run: Run) -> dict:
+    """One optimizer step of the run (the loop's body): scheduled LR, callbacks, the objective's
+    forward, backward, clip, step (or refusal), commit. Returns the step's metrics as the
+    callbacks saw them (step, loss, skipped, pre-clip grad_norm and the objective's figures)."""
+    step = run.step
+    _set_lr(run, step)
+    run.callbacks.call("on_step_start", run, step)
+    loss, metrics = run.objective.forward(step)
+    skipped, grad_norm = _optimizer_step(run, loss, metrics)
+    run.objective.commit(not skipped)
+    run.step = step + 1
+    metrics = {**metrics, "step": run.step, "loss": loss.item(), "skipped": skipped, "grad_norm": grad_norm}
+    run.callbacks.call("on_step_end", run, metrics)  # grad_norm: before clipping
+    return metrics
+
+
+def train(run: Run) -> str:
     """Run the loop from `run.step` to `train.steps` (or an earlier stop).
 
     Returns why it stopped: "done", "target" (train.target reached), "time" (train.max_minutes).
@@ -305,15 +324,8 @@ def train(run: Run, on_stop: Callable[[str], None] | None = None) -> str:
     why = "done"
     with _StopRequest() as stop:
         while run.step < tc.steps:
-            step = run.step
-            _set_lr(run, step)
-            run.callbacks.call("on_step_start", run, step)
-            loss, metrics = run.objective.forward(step)
-            skipped, grad_norm = _optimizer_step(run, loss, metrics)
-            run.objective.commit(not skipped)
-            done = run.step = step + 1
-            run.callbacks.call("on_step_end", run, {**metrics, "step": done, "loss": loss.item(), "skipped": skipped,
-                                                    "grad_norm": grad_norm})  # grad_norm: before clipping
+            train_step(run)
+            done = run.step
             bar.update(1)
             if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
                 record = _log_train(run, done, time.perf_counter() - t_window)
@@ -323,14 +335,14 @@ def train(run: Run, on_stop: Callable[[str], None] | None = None) -> str:
                                 steps=f"{record['halted_mean_steps'] or 0:.1f}")
             evaluated = None
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
-                evaluated = evaluate_during_training(run, done)
+                evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
             if tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes:
                 why = "time"
             headline = run.task.metric.columns[0]
             if tc.target > 0 and evaluated is not None and (evaluated.get(f"test_{headline}") or 0) >= tc.target:
                 why = "target"
             if why == "time" and evaluated is None:
-                evaluate_during_training(run, done)
+                evaluate_during_training(run, done, time.perf_counter() - t_start)
             if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stop.requested \
                     or why != "done":
                 run.save_checkpoint(done)

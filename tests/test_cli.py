@@ -41,6 +41,8 @@ def test_train_then_eval_then_errors_on_damaged_or_foreign_runs(capsys, tmp_path
     out = capsys.readouterr().out
     assert "baseline: copy input" in out and "adaptive halting" in out
     assert (run / "eval" / "report.json").exists() and (run / "eval" / "accuracy_vs_steps.png").exists()
+    samples = (run / "eval" / "samples.html").read_text()  # held-out samples drawn by the task's renderer
+    assert samples.count("<svg") == 8 and samples.count('class="panel"') == 3 * 8 and "<script" not in samples
     assert main(["eval", str(run)]) == 0
     capsys.readouterr()
     code, err = _run(capsys, "train", "demo", "--resume", str(run))

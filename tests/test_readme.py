@@ -45,3 +45,26 @@ def test_readme_cli_examples_run_in_fast_form(tmp_path, capsys):
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "eval/report.md", "eval/report.json",
                  "eval/accuracy_vs_steps.png"):
         assert (run / name).exists(), name
+
+
+MEASURED = re.compile(r"\b\d+\.\d+\s?%|\b\d+(\.\d+)?\s?(ms|min|GFLOP/s)\b|\b\d+\.\d+\s?s\b|\b\d+\.\d+x\b")
+
+
+def _outside_generated_blocks(text: str) -> str:
+    """The text without the blocks a benchmark script writes (<!-- name --> ... <!-- /name -->)."""
+    return re.sub(r"<!-- ([\w-]+) -->.*?<!-- /\1 -->", "", text, flags=re.S)
+
+
+def test_no_hand_typed_measurements_in_readme_and_design():
+    """Figures that are measurements (a decimal percentage, a time, a matmul rate, a speed-up) live
+    only in blocks that `make bench` writes, or in BENCHMARKS.md."""
+    for name in ("README.md", "DESIGN.md"):
+        text = _outside_generated_blocks((ROOT / name).read_text())
+        found = [m.group(0) for m in MEASURED.finditer(text)]
+        assert found == [], f"{name}: {found}"
+
+
+def test_the_measurement_finder_finds_measurements():
+    assert [m.group(0) for m in MEASURED.finditer("took 3.4 min, 99.6% exact, 116 ms, 202 GFLOP/s, 0.96x")] == \
+        ["3.4 min", "99.6%", "116 ms", "202 GFLOP/s", "0.96x"]
+    assert _outside_generated_blocks("a <!-- x -->\n99.6%\n<!-- /x --> b") == "a  b"

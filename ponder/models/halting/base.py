@@ -1,21 +1,11 @@
-"""The halting-head family's shared parts: the protocol, the settings every head has, the
-segment a head is trained on, the probe, and the registries (see ponder.models.halting).
+"""The halting-head family's shared parts, read first (the package docstring of
+ponder.models.halting says how the family trains and decides):
 
-Every head is an `nn.Module` owned by the model (its weights are checkpointed with it) and
-implements the one `HaltingHead` protocol below. Training: the objective hands the head a
-`Segment` (consecutive steps of the same samples) and the head returns the whole loss of it
-(task and halting terms). What segments a head is given is its `trains_on`:
-
-- "step" (Q-halt, Q-halt + Q-continue): deep supervision, one ACT step of every slot of the carry
-  per optimizer step;
-- "trajectory" (ACT, PonderNet): a fresh batch runs all M steps per optimizer step.
-
-Inference is the same for every head: `start` a per-sample memo, then after each step `decide`
-who halts and read each halting sample's `answer`. The training loop uses the same `decide`.
-
-Each head has its own settings dataclass (the config section `halt`, switched by `halt.kind`):
-the settings every head shares are `HaltSettings`; a head's own are declared on its class, so a
-setting that a head does not use cannot be set for it. Heads are registered in `HALTING` by name.
+- `HaltingHead`: the one protocol every head implements;
+- `HaltSettings`: the settings every head has (each head adds its own in its module);
+- `Segment`: consecutive steps of the same samples, what `HaltingHead.loss` is given;
+- `HaltProbe` and `ProbeHead`: the linear probe with its stabilisers, and what heads share;
+- `HALTING` (head classes) and `HALT_SETTINGS` (their settings dataclasses), filled by `register_head`.
 """
 from __future__ import annotations
 
