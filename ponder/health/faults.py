@@ -11,12 +11,19 @@ way a real failure would show up to the monitors:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ponder.models.blocks import Attention
 
 
 class _AtSteps:
+    """Calls the injector's `inject(model)` at the listed steps; hooks it registered in
+    `_handles` are removed after the step."""
+
+    inject: Callable[[torch.nn.Module], None]
+
     def __init__(self, steps):
         self.steps = set(steps)
         self._handles: list = []
@@ -29,9 +36,6 @@ class _AtSteps:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-    def inject(self, model) -> None:
-        raise NotImplementedError
 
 
 class NaNGradients(_AtSteps):
