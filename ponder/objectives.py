@@ -174,10 +174,15 @@ class Trajectory(_Counters):
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
         batch = self.stream.take(self.batch_size).to(self.device)
         self.counters["samples_taken"] += len(batch)
-        ctx = self.context = self.model.prepare(batch)
         state = self.model.init_state(len(batch), self.device)
-        outs = []
+        outs, aux = [], None
         for _ in range(self.halt_cfg.max_steps):
+            # each step prepares its own context, so the embedding's gradient is summed in the
+            # order it was before the step was composed, and trajectory runs (parity) reproduce
+            # bit for bit; preparing once per trajectory changed a 2500-step parity run's result
+            ctx = self.context = self.model.prepare(batch)
+            if ctx.aux_loss is not None:
+                aux = ctx.aux_loss if aux is None else aux + ctx.aux_loss
             state, out = self.model.step(state, ctx)
             outs.append(out)
         with torch.no_grad():
@@ -201,7 +206,7 @@ class Trajectory(_Counters):
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
         metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
                    **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
-        return _with_aux(loss, ctx), metrics
+        return loss if aux is None else loss + aux / len(outs), metrics
 
     def commit(self, ok: bool) -> None:
         if ok:
