@@ -84,14 +84,17 @@ def measure(args) -> None:
 
 
 def run_all(repeats: int, seconds: float) -> list[dict]:
+    """One child process per (repeat, policy), the policies alternating, so a drift of the shared
+    machine's speed falls on both."""
     rows = []
-    for policy, env in POLICIES.items():
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_contention", "--child", "--policy", policy,
-                              "--repeats", str(repeats), "--seconds", str(seconds)],
-                             env={**clean, **env}, capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parents[1])
-        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    for rep in range(repeats):
+        for policy, env in POLICIES.items():
+            out = subprocess.run([sys.executable, "-m", "benchmarks.bench_contention", "--child", "--policy", policy,
+                                  "--repeats", "1", "--seconds", str(seconds)],
+                                 env={**clean, **env}, capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1])
+            rows += [{**json.loads(line), "rep": rep} for line in out.stdout.splitlines() if line.startswith("{")]
     return rows
 
 
@@ -118,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default="default", help=argparse.SUPPRESS)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=6.0)
     args = ap.parse_args()
     if args.child:
@@ -137,15 +140,21 @@ def main() -> None:
     chosen = auto_threads()
     md = ["## Busy machines: threads, wait policy and one competing process", "",
           f"Demo preset training step (`ponder.train.train_step`: forward, backward, AdamW, EMA), median over "
-          f"{args.repeats} interleaved repeats of >= {args.seconds:g} s each (min-max in brackets). Competitor: one "
+          f"{args.repeats} repeats of >= {args.seconds:g} s each (min-max in brackets); each repeat is one process per "
+          f"wait policy, the policies alternating, and thread counts and competitor on/off interleave inside it. "
+          f"Competitor: one "
           f"single-threaded Python busy loop. Same-run fp32 1024x1024 matmul rate: {rate1:.0f} GFLOP/s on 1 thread, "
           f"{rate2:.0f} on 2 (medians); load average {min(loads):.1f}-{max(loads):.1f}; CPU used by other processes "
           f"during a phase at most {foreign:.2f} cores. Whole benchmark {(time.perf_counter() - t0) / 60:.1f} min.", "",
           md_table, "",
-          f"ponder's thread choice (`train.threads=0`): {chosen} thread(s) on this {os.cpu_count()}-core machine "
-          f"(one per core but one), and `OMP_WAIT_POLICY=PASSIVE` unless the user set a policy. Measured above: "
-          f"one competitor slows that setting by {figures[f'{min(chosen, 2)}_passive']['slowdown']:.1f}x; "
-          f"two spinning threads (PyTorch's default here) by {figures['2_default']['slowdown']:.1f}x."]
+          f"ponder's choice (`train.threads=0`): {chosen} thread(s) on this {os.cpu_count()}-core machine (one per "
+          f"core) with `OMP_WAIT_POLICY=PASSIVE` unless the user set a policy: one competitor slowed it by "
+          f"{figures[f'{min(chosen, 2)}_passive']['slowdown']:.1f}x, where threads that spin while waiting "
+          f"(PyTorch's default) were slowed by {figures[f'{min(chosen, 2)}_default']['slowdown']:.1f}x; idle, passive "
+          f"waiting cost {figures[f'{min(chosen, 2)}_passive']['idle_s'] / figures[f'{min(chosen, 2)}_default']['idle_s'] - 1:+.0%} "
+          f"per step against spinning, and one thread took "
+          f"{figures['1_passive']['idle_s'] / figures[f'{min(chosen, 2)}_passive']['idle_s']:.1f}x as long as "
+          f"{min(chosen, 2)}."]
     write_fragment("contention", "\n".join(md), {"rows": rows, "figures": figures, "threads_chosen": chosen})
 
 

@@ -1,21 +1,33 @@
-"""Did the restructuring of the core change any number? Two checks, written as one section:
+"""Did the restructuring of the core change any number? Three checks, written as one section:
 
 1. The debug preset, trained now, against the metrics measured before the restructuring
    (tests/golden/debug_preset.json, also pinned by tests/test_train.py): the largest difference
    of every logged figure.
-2. Optionally (`--parity OLD_RUN NEW_RUN`): two finished runs of the same parity preset and
+2. Short runs of twelve configurations (every halting head, both styles, adapter with logit
+   clamp, two gradient estimators, the mlp mixer with an EMA, the controller, mazes, parity):
+   the SHA-256 of their final weights against the hashes the code before the restructuring gave
+   on this machine (benchmarks/golden_weights.json).
+3. Optionally (`--parity OLD_RUN NEW_RUN`): two finished runs of the same parity preset and
    seed, one trained by the code before the restructuring and one by today's, compared record by
    record (a trajectory-trained head, where the embedding's gradient is now summed once per
    trajectory instead of once per step, so the weights may differ in the last bits).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, write_fragment
+import torch
+
+from benchmarks.common import RESULTS, ROOT, write_fragment
+from ponder.checkpoint import read_weights, resolve_checkpoint
+from ponder.config import apply_overrides
 from ponder.presets import get_config
 from ponder.run import train_run
 
@@ -45,6 +57,29 @@ def golden_check() -> dict:
     return {"figures": count, "max_abs_diff": worst}
 
 
+def weights_sha256(run_dir: Path) -> str:
+    ckpt = resolve_checkpoint(run_dir)
+    h = hashlib.sha256()
+    for which in ("model", "ema"):
+        tensors = read_weights(ckpt, which)
+        for k in sorted(tensors or {}):
+            h.update(k.encode())
+            h.update(tensors[k].numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_check() -> dict:
+    golden = json.loads((ROOT / "benchmarks" / "golden_weights.json").read_text())
+    torch.set_num_threads(1)
+    out = {}
+    for name, v in golden["variants"].items():
+        cfg = apply_overrides(get_config(v["preset"]), [*v["overrides"], "--train.threads=1", "--train.progress=false"])
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            train_run(cfg, Path(tmp) / "run")
+            out[name] = weights_sha256(Path(tmp) / "run") == v["weights_sha256"]
+    return out
+
+
 def parity_check(old: Path, new: Path) -> dict:
     a = [r for r in _records(old) if r["kind"] == "eval"]
     b = [r for r in _records(new) if r["kind"] == "eval"]
@@ -58,24 +93,35 @@ def parity_check(old: Path, new: Path) -> dict:
 
 def main() -> None:
     g = golden_check()
+    w = weights_check()
+    same = [k for k, ok in w.items() if ok]
+    differ = [k for k, ok in w.items() if not ok]
     md = ["## The restructured core against the numbers before it", "",
           f"Debug preset, trained now, against the metrics measured before the restructuring "
           f"(`tests/golden/debug_preset.json`): {g['figures']} figures (every train and eval record and the final "
-          f"held-out report), largest absolute difference **{g['max_abs_diff']:.2g}**."]
-    data: dict = {"golden": g}
+          f"held-out report), largest absolute difference **{g['max_abs_diff']:.2g}**.", "",
+          f"Final weights of short runs, against the hashes the code before the restructuring gave on this machine "
+          f"(`benchmarks/golden_weights.json`): **{len(same)} of {len(w)} bit-identical** ({', '.join(same)})"
+          + (f"; different: {', '.join(differ)}." if differ else ".")]
+    data: dict = {"golden": g, "weights": w}
+    saved = RESULTS / "equivalence.json"
+    p = None
     if "--parity" in sys.argv:
-        old, new = (Path(p) for p in sys.argv[sys.argv.index("--parity") + 1:][:2])
+        old, new = (Path(a) for a in sys.argv[sys.argv.index("--parity") + 1:][:2])
         p = parity_check(old, new)
+        p["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    elif saved.exists():  # keep the last comparison (it needs a checkout of the old code to redo)
+        p = json.loads(saved.read_text()).get("parity")
+    if p is not None:
         data["parity"] = p
-        same = all(r["old"] == r["new"] for r in p["rows"])
-        md += ["", f"`{p['preset']}` (head {p['head']}, seed {p['seed']}) trained by the code before and after: "
-                   "held-out exact at each evaluation (mean steps in brackets). The trajectory objective now "
-                   "prepares each batch once, so the embedding's gradient is summed in another order.", "",
+        md += ["", f"`{p['preset']}` (head {p['head']}, seed {p['seed']}) trained for {p['rows'][-1]['step']} steps by "
+                   f"the code before and after (measured {p.get('measured', 'with this section')}): held-out exact at "
+                   "each evaluation (mean steps in brackets).", "",
                "| step | before | after |", "|---|---|---|",
                *[f"| {r['step']} | {100 * r['old']:.1f}% ({r['old_steps']:.2f}) | {100 * r['new']:.1f}% "
                  f"({r['new_steps']:.2f}) |" for r in p["rows"]], "",
                f"Final held-out exact: {100 * p['final_old']:.1f}% before, {100 * p['final_new']:.1f}% after: "
-               + ("identical at every evaluation." if same else
+               + ("identical at every evaluation." if all(r["old"] == r["new"] for r in p["rows"]) else
                   "the runs part ways; the parity figures above are one draw of that spread, not a changed result.")]
     write_fragment("equivalence", "\n".join(md), data)
 

@@ -3,7 +3,7 @@ the number of cycles T (BPTT, truncated-1, implicit), and the `ponder diagnose g
 
 The model is the `demo` preset (6x6 Sudoku TRM-mlp) trained by this script with one thread, or
 the run given with `--from-run RUN_DIR`. One estimator step is one full outer cycle (2 latent
-updates + 1 answer update) through the adapter of ponder.estimator_hook.
+updates + 1 answer update) of the model's own composed step (ponder.estimator_hook).
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def main() -> None:
              f"from run `{run_dir.name}` (`ponder train demo --train.threads=1`)") + quality
           + f"; {THREADS} thread; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
           "(the machine is shared: times are noisy, memory is not). One estimator step = one full cycle "
-          "through the adapter (`ponder.estimator_hook`). Peak memory = peak live bytes of PyTorch's CPU "
+          "of the model's own composed step (`ponder.estimator_hook`). Peak memory = peak live bytes of PyTorch's CPU "
           "allocator during one gradient, from torch.profiler allocation events (tracemalloc does not see them).", "",
           f"### Peak memory and time per gradient against T (batch {BATCH}, median of {REPEATS})", "",
           "| T | " + " | ".join(f"{n} MiB | {n} ms" for n in fit) + " | implicit forward iterations (mean / max) |",

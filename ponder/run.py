@@ -71,7 +71,10 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
 def _check_compatible(saved: dict, cfg: Config, run_dir: Path) -> None:
     """A checkpoint resumes only as the run it was saved by: same preset, task and model."""
     now = to_dict(cfg)
-    filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
+    try:
+        filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
+    except PonderError as e:
+        raise PonderError(f"the checkpoint's config.json in {run_dir}: {e}") from None
     if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
         raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
                           f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
@@ -117,7 +120,11 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
                  "state": read_training_state(ckpt)}
     elif init_from is not None:
         source = resolve_checkpoint(Path(init_from))
-        weights, _ = read_trained_weights(source, from_dict(read_config(source)), use_ema=True)
+        try:
+            source_cfg = from_dict(read_config(source))
+        except PonderError as e:
+            raise PonderError(f"--init-from {source}: config.json: {e}") from None
+        weights, _ = read_trained_weights(source, source_cfg, use_ema=True)
         bad = nonfinite_tensors(weights)
         if bad:
             raise PonderError(f"--init-from {source} holds non-finite weights (e.g. {bad[0]})")

@@ -48,8 +48,8 @@ class TrainConfig:
         log_every, eval_every, checkpoint_every: intervals in optimizer steps (0 = never).
         keep_checkpoints: newest checkpoints kept on disk.
         device: "cpu", "cuda", "cuda:N", "mps" or "auto".
-        threads: torch CPU threads; 0 = ponder's choice, one per core but one (`auto_threads`):
-            with every core busy, a competing process makes each step wait on the slowest thread.
+        threads: torch CPU threads; 0 = one per usable core (`auto_threads`), with OpenMP's passive
+            waiting (set when ponder is imported), so a competing process does not stall every op.
         progress: show a progress bar with ETA.
         max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
         target: stop (checkpoint, final evaluation) at the first evaluation whose held-out
@@ -105,13 +105,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def auto_threads(cores: int | None = None) -> int:
-    """Threads for torch on the CPU when `train.threads` is 0: one per core but one (at least
-    one). With a thread on every core, one other busy process stalls every op of every step
-    (measured in BENCHMARKS.md, contention); one core left free absorbs it."""
-    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                             else os.cpu_count() or 1)
-    return max(1, cores - 1)
+def auto_threads() -> int:
+    """Threads for torch on the CPU when `train.threads` is 0: one per core this process may use.
+    ponder sets OMP_WAIT_POLICY=PASSIVE before torch loads (ponder/__init__.py): with threads that
+    spin while they wait, one other busy process stalled every op of every step; waiting
+    passively, a thread per core kept the idle speed of all cores and lost little to a
+    competitor (BENCHMARKS.md, busy machines: both measured against one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores)
 
 
 def set_threads(threads: int) -> int:
