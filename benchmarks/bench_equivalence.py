@@ -92,6 +92,9 @@ def parity_check(old: Path, new: Path) -> dict:
 
 
 def main() -> None:
+    given = [Path(a) for a in sys.argv[sys.argv.index("--parity") + 1:][:2]] if "--parity" in sys.argv else []
+    if "--parity" in sys.argv and (len(given) != 2 or not all((d / "eval" / "report.json").exists() for d in given)):
+        sys.exit("bench_equivalence: --parity needs two finished run directories (before, after)")
     g = golden_check()
     w = weights_check()
     same = [k for k, ok in w.items() if ok]
@@ -107,8 +110,7 @@ def main() -> None:
     saved = RESULTS / "equivalence.json"
     p = None
     if "--parity" in sys.argv:
-        old, new = (Path(a) for a in sys.argv[sys.argv.index("--parity") + 1:][:2])
-        p = parity_check(old, new)
+        p = parity_check(*given)
         p["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     elif saved.exists():  # keep the last comparison (it needs a checkout of the old code to redo)
         p = json.loads(saved.read_text()).get("parity")

@@ -33,6 +33,9 @@ class Metric(Protocol):
     def summarize(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
         """Per-sample scores of a whole split (arrays (N,)) -> the figures named in `columns`."""
 
+    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
+        """The same figures of one batch's score tensors (the training objectives log them per step)."""
+
 
 def exact_and_cells(preds: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(b, n) predictions and labels -> (b,) exact, (b,) correct cells, (b,) supervised cells."""

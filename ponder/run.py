@@ -46,6 +46,22 @@ def build_model(cfg: Config, task: TaskData) -> RecursiveReasoner:
                              num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
 
 
+def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Weights with NaN or inf are refused (one line naming the file and a tensor)."""
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise PonderError(f"{source} holds non-finite weights (NaN or inf in {len(bad)} of {len(weights)} tensors, "
+                          f"e.g. {bad[0]})")
+
+
+def read_run_config(ckpt: Path) -> Config:
+    """The config saved in a checkpoint, migrated and validated; damage is an error naming it."""
+    try:
+        return from_dict(read_config(ckpt))
+    except PonderError as e:
+        raise PonderError(f"checkpoint {ckpt}: config.json: {e}") from None
+
+
 def check_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:
     """Refuse (one line) `weights` whose names or shapes differ from `own`, or that are not finite."""
     missing = [k for k in own if k not in weights]
@@ -56,10 +72,7 @@ def check_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], so
         detail = "; ".join(f"{what} {items[:2]}" for what, items in
                            (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if items)
         raise PonderError(f"{source} does not fit this run's model ({detail}): a run of another size?")
-    bad = nonfinite_tensors(weights)
-    if bad:
-        raise PonderError(f"{source} holds non-finite weights (NaN or inf in {len(bad)} of {len(weights)} tensors, "
-                          f"e.g. {bad[0]})")
+    refuse_nonfinite(weights, source)
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -68,13 +81,9 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     model.load_state_dict(weights)
 
 
-def _check_compatible(saved: dict, cfg: Config, run_dir: Path) -> None:
+def _check_compatible(saved: Config, cfg: Config, run_dir: Path) -> None:
     """A checkpoint resumes only as the run it was saved by: same preset, task and model."""
-    now = to_dict(cfg)
-    try:
-        filled = to_dict(from_dict(saved))  # keys added since the run was saved take their defaults
-    except PonderError as e:
-        raise PonderError(f"the checkpoint's config.json in {run_dir}: {e}") from None
+    now, filled = to_dict(cfg), to_dict(saved)  # keys added since the run was saved have their defaults
     if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
         raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
                           f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
@@ -115,19 +124,13 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     ckpt = source = None
     if resume:  # read and check everything before building anything
         ckpt = resolve_checkpoint(run_dir)
-        _check_compatible(read_config(ckpt), cfg, run_dir)
+        _check_compatible(read_run_config(ckpt), cfg, run_dir)
         saved = {"model": read_weights(ckpt, "model"), "ema": read_weights(ckpt, "ema"),
                  "state": read_training_state(ckpt)}
     elif init_from is not None:
         source = resolve_checkpoint(Path(init_from))
-        try:
-            source_cfg = from_dict(read_config(source))
-        except PonderError as e:
-            raise PonderError(f"--init-from {source}: config.json: {e}") from None
-        weights, _ = read_trained_weights(source, source_cfg, use_ema=True)
-        bad = nonfinite_tensors(weights)
-        if bad:
-            raise PonderError(f"--init-from {source} holds non-finite weights (e.g. {bad[0]})")
+        weights, weights_file = read_trained_weights(source, read_run_config(source), use_ema=True)
+        refuse_nonfinite(weights, weights_file)
     torch.manual_seed(tc.seed)
     task = build_task(cfg.task)
     model = build_model(cfg, task).to(device)
@@ -211,11 +214,7 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         config's model, or hold NaN or inf, is a PonderError.
     """
     ckpt_dir = resolve_checkpoint(Path(path))
-    try:
-        cfg = from_dict(read_config(ckpt_dir))
-    except PonderError as e:
-        raise PonderError(f"checkpoint {ckpt_dir}: config.json: {e}") from None
-    cfg = apply_overrides(cfg, overrides or [])
+    cfg = apply_overrides(read_run_config(ckpt_dir), overrides or [])
     weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
     task = build_task(cfg.task)
     model = build_model(cfg, task)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,36 @@ def _mean_over_steps(terms: list[Tensor]) -> Tensor:
     return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 
+def q_loss(head: ProbeHead, segment: Segment,
+           continue_bce: Callable[[int, Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The Q heads' objective, the mean over the segment's steps of task loss + weight *
+    (BCE(q_halt, answer exactly right) [+ the continue term of step i]) + the probe's L1 penalty.
+
+    continue_bce: (step index i in the segment, (b,) step counts) -> that step's Q-continue term.
+    """
+    weight = head.weight(segment.train_step)
+    totals, lms, halts, conts, accs = [], [], [], [], []
+    for i, correct in enumerate(segment.correct):
+        out, steps = segment.outs[i], segment.steps + i
+        lm = segment.task_loss(out.logits, segment.labels).mean()
+        q_halt = head.probe.shape(out.halt_logits, steps)
+        halt_bce = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype))
+        halting = halt_bce
+        if continue_bce is not None:
+            conts.append(continue_bce(i, steps))
+            halting = halt_bce + conts[-1]
+        totals.append(lm + (weight * halting + head.probe.penalty(q_halt)))
+        lms.append(lm)
+        halts.append(halt_bce)
+        with torch.no_grad():
+            accs.append(((q_halt > 0) == correct).float().mean())
+    stats = {"lm_loss": _mean_over_steps(lms).item(), "halt_loss": _mean_over_steps(halts).item()}
+    if conts:
+        stats["continue_loss"] = _mean_over_steps(conts).item()
+    stats["q_halt_acc"] = _mean_over_steps(accs).item()
+    return _mean_over_steps(totals), stats
+
+
 @register_head(QHaltSettings)
 class QHaltHead(ProbeHead):
     """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold, at max_steps,
@@ -88,20 +119,7 @@ class QHaltHead(ProbeHead):
 
     def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
         """Per step: task loss + loss_weight * BCE(q_halt, exactly right) (+ L1 penalty)."""
-        totals, lms, bces, accs = [], [], [], []
-        weight = self.weight(segment.train_step)
-        for i, (out, correct) in enumerate(zip(segment.outs, segment.correct)):
-            lm = segment.task_loss(out.logits, segment.labels).mean()
-            logit = self._halt_logit(out, segment.steps + i)
-            bce = F.binary_cross_entropy_with_logits(logit, correct.to(logit.dtype))
-            totals.append(lm + (weight * bce + self.probe.penalty(logit)))
-            lms.append(lm)
-            bces.append(bce)
-            with torch.no_grad():
-                accs.append(((logit > 0) == correct).float().mean())
-        return _mean_over_steps(totals), {"lm_loss": _mean_over_steps(lms).item(),
-                                          "halt_loss": _mean_over_steps(bces).item(),
-                                          "q_halt_acc": _mean_over_steps(accs).item()}
+        return q_loss(self, segment)
 
 
 @register_head(QContinueSettings)
@@ -139,26 +157,13 @@ class QContinueHead(ProbeHead):
         if segment.next_out is None:
             raise ValueError("q_continue needs the next step's output (needs_next_step = True)")
         outs = [*segment.outs, segment.next_out]
-        weight = self.weight(segment.train_step)
-        totals, lms, halts, conts, accs = [], [], [], [], []
-        for i, correct in enumerate(segment.correct):
-            out, nxt_out, steps = outs[i], outs[i + 1], segment.steps + i
-            lm = segment.task_loss(out.logits, segment.labels).mean()
-            q_halt = self.probe.shape(out.halt_logits, steps)
+
+        def continue_bce(i: int, steps: Tensor) -> Tensor:
             with torch.no_grad():  # bootstrapped target from the next step, as in HRM
-                nxt_halt = self.probe.shape(nxt_out.halt_logits, steps + 1)
+                nxt_halt = self.probe.shape(outs[i + 1].halt_logits, steps + 1)
                 nxt = torch.where(steps + 1 >= self.cfg.max_steps, nxt_halt,
-                                  torch.maximum(nxt_halt, nxt_out.aux["q_continue"]))
+                                  torch.maximum(nxt_halt, outs[i + 1].aux["q_continue"]))
                 target = torch.sigmoid(nxt)
-            halt_bce = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype))
-            cont_bce = F.binary_cross_entropy_with_logits(out.aux["q_continue"], target)
-            totals.append(lm + (weight * (halt_bce + cont_bce) + self.probe.penalty(q_halt)))
-            lms.append(lm)
-            halts.append(halt_bce)
-            conts.append(cont_bce)
-            with torch.no_grad():
-                accs.append(((q_halt > 0) == correct).float().mean())
-        return _mean_over_steps(totals), {"lm_loss": _mean_over_steps(lms).item(),
-                                          "halt_loss": _mean_over_steps(halts).item(),
-                                          "continue_loss": _mean_over_steps(conts).item(),
-                                          "q_halt_acc": _mean_over_steps(accs).item()}
+            return F.binary_cross_entropy_with_logits(outs[i].aux["q_continue"], target)
+
+        return q_loss(self, segment, continue_bce)
