@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ponder.arc.cli import add_arc_parser
 from ponder.checkpoint import read_training_state, resolve_checkpoint
 from ponder.config import apply_overrides, load_config
 from ponder.diagnose import diagnose_gradients, format_table, write_json
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="health report of a run: training checks, halting verdicts, controller actions")
     p.add_argument("run_dir", help="RUN_DIR (writes RUN_DIR/health.md and health.json; exit 1 when a check fails)")
     p.set_defaults(fn=_cmd_health)
+    add_arc_parser(sub)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)
     return parser
