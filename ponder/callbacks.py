@@ -52,12 +52,15 @@ class MetricsLog:
     """Append-only JSONL of metric records (each with `step` and `kind`), mirrored to CSV.
 
     The CSV is rebuilt from the JSONL at every checkpoint and at the end. On resume the log is cut
-    back to the checkpoint's step so a resumed run's log equals an uninterrupted one.
+    back to the checkpoint's step so a resumed run's log equals an uninterrupted one. Only one
+    process writes a run's log (`writes=False` on the other data-parallel ranks).
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, writes: bool = True, mirror: Any = None):
         self.jsonl = Path(run_dir) / "metrics.jsonl"
         self.csv = Path(run_dir) / "metrics.csv"
+        self.writes = writes
+        self.mirror = mirror  # e.g. ponder.tensorboard_log.TensorBoardMirror: gets every record too
 
     def records(self) -> list[dict]:
         """Every record; a last line cut short by a crash is dropped, any other damage is a
@@ -82,16 +85,26 @@ class MetricsLog:
         return out
 
     def truncate_after(self, step: int) -> None:
+        if not self.writes:
+            return
         kept = [r for r in self.records() if r.get("step", 0) <= step]
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
+        if not self.writes:
+            return
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
             f.flush()
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def write_csv(self) -> None:
+        if not self.writes:
+            return
+        if self.mirror is not None:
+            self.mirror.flush()
         records = self.records()
         keys: list[str] = []
         for r in records:

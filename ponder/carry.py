@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ponder.data.base import Augment, Split
+from ponder.distributed import SINGLE, Shard
 from ponder.types import Batch, State
 
 
@@ -63,24 +64,42 @@ def batch_of(split: Split) -> Batch:
 
 class Carry:
     """B slots of samples in flight (with their conditioning), their latent state, steps taken
-    and exploration floor. The slots' batch starts empty and is allocated at the first refill."""
+    and exploration floor. The slots' batch starts empty and is allocated at the first refill.
 
-    def __init__(self, model, batch_size: int, device: torch.device):
-        self.device = device
+    Across W processes (ponder.distributed) each rank holds its B / W slots, while the stream and
+    the exploration draws stay global: every rank draws the same samples for the slots that need
+    one anywhere and keeps those of its own slots, so the W ranks together hold exactly the
+    carry of one process. `state_dict` gathers the global carry; `load_state_dict` takes this
+    rank's rows of it, whatever the world size that saved it.
+    """
+
+    def __init__(self, model, batch_size: int, device: torch.device, shard: Shard = SINGLE):
+        self.device, self.shard, self.global_size = device, shard, batch_size
+        local = shard.local_size(batch_size)
         self.batch: Batch | None = None
-        self.state: State = model.init_state(batch_size, device)
-        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.min_steps = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.needs_sample = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.state: State = model.init_state(local, device)
+        self.steps = torch.zeros(local, dtype=torch.long, device=device)
+        self.min_steps = torch.zeros(local, dtype=torch.long, device=device)
+        self.needs_sample = torch.ones(local, dtype=torch.bool, device=device)
 
     def refill(self, model, stream: SampleStream, *, max_steps: int, explore_prob: float,
                generator: torch.Generator) -> int:
-        """Give every finished slot a fresh sample and fresh latents. Returns how many."""
-        slots = self.needs_sample.nonzero().squeeze(1)  # (k,)
-        k = int(slots.numel())
+        """Give every finished slot a fresh sample and fresh latents. Returns how many slots of
+        the global carry (all ranks) took one."""
+        needed = self.shard.gather_cat(self.needs_sample).nonzero().squeeze(1)  # global slot indices
+        k = int(needed.numel())
         if k == 0:
             return 0
-        fresh = stream.take(k).to(self.device)
+        fresh = stream.take(k)
+        # TRM's exploration: with probability p a slot must run at least U{2..M} steps
+        explore = torch.rand(k, generator=generator) < explore_prob
+        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator)
+        lo = self.shard.rank * len(self.steps)
+        mine = ((needed >= lo) & (needed < lo + len(self.steps))).cpu()
+        if not mine.any():
+            return k
+        slots = (needed.cpu()[mine] - lo).to(self.device)
+        fresh = fresh.index(mine).to(self.device)
         if self.batch is None:  # first fill: every slot is empty, the stream's batch is the carry's
             self.batch = fresh
         else:
@@ -90,24 +109,31 @@ class Carry:
                     getattr(self.batch, name)[slots] = new.to(getattr(self.batch, name).dtype)
         self.state = model.reset_state(self.state, self.needs_sample)
         self.steps[slots] = 0
-        # TRM's exploration: with probability p a slot must run at least U{2..M} steps
-        explore = torch.rand(k, generator=generator) < explore_prob
-        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator)
-        self.min_steps[slots] = torch.where(explore, floor, torch.zeros_like(floor)).to(self.device)
+        self.min_steps[slots] = torch.where(explore, floor, torch.zeros_like(floor))[mine].to(self.device)
         self.needs_sample[slots] = False
         return k
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The global carry (every rank's slots, in rank order); a collective under W > 1."""
         b = self.batch
         batch = {} if b is None else {k: getattr(b, k) for k in ("inputs", "labels", "difficulty", "puzzle_id",
                                                                     "context") if getattr(b, k) is not None}
-        return {**batch, "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
-                "needs_sample": self.needs_sample}
+        local = {**batch, "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
+                 "needs_sample": self.needs_sample}
+        if self.shard.active and b is not None:
+            return {k: self.shard.gather_cat(v) for k, v in local.items()}
+        if self.shard.active:  # before the first refill no rank has a batch
+            return {k: self.shard.gather_cat(v) for k, v in local.items() if k not in batch}
+        return local
 
     def load_state_dict(self, s: dict[str, Tensor]) -> None:
         d = self.device
-        if any(s[k].shape != v.shape for k, v in (("y", self.state.y), ("z", self.state.z), ("steps", self.steps))):
-            raise ValueError(f"the saved carry has shape {tuple(s['y'].shape)}, this run's is {tuple(self.state.y.shape)}")
+        if s["y"].shape[0] != self.global_size or s["y"].shape[1:] != self.state.y.shape[1:] \
+                or s["z"].shape[1:] != self.state.z.shape[1:]:
+            raise ValueError(f"the saved carry has shape {tuple(s['y'].shape)}, this run's is "
+                             f"{(self.global_size, *self.state.y.shape[1:])}")
+        rows = self.shard.rows(self.global_size)
+        s = {k: v[rows] for k, v in s.items()}
         self.batch = None if "inputs" not in s else Batch(
             s["inputs"].to(d), s["labels"].to(d), s["difficulty"].to(d),
             *(s[k].to(d) if k in s else None for k in ("puzzle_id", "context")))

@@ -18,6 +18,8 @@ from ponder.config import apply_overrides, load_config
 from ponder.diagnose import diagnose_gradients, format_table, write_json
 from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
 from ponder.errors import PonderError
+from ponder.html_report import write_report
+from ponder.lm.cli import add_lm_parsers
 from ponder.presets import DEFAULT_PRESET, PRESETS, get_config
 from ponder.run import evaluate_checkpoint, health_report, train_run
 
@@ -107,6 +109,15 @@ def _cmd_health(args, extra) -> int:
     return 0 if payload["passed"] else 1
 
 
+def _cmd_report(args, extra) -> int:
+    if extra:
+        raise PonderError("`ponder report` takes no overrides")
+    t0 = time.perf_counter()
+    out = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, samples=args.samples)
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Recursive reasoning models with learned halting.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="health report of a run: training checks, halting verdicts, controller actions")
     p.add_argument("run_dir", help="RUN_DIR (writes RUN_DIR/health.md and health.json; exit 1 when a check fails)")
     p.set_defaults(fn=_cmd_health)
+    p = sub.add_parser("report", help="one self-contained HTML page of one run, or several side by side")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="the HTML file (default RUN_DIR/report.html; several runs: ponder-report.html)")
+    p.add_argument("--samples", type=int, default=6, help="held-out samples drawn per run (0 = none)")
+    p.set_defaults(fn=_cmd_report)
     add_arc_parser(sub)
+    add_lm_parsers(sub)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)
     return parser

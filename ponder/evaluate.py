@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ponder.carry import batch_of
 from ponder.data.base import Split
+from ponder.distributed import SINGLE, Shard
 from ponder.metrics import Metric, concat_scores
 from ponder.settings import check, setting
 from ponder.stats import spearman_or_none
@@ -118,8 +119,17 @@ def adaptive_inference(model, batch: Batch, *, max_steps: int) -> tuple[Tensor, 
     return answers, steps
 
 
+def _gather(shard: Shard, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-sample arrays of every rank's part of a split, concatenated in rank order (a rank
+    with no samples contributes an empty dict)."""
+    if not shard.active:
+        return part
+    parts = [p for p in shard.gather_objects(part) if p]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
 def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch_size: int,
-                   device: torch.device, budgets: bool = True) -> dict:
+                   device: torch.device, budgets: bool = True, shard: Shard = SINGLE) -> dict:
     """Adaptive-halting scores (real early exit) and, optionally, scores per step budget.
 
     Returns a dict with keys: n, the metric's columns (e.g. exact, cell), mean_steps,
@@ -129,19 +139,25 @@ def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch
     metric counts as not solved; None if none), seconds_adaptive, and with budgets: for each
     column c, c_by_budget (list over budgets 1..M), seconds_all_steps, halt_consistent (fraction
     of samples whose early-exit step equals the full rollout's), difficulty, steps, by_difficulty.
+
+    Across processes (`shard`) each rank runs its contiguous part of the split, early exit
+    included, with no collective inside the loops; the per-sample results are gathered in rank
+    order afterwards, so every rank returns the report of the whole split (seconds: the slowest
+    rank's).
     """
     was_training = model.training
     model.eval()
+    rows = shard.split_rows(len(split))
+    mine = split.slice(rows.start, rows.stop)
     parts, steps_all = [], []
     t0 = time.perf_counter()
-    for _, batch in _batches(split, batch_size, device):
+    for _, batch in _batches(mine, batch_size, device):
         answers, steps = adaptive_inference(model, batch, max_steps=max_steps)
-        parts.append(metric.score(answers, batch.labels))
-        steps_all.append(steps.cpu())
-    seconds_adaptive = time.perf_counter() - t0
-    scores = concat_scores(parts)
+        parts.append({**metric.score(answers, batch.labels), "_steps": steps})
+    seconds_adaptive = max(shard.gather_objects(time.perf_counter() - t0))
+    scores = _gather(shard, concat_scores(parts))
+    steps = scores.pop("_steps")
     solved = metric.correct({k: torch.as_tensor(v) for k, v in scores.items()}).numpy()
-    steps = torch.cat(steps_all).numpy()
     halted_early = steps < max_steps  # halts decided by the head, not forced by the cap
     report = {
         "n": len(split),
@@ -157,15 +173,17 @@ def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch
     }
     if budgets:
         t0 = time.perf_counter()
-        full = rollout_all_steps(model, split, metric, max_steps=max_steps, batch_size=batch_size, device=device)
-        report["seconds_all_steps"] = time.perf_counter() - t0
-        summaries = [metric.summarize(s) for s in full["by_budget"]]
+        full = rollout_all_steps(model, mine, metric, max_steps=max_steps, batch_size=batch_size, device=device)
+        report["seconds_all_steps"] = max(shard.gather_objects(time.perf_counter() - t0))
+        by_budget = [_gather(shard, s) for s in full["by_budget"]]
+        halt_step = _gather(shard, {"h": full["halt_step"]})["h"]
+        summaries = [metric.summarize(s) for s in by_budget]
         for col in metric.columns:
             report[f"{col}_by_budget"] = [s[col] for s in summaries]
-        report["halt_consistent"] = float((full["halt_step"] == steps).mean())
+        report["halt_consistent"] = float((halt_step == steps).mean())
         report["difficulty"] = split.difficulty.tolist()
         report["steps"] = steps.tolist()
-        report["by_difficulty"] = _by_difficulty(full["by_budget"], metric, steps, scores, split.difficulty)
+        report["by_difficulty"] = _by_difficulty(by_budget, metric, steps, scores, split.difficulty)
     model.train(was_training)
     return report
 

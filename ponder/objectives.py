@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ponder.carry import Carry, SampleStream
+from ponder.distributed import SINGLE, Shard
 from ponder.errors import PonderError
 from ponder.estimator_hook import estimated_step
 from ponder.metrics import Metric
@@ -63,13 +64,19 @@ def _with_aux(loss: Tensor, ctx) -> Tensor:
 
 class _Counters:
     """Samples taken from the stream, samples completed, their steps, and the steps of the
-    samples completed since the last log record (`halt_steps`)."""
+    samples completed since the last log record (`halt_steps`); global across processes (the
+    completed samples of every rank are gathered), so every rank holds the same counts."""
 
-    def __init__(self):
+    def __init__(self, shard: Shard):
+        self.shard = shard
         self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
         self.halt_steps: list[int] = []
 
-    def complete(self, steps: Tensor) -> None:
+    def complete(self, steps: Tensor, done: Tensor) -> None:
+        """Count the samples whose slots are `done` (bool, this rank's rows), with their `steps`."""
+        if self.shard.active:
+            steps, done = self.shard.gather_cat(steps), self.shard.gather_cat(done)
+        steps = steps[done]
         self.counters["samples_completed"] += len(steps)
         self.counters["steps_completed_total"] += int(steps.sum())
         self.halt_steps.extend(steps.tolist())
@@ -86,13 +93,13 @@ class DeepSupervision(_Counters):
     """TRM/HRM deep supervision with the carry kept across optimizer steps."""
 
     def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
-                 device: torch.device, seed: int, estimator=None):
-        super().__init__()
+                 device: torch.device, seed: int, estimator=None, shard: Shard = SINGLE):
+        super().__init__(shard)
         self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
         self.halt_cfg, self.loss_kind = halt_cfg, loss_kind
         self.estimator = estimator  # None: the model's own gradient rule; see ponder.estimator_hook
-        self.carry = Carry(model, batch_size, device)
-        self.memo = self.head.start(batch_size, device)
+        self.carry = Carry(model, batch_size, device, shard)
+        self.memo = self.head.start(len(self.carry.steps), device)
         self.explore_gen = torch.Generator().manual_seed(seed + 1)
         self.context = None
 
@@ -144,36 +151,44 @@ class DeepSupervision(_Counters):
         with torch.no_grad():
             halted, self.memo = self.head.decide(self._out, carry.steps, self.memo)
         halted = (halted & (carry.steps >= carry.min_steps)) | (carry.steps >= self.halt_cfg.max_steps)
-        self.complete(carry.steps[halted])
+        self.complete(carry.steps, halted)
         carry.needs_sample |= halted
 
     def state_dict(self) -> dict:
-        return {"carry": self.carry.state_dict(), "memo": self.memo, "explore_rng": self.explore_gen.get_state(),
+        """Global (every rank's slots); a collective under several processes."""
+        memo = {k: self.shard.gather_cat(v) for k, v in self.memo.items()}
+        return {"carry": self.carry.state_dict(), "memo": memo, "explore_rng": self.explore_gen.get_state(),
                 **self.state()}
 
     def load_state_dict(self, s: dict) -> None:
         self.carry.load_state_dict(s["carry"])
-        self.memo = {k: v.to(self.carry.device) for k, v in s["memo"].items()}
+        rows = self.shard.rows(self.carry.global_size)
+        self.memo = {k: v[rows].to(self.carry.device) for k, v in s["memo"].items()}
         self.explore_gen.set_state(s["explore_rng"])
         self.load(s)
 
     def in_flight(self) -> int:
-        return int((~self.carry.needs_sample).sum())
+        """Samples in flight in the global carry (a collective under several processes)."""
+        return int((~self.shard.gather_cat(self.carry.needs_sample)).sum())
 
 
 class Trajectory(_Counters):
     """Whole trajectories: a fresh batch runs all M steps; the head's loss of the trajectory trains it."""
 
     def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
-                 device: torch.device):
-        super().__init__()
+                 device: torch.device, shard: Shard = SINGLE):
+        super().__init__(shard)
         self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
         self.halt_cfg, self.loss_kind, self.device, self.batch_size = halt_cfg, loss_kind, device, batch_size
+        self.rows = shard.rows(batch_size)  # this rank's part of each global batch
         self.context = None
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.stream.take(self.batch_size).to(self.device)
+        batch = self.stream.take(self.batch_size)
         self.counters["samples_taken"] += len(batch)
+        if self.shard.active:
+            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+        batch = batch.to(self.device)
         state = self.model.init_state(len(batch), self.device)
         outs, aux = [], None
         for _ in range(self.halt_cfg.max_steps):
@@ -210,7 +225,7 @@ class Trajectory(_Counters):
 
     def commit(self, ok: bool) -> None:
         if ok:
-            self.complete(self._stop)
+            self.complete(self._stop, torch.ones_like(self._stop, dtype=torch.bool))
 
     def state_dict(self) -> dict:
         return self.state()
@@ -223,7 +238,7 @@ class Trajectory(_Counters):
 
 
 def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
-                    device: torch.device, seed: int, estimator=None):
+                    device: torch.device, seed: int, estimator=None, shard: Shard = SINGLE):
     """The objective the model's halting head trains with; `estimator` (deep supervision only)
     replaces the model's own gradient rule for the recursion (ponder.estimator_hook)."""
     if model.halting.trains_on == "trajectory":
@@ -231,6 +246,6 @@ def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: 
             raise PonderError(f"estimator.kind={estimator.name} needs a halting head trained one step at a time "
                               f"(q_halt, q_continue), not {halt_cfg.kind}, whose loss spans the whole trajectory")
         return Trajectory(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
-                          device=device)
+                          device=device, shard=shard)
     return DeepSupervision(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
-                           device=device, seed=seed, estimator=estimator)
+                           device=device, seed=seed, estimator=estimator, shard=shard)

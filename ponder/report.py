@@ -14,13 +14,15 @@ import torch
 from ponder.carry import batch_of
 from ponder.checkpoint import atomic_write_text
 from ponder.data.base import TaskData
+from ponder.distributed import SINGLE, Shard
 from ponder.evaluate import adaptive_inference, evaluate_split
 from ponder.render import samples_html
 
 
 def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
-                 split: str = "test", quiet: bool = False) -> dict:
-    """Full evaluation of `model` on the held-out split (and a training subset); writes files."""
+                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE) -> dict:
+    """Full evaluation of `model` on the held-out split (and a training subset); writes files.
+    Across processes every rank evaluates its part of each split and rank 0 writes."""
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if ec.max_samples > 0 and ec.max_samples < len(held_out):
@@ -35,11 +37,14 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
         "split": split,
         "difficulty_name": task.difficulty_name,
         "columns": list(task.metric.columns),
-        "held_out": evaluate_split(model, held_out, task.metric, max_steps=m, batch_size=ec.batch_size, device=device),
+        "held_out": evaluate_split(model, held_out, task.metric, max_steps=m, batch_size=ec.batch_size, device=device,
+                                   shard=shard),
         "train": evaluate_split(model, train_sub, task.metric, max_steps=m, batch_size=ec.batch_size,
-                                device=device, budgets=False),
+                                device=device, budgets=False, shard=shard),
         "baselines": task.baselines(held_out, task.train),
     }
+    if not shard.main:
+        return report
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
@@ -53,9 +58,9 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     return report
 
 
-def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Path, *, device: torch.device) -> None:
-    """The first `k` samples of `split` with the model's adaptive-halting answers, drawn by the
-    task's renderer into one self-contained HTML page."""
+def sample_figures(model, task: TaskData, split, k: int, max_steps: int, *, device: torch.device) -> list[str]:
+    """The first `k` samples of `split` with the model's adaptive-halting answers, each drawn by
+    the task's renderer as an SVG with a caption (steps used, difficulty)."""
     sub = split.slice(0, k)
     batch = batch_of(sub).to(device)
     was_training = model.training
@@ -66,9 +71,13 @@ def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Pat
     svgs = [task.render(sub.inputs[i], sub.labels[i], preds[i]) for i in range(len(sub))]
     titles = [f"held-out sample {i}: {int(steps[i])} of {max_steps} steps, {task.difficulty_name.split(' (')[0]} "
               f"{sub.difficulty[i]:g}" for i in range(len(sub))]
-    html = samples_html([f"<figcaption>{t}</figcaption>{svg}" for t, svg in zip(titles, svgs)],
-                        f"{task.name}: held-out samples")
-    atomic_write_text(path, html)
+    return [f"<figcaption>{t}</figcaption>{svg}" for t, svg in zip(titles, svgs)]
+
+
+def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Path, *, device: torch.device) -> None:
+    """`sample_figures` as one self-contained HTML page."""
+    figures = sample_figures(model, task, split, k, max_steps, device=device)
+    atomic_write_text(path, samples_html(figures, f"{task.name}: held-out samples"))
 
 
 def _pct(x: float | None) -> str:

@@ -26,6 +26,7 @@ from ponder.checkpoint import (atomic_write_text, format_load_report, nonfinite_
                                read_training_state, read_weights, resolve_checkpoint, run_dir_of)
 from ponder.config import Config, apply_overrides, from_dict, load_config, save_config, to_dict
 from ponder.data import TaskData, build_task
+from ponder.distributed import join, leave
 from ponder.errors import PonderError
 from ponder.estimator_hook import TRMRule
 from ponder.health import build_health_callbacks
@@ -35,7 +36,8 @@ from ponder.models.recursive import RecursiveReasoner
 from ponder.objectives import build_objective
 from ponder.optim import ExponentialMovingAverage, build_optimizer
 from ponder.report import evaluate_run
-from ponder.train import Run, resolve_device, set_threads, train
+from ponder.tensorboard_log import make_mirror
+from ponder.train import Run, check_accelerator_settings, resolve_device, set_threads, train
 
 
 def build_model(cfg: Config, task: TaskData) -> RecursiveReasoner:
@@ -117,7 +119,9 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     cfg.validate()  # every section is checked before any data is generated
     run_dir = Path(run_dir)
     tc = cfg.train
-    device = resolve_device(tc.device)
+    shard, device = join(resolve_device(tc.device))  # torchrun: this process among W
+    shard.local_size(tc.batch_size)  # the global batch must divide among the processes
+    check_accelerator_settings(tc, device)
     set_threads(tc.threads)
     if not resume and (run_dir / "checkpoints").exists():
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
@@ -134,29 +138,37 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     torch.manual_seed(tc.seed)
     task = build_task(cfg.task)
     model = build_model(cfg, task).to(device)
+    if tc.compile:
+        for net in model.networks():
+            net.compile()  # in place: parameter names (checkpoints) unchanged
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
     estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
     objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
-                                loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator)
-    log = MetricsLog(run_dir)
+                                loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator, shard=shard)
+    log = MetricsLog(run_dir, writes=shard.main)
     run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
               ema=ema, stream=stream, objective=objective,
-              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device)
+              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device,
+              shard=shard)
     if source is not None:
         report = partial_load(model, weights)
         if not report["loaded"]:
             raise PonderError(f"--init-from {source}: no tensor of it fits this model (a run of another task?)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1))
-        tqdm.write(format_load_report(report, source))
+        if shard.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1))
+            tqdm.write(format_load_report(report, source))
         if ema is not None:
             run.ema = ExponentialMovingAverage(model, tc.ema_decay)  # start the average at the loaded weights
     if ckpt is not None:
         _resume(run, ckpt, saved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
+    if shard.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        # events after a resumed checkpoint's step are purged, as the JSONL was cut back
+        log.mirror = make_mirror(tc.tensorboard, run_dir, purge_step=run.step + 1 if ckpt is not None else None)
     return run
 
 
@@ -179,14 +191,20 @@ def _resume(run: Run, ckpt: Path, saved: dict[str, Any]) -> None:
 def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Path | None = None,
               callbacks: list | None = None, final_eval: bool = True) -> dict:
     """Open the run, train it, write its health report and (with `final_eval`) the full
-    evaluation of RUN_DIR/eval/. Returns the evaluation report (or the last metric record)."""
-    run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
-    train(run)
-    records = run.log.records()
-    write_health_report(run.run_dir, cfg, records)
-    if not final_eval:
-        return records[-1] if records else {}
-    return evaluate_run(run.eval_model(), run.task, cfg, run.run_dir, device=run.device)
+    evaluation of RUN_DIR/eval/. Returns the evaluation report (or the last metric record).
+    Under torchrun every process trains its share and evaluates its part; rank 0 writes."""
+    try:
+        run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
+        train(run)
+        records = run.log.records()
+        if run.shard.main:
+            write_health_report(run.run_dir, cfg, records)
+        if not final_eval:
+            return records[-1] if records else {}
+        return evaluate_run(run.eval_model(), run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                            quiet=not run.shard.main)
+    finally:
+        leave()
 
 
 def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dict, Path]:

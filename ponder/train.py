@@ -26,10 +26,12 @@ from ponder.callbacks import Callbacks, MetricsLog
 from ponder.carry import SampleStream
 from ponder.checkpoint import save_checkpoint
 from ponder.data.base import TaskData
+from ponder.distributed import SINGLE, Shard, local_world
 from ponder.errors import PonderError
 from ponder.evaluate import evaluate_split
 from ponder.optim import ExponentialMovingAverage, lr_factor
 from ponder.settings import check, setting
+from ponder.tensorboard_log import tensorboard_available
 
 
 @dataclass(kw_only=True)
@@ -54,6 +56,10 @@ class TrainConfig:
         max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
         target: stop (checkpoint, final evaluation) at the first evaluation whose held-out
             headline score (exact match for puzzles) reaches this (0 = off).
+        tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
+            "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
+        precision: "fp32", or "bf16" (autocast of the training forward to bfloat16; CUDA only).
+        compile: compile the model's reasoning network with torch.compile (CUDA only).
     """
 
     seed: int = setting(0, ge=0)
@@ -75,6 +81,9 @@ class TrainConfig:
     progress: bool = True
     max_minutes: float = setting(0.0, ge=0)
     target: float = setting(0.0, ge=0, le=1)
+    tensorboard: str = setting("auto", choices=("auto", "on", "off"))
+    precision: str = setting("fp32", choices=("fp32", "bf16"))
+    compile: bool = False
 
     def inactive(self) -> dict[str, str]:
         out = {}
@@ -86,8 +95,20 @@ class TrainConfig:
 
     def validate(self) -> None:
         check(self, "train")
+        if self.tensorboard == "on" and not tensorboard_available():
+            raise PonderError("train.tensorboard=on but the tensorboard package is not installed "
+                              "(pip install 'ponder[tensorboard]')")
         if not (self.device in ("cpu", "cuda", "mps", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
             raise PonderError(f"train.device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+
+
+def check_accelerator_settings(tc: TrainConfig, device: torch.device) -> None:
+    """bf16 autocast and torch.compile are GPU settings: on another device they are refused
+    (one line), so a CPU run is never silently changed or silently left unchanged."""
+    if device.type != "cuda" and (tc.precision != "fp32" or tc.compile):
+        used = ", ".join(s for s, on in (("train.precision=bf16", tc.precision == "bf16"),
+                                         ("train.compile=true", tc.compile)) if on)
+        raise PonderError(f"{used}: CUDA only; this run is on {device.type}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,13 +127,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def auto_threads() -> int:
-    """Threads for torch on the CPU when `train.threads` is 0: one per core this process may use.
+    """Threads for torch on the CPU when `train.threads` is 0: one per core this process may use
+    (divided among the processes torchrun started on this machine).
     ponder sets OMP_WAIT_POLICY=PASSIVE before torch loads (ponder/__init__.py): with threads that
     spin while they wait, one other busy process stalled every op of every step; waiting
     passively, a thread per core kept the idle speed of all cores and lost little to a
     competitor (BENCHMARKS.md, busy machines: both measured against one thread)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores)
+    return max(1, cores // local_world())  # processes started together by torchrun share the cores
 
 
 def set_threads(threads: int) -> int:
@@ -151,6 +173,7 @@ class Run:
     Attributes:
         cfg: the run's Config; config_dict: its JSON form (saved in every checkpoint).
         run_dir, task, model, optimizer, ema (or None), stream, objective, callbacks, log, device.
+        shard: this process among the data-parallel ones (ponder.distributed; rank 0 writes files).
         step: optimizer steps taken; skipped_steps: non-finite steps refused; window: log sums.
     """
 
@@ -166,6 +189,7 @@ class Run:
     callbacks: Callbacks
     log: MetricsLog
     device: torch.device
+    shard: Shard = SINGLE
     step: int = 0
     skipped_steps: int = 0
     window: Window = field(default_factory=Window)
@@ -188,10 +212,14 @@ class Run:
         self.step = st["step"]
 
     def save_checkpoint(self, step: int) -> None:
-        save_checkpoint(self.run_dir, step, model_state=self.model.state_dict(),
-                        ema_state=self.ema.state_dict() if self.ema else None, training_state=self.training_state(),
-                        config=self.config_dict, keep=self.cfg.train.keep_checkpoints)
-        self.log.write_csv()
+        """Every rank gathers the global training state; rank 0 alone writes it."""
+        state = self.training_state()
+        if self.shard.main:
+            save_checkpoint(self.run_dir, step, model_state=self.model.state_dict(),
+                            ema_state=self.ema.state_dict() if self.ema else None, training_state=state,
+                            config=self.config_dict, keep=self.cfg.train.keep_checkpoints)
+            self.log.write_csv()
+        self.shard.barrier()  # no rank reads or moves on before the checkpoint exists
 
     def eval_model(self) -> torch.nn.Module:
         """The weights evaluation uses: the EMA's when the run keeps one and eval.use_ema."""
@@ -241,7 +269,7 @@ def evaluate_during_training(run: Run, step: int, seconds: float | None = None) 
                            ("train", task.train, cfg.eval.train_samples)):
         sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
         r = evaluate_split(model, sub, task.metric, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
-                           device=run.device, budgets=False)
+                           device=run.device, budgets=False, shard=run.shard)
         record.update({f"{name}_{k}": r[k] for k in (*task.metric.columns, *EVAL_KEYS)})
         record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
     if seconds is not None:
@@ -267,6 +295,10 @@ def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, 
     grad_norm = float("nan")
     if not skipped:
         loss.backward()
+    # one all-reduce averages the gradients across processes and tells every rank whether any
+    # rank's loss was not finite (then all refuse the step together); one process: no-op
+    skipped = run.shard.average_gradients(list(run.model.parameters()), skipped)
+    if not skipped:
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip if clip > 0 else float("inf")).item()
         skipped = not math.isfinite(grad_norm)
     if skipped:
@@ -276,7 +308,7 @@ def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, 
         run.optimizer.step()
         if run.ema is not None:
             run.ema.update(run.model)
-        run.window.add({"loss": loss.item(), **metrics, "grad_norm": grad_norm})
+        run.window.add({**metrics, "grad_norm": grad_norm})
     return skipped, grad_norm
 
 
@@ -301,11 +333,14 @@ def train_step(run: Run) -> dict:
     step = run.step
     _set_lr(run, step)
     run.callbacks.call("on_step_start", run, step)
-    loss, metrics = run.objective.forward(step)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+        loss, metrics = run.objective.forward(step)
+    # the global batch's figures (each rank computed its share's)
+    metrics = run.shard.mean_metrics({"loss": loss.item(), **metrics}, run.shard.local_size(run.cfg.train.batch_size))
     skipped, grad_norm = _optimizer_step(run, loss, metrics)
     run.objective.commit(not skipped)
     run.step = step + 1
-    metrics = {**metrics, "step": run.step, "loss": loss.item(), "skipped": skipped, "grad_norm": grad_norm}
+    metrics = {**metrics, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
     run.callbacks.call("on_step_end", run, metrics)  # grad_norm: before clipping
     return metrics
 
@@ -319,8 +354,8 @@ def train(run: Run) -> str:
     tc = run.cfg.train
     run.callbacks.call("on_train_start", run)
     run.model.train()
-    bar = tqdm(total=tc.steps, initial=run.step, disable=not tc.progress, desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=run.step, disable=not tc.progress or not run.shard.main, desc="train",
+               unit="step", dynamic_ncols=True)
     t_window = t_start = time.perf_counter()
     why = "done"
     with _StopRequest() as stop:
@@ -337,7 +372,10 @@ def train(run: Run) -> str:
             evaluated = None
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
-            if tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes:
+            out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
+            # every rank must stop at the same step: a signal or a clock seen by any rank counts for all
+            stop.requested, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
+            if out_of_time:
                 why = "time"
             headline = run.task.metric.columns[0]
             if tc.target > 0 and evaluated is not None and (evaluated.get(f"test_{headline}") or 0) >= tc.target:
@@ -348,8 +386,9 @@ def train(run: Run) -> str:
                     or why != "done":
                 run.save_checkpoint(done)
             if why != "done":
-                tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}" if why == "time" else
-                           f"target {tc.target:g} held-out {headline} reached at step {done}")
+                if run.shard.main:
+                    tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}" if why == "time" else
+                               f"target {tc.target:g} held-out {headline} reached at step {done}")
                 break
             if stop.requested:
                 bar.close()
@@ -358,4 +397,6 @@ def train(run: Run) -> str:
     bar.close()
     run.callbacks.call("on_train_end", run)
     run.log.write_csv()
+    if run.log.mirror is not None:
+        run.log.mirror.close()
     return why

@@ -10,6 +10,7 @@ import pytest
 
 from ponder.callbacks import MetricsLog
 from ponder.errors import PonderError
+from ponder.distributed import SINGLE
 from ponder.health.config import HaltingHealthConfig
 from ponder.health.halting import (
     SAME_STEP_OK,
@@ -299,7 +300,7 @@ def test_bad_config_is_a_ponder_error():
 
 def test_monitor_prints_new_flags_once_logs_them_and_resumes(tmp_path, capsys):
     log = MetricsLog(tmp_path)
-    run = SimpleNamespace(run_dir=tmp_path, log=log)
+    run = SimpleNamespace(run_dir=tmp_path, log=log, shard=SINGLE)
     n = 20
     drift = train_stream(np.linspace(-3.6, -5.7, n), np.linspace(4, 12, n))
     for r in drift[:3]:

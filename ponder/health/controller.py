@@ -109,13 +109,16 @@ class StabilityController:
         a = Action(step, kind, tuple(dict.fromkeys(causes)), reason, detail)
         self.actions.append(a)
         self.run.log.write(a.to_record())
-        tqdm.write(f"controller at step {step}: {a.kind.value}: {a.reason}")
+        if self.run.shard.main:
+            tqdm.write(f"controller at step {step}: {a.kind.value}: {a.reason}")
 
     def on_step_end(self, run, m: dict) -> None:
         step = m["step"]
         if step % self.cfg.window:
             return
-        events = self.monitor.take_events()
+        # under several processes every rank must decide alike: rank 0's events (its share of the
+        # batch's tensors; the losses and norms in them are already the global batch's) decide
+        events = run.shard.broadcast(self.monitor.take_events())
         c = self.cfg
         nonfinite = sum(1 for e in events if e.nonfinite)
         streak = max((e.streak for e in events), default=0)
@@ -211,7 +214,9 @@ class StabilityController:
     # ------------------------------------------------------------------ snapshots and rollback
 
     def _snapshot_dir(self) -> Path:
-        return Path(self.run.run_dir) / SNAPSHOTS
+        """Each process keeps its own snapshots (they are equal; no rank waits on another's file)."""
+        shard = self.run.shard
+        return Path(self.run.run_dir) / SNAPSHOTS / (f"rank{shard.rank}" if shard.rank else "")
 
     def _snapshot(self, step: int) -> None:
         ema = self.run.ema

@@ -371,6 +371,8 @@ class HaltingMonitor:
         self.last: list[Verdict] = []
 
     def on_eval_end(self, run, record: dict) -> None:
+        if not run.shard.main:  # the verdicts read the log, which rank 0 alone writes
+            return
         self.last = check_health(run.log.records(), self.cfg, self.max_steps)
         new = [v for v in self.last if v.flagged and v.name not in self.flagged]
         step = record.get("step")

@@ -299,7 +299,8 @@ class HealthMonitor:
     def _abort(self, run, step: int) -> None:
         self._write_record(step)
         run.save_checkpoint(step)
-        write_health_report(run.run_dir, run.cfg, run.log.records())
+        if run.shard.main:
+            write_health_report(run.run_dir, run.cfg, run.log.records())
         tqdm.write(f"health: {self.streak} non-finite steps in a row at step {step}; emergency checkpoint written")
         raise PonderError(f"training aborted at step {step}: {self.streak} non-finite steps in a row "
                           f"(health.abort_streak); emergency checkpoint in {self.run_dir}/checkpoints, "

@@ -389,10 +389,13 @@ class RecursiveReasoner(nn.Module):
         """Same as `step`."""
         return self.step(state, ctx)
 
+    def networks(self) -> tuple[nn.Module, ...]:
+        """The recursion's networks: TRM's one net, HRM's low- and high-level nets."""
+        return (self.net,) if self.cfg.style == "trm" else (self.l_net, self.h_net)
+
     def recursion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the recursion's step map (the net or nets; not embedding, readout, head)."""
-        nets = (self.net,) if self.cfg.style == "trm" else (self.l_net, self.h_net)
-        return [p for net in nets for p in net.parameters()]
+        return [p for net in self.networks() for p in net.parameters()]
 
     def knobs(self) -> dict[str, Knob]:
         """Runtime settings the stability controller may change, declared by the parts that own

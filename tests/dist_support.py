@@ -1,0 +1,140 @@
+"""Two gloo processes inside a test (torch.multiprocessing), for the data-parallel tests.
+
+Each worker joins a process group with a short timeout, so a rank left waiting on a collective
+another rank never reaches fails the test instead of hanging it.
+"""
+import datetime
+import os
+import socket
+import traceback
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ponder.carry import SampleStream
+from ponder.config import apply_overrides
+from ponder.data import build_task
+from ponder.data.base import Split
+from ponder.distributed import SINGLE, Shard
+from ponder.evaluate import evaluate_split
+from ponder.objectives import DeepSupervision
+from ponder.presets import get_config
+from ponder.run import build_model
+
+TIMEOUT = datetime.timedelta(seconds=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, fn, args, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=TIMEOUT)
+        results[rank] = fn(Shard(rank=rank, world=world), *args)
+    except BaseException:  # noqa: BLE001  (reported to the test, which fails with it)
+        results[rank] = "ERROR: " + traceback.format_exc()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(fn, *args, world: int = 2) -> list:
+    """Run fn(shard, *args) in `world` processes; returns their results in rank order."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_worker, args=(world, free_port(), fn, args, results), nprocs=world, join=True)
+        out = [results.get(r) for r in range(world)]
+    for r in out:
+        if isinstance(r, str) and r.startswith("ERROR"):
+            raise AssertionError(r)
+    return out
+
+
+# ---------------------------------------------------------------------- workers
+
+
+def numbered_split(n: int, seq: int = 16) -> Split:
+    """Samples that carry their index in base 4 in their first five tokens (tokens 1..4)."""
+    idx = np.arange(n)
+    inputs = np.ones((n, seq), dtype=np.int64)
+    for j in range(5):
+        inputs[:, j] = idx // 4 ** j % 4 + 1
+    return Split(inputs=inputs, labels=inputs.copy(), difficulty=idx.astype(np.float32))
+
+
+def _sample_id(inputs: torch.Tensor) -> list[int]:
+    return sum((inputs[:, j] - 1) * 4 ** j for j in range(5)).tolist()
+
+
+def carry_samples(shard: Shard, steps: int, batch_size: int) -> dict:
+    """Drive a deep-supervision carry for `steps` optimizer steps with scripted halting; return
+    the ids of the samples this rank received, in order, and the objective's counters."""
+    cfg = apply_overrides(get_config("debug"), [f"--train.batch_size={batch_size}"])
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    split = numbered_split(500)
+    stream = SampleStream(split, seed=3, augment=None)
+    obj = DeepSupervision(model, stream, task.metric, batch_size=batch_size, halt_cfg=cfg.halt, loss_kind="softmax",
+                          device=torch.device("cpu"), seed=3, shard=shard)
+    head = model.halting
+    received = []
+    orig_refill = obj.carry.refill
+
+    def refill(*a, **k):
+        before = obj.carry.needs_sample.clone()
+        n = orig_refill(*a, **k)
+        received.extend(_sample_id(obj.carry.batch.inputs[before]))
+        return n
+
+    obj.carry.refill = refill
+    head.decide = lambda out, st, memo: (st >= (obj.carry.batch.inputs[:, 0] % 3) + 1, memo)
+    with torch.no_grad():
+        for step in range(steps):
+            obj.forward(step)
+            obj.commit(True)
+    expected = _sample_id(SampleStream(split, seed=3, augment=None).take(stream.delivered).inputs)
+    return {"received": received, "counters": dict(obj.counters), "delivered": stream.delivered,
+            "stream_order": expected}
+
+
+def _halt_at(model, t_halt: int) -> None:
+    """Make the model's head halt every sample at step `t_halt`."""
+    orig = model.halting.decide
+    model.halting.decide = lambda out, steps, memo: (steps >= t_halt, orig(out, steps, memo)[1])
+
+
+def evaluate_scripted(shard: Shard, max_steps: int) -> dict:
+    """Early-exit evaluation of the debug model in which rank 0's samples halt at step 1 and the
+    other ranks' run to the cap (so the ranks run different numbers of steps)."""
+    cfg = get_config("debug")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    _halt_at(model, 1 if shard.rank == 0 else max_steps)
+    return evaluate_split(model, task.test, task.metric, max_steps=max_steps, batch_size=16,
+                          device=torch.device("cpu"), budgets=True, shard=shard)
+
+
+def evaluate_halves(max_steps: int) -> tuple[dict, dict, int]:
+    """One process: the first half of the split halting at step 1, the second at the cap."""
+    cfg = get_config("debug")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    n = len(task.test)
+    half = -(-n // 2)
+    _halt_at(model, 1)
+    a = evaluate_split(model, task.test.slice(0, half), task.metric, max_steps=max_steps, batch_size=16,
+                       device=torch.device("cpu"), shard=SINGLE)
+    _halt_at(model, max_steps)
+    b = evaluate_split(model, task.test.slice(half, n), task.metric, max_steps=max_steps, batch_size=16,
+                       device=torch.device("cpu"), shard=SINGLE)
+    return a, b, half
