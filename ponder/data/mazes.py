@@ -11,6 +11,13 @@ Tokens (TRM charset "# SGo"): PAD=0, wall=1, open=2, start=3, goal=4, path=5. In
 maze with S and G; labels mark the interior cells of the shortest path with 'o'. Difficulty is
 the shortest path length in steps (edges). Train and test are disjoint up to the 8 symmetries
 of the square (the augmentation).
+
+Hard mazes in Maze-Hard's format: `size=29, canvas=30, min_path_len=111` puts a carved 29x29
+maze in the corner of a 30x30 grid of walls and keeps only shortest paths longer than 110 steps
+(Maze-Hard's rule; its own mazes are laid out differently). `source=FOLDER` (or `hf`) reads
+Maze-Hard's `train.csv` / `test.csv` instead (`ponder.data.sources`): `size` is then the files'
+grid side (30), `min_path_len` filters their rows, and a maze may have several shortest paths,
+of which the file marks one.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from tqdm import tqdm
 
 from ponder.data.base import TASKS, Split, TaskData, token_augment
 from ponder.data.cache import cached_arrays
+from ponder.data.sources import maze_format, read_splits
 from ponder.errors import PonderError
 from ponder.render import NEUTRAL, UNKNOWN, cells_caption, grid_body, panels_svg, sample_arrays, wrong_cells
 from ponder.settings import check, setting
@@ -38,19 +46,28 @@ _STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 @dataclass(kw_only=True)
 class MazeConfig:
-    """Maze data set of `size` x `size` grids (outer wall included; odd, >= 5)."""
+    """Maze data set of `size` x `size` grids (outer wall included; odd, >= 5), placed in a
+    `canvas` x `canvas` grid of walls when canvas > 0; or the mazes of `source` files."""
 
     name: str = setting("maze", choices=("maze",))
     size: int = setting(9, ge=5)
     n_train: int = setting(2000, ge=0)
-    n_test: int = setting(500, ge=1)
+    n_test: int = setting(500, ge=0)  # 0: all of a source's test file (generated mazes need >= 1)
     loop_fraction: float = setting(0.0, ge=0, le=1)  # fraction of the perfect maze's internal walls knocked out
     min_path_len: int = setting(0, ge=0)  # minimum shortest-path length (steps) from S to G
     seed: int = setting(0, ge=0)
     augment: bool = True
+    canvas: int = setting(0, ge=0)  # side of the sample grid (0 = size): the maze sits in its top-left corner
+    source: str | None = None  # a folder with Maze-Hard's train.csv/test.csv, or "hf" (Hugging Face cache)
 
     def validate(self) -> None:
         _validate(self)
+
+    def inactive(self) -> dict[str, str]:
+        if self.source is None:
+            return {}
+        why = "task.source reads its mazes from files instead of generating them"
+        return dict.fromkeys(("loop_fraction", "canvas"), why)
 
 
 def max_path_len(size: int) -> int:
@@ -65,6 +82,14 @@ def max_path_len(size: int) -> int:
 
 def _validate(cfg: MazeConfig) -> None:
     check(cfg, "task")
+    if cfg.source is not None:
+        if not cfg.source:
+            raise PonderError("task.source is empty: name a folder with train.csv and test.csv, or 'hf'")
+        return  # size is the files' grid side; every other check is on the rows read
+    if cfg.n_test < 1:
+        raise PonderError("task.n_test must be >= 1 for generated mazes (0 means a whole test file, with task.source)")
+    if cfg.canvas and cfg.canvas < cfg.size:
+        raise PonderError(f"maze canvas={cfg.canvas} is smaller than size={cfg.size} (0 = no canvas)")
     if cfg.size % 2 == 0:
         raise PonderError(f"maze size must be odd and >= 5 (got {cfg.size})")
     bound = max_path_len(cfg.size)
@@ -201,6 +226,9 @@ def _generate(cfg: MazeConfig) -> dict[str, np.ndarray]:
             f"but n_train + n_test = {need}; lower n_train/n_test or min_path_len, or use a larger size"
         )
     x, y, d = np.stack(inputs), np.stack(labels), np.array(lengths, dtype=np.float32)
+    if cfg.canvas > cfg.size:  # walls around the maze up to the canvas side
+        pad = ((0, 0), (0, cfg.canvas - cfg.size), (0, cfg.canvas - cfg.size))
+        x, y = (np.pad(a.reshape(-1, cfg.size, cfg.size), pad, constant_values=WALL).reshape(len(a), -1) for a in (x, y))
     t = cfg.n_test  # mazes are i.i.d. with distinct keys: the first n_test are the test split
     return {
         "test_inputs": x[:t], "test_labels": y[:t], "test_difficulty": d[:t],
@@ -216,8 +244,15 @@ def build_maze(cfg: MazeConfig) -> TaskData:
         shortest-path length in steps.
     """
     _validate(cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment")}
-    arrays = cached_arrays("maze", VERSION, params, lambda: _generate(cfg))
+    if cfg.source is not None:
+        arrays = read_splits("maze-hard", VERSION, cfg.source, maze_format(cfg.size), n_train=cfg.n_train,
+                             n_test=cfg.n_test, seed=cfg.seed, min_difficulty=cfg.min_path_len, difficulty="check")
+    else:
+        # settings added later enter the key only when set, so earlier cache entries stay valid
+        params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment", "source") and (
+            k != "canvas" or v != 0)}
+        arrays = cached_arrays("maze", VERSION, params, lambda: _generate(cfg))
+    side = cfg.canvas or cfg.size
 
     def split(prefix: str) -> Split:
         return Split(
@@ -229,13 +264,13 @@ def build_maze(cfg: MazeConfig) -> TaskData:
     return TaskData(
         name="maze",
         vocab_size=6,
-        seq_len=cfg.size * cfg.size,
-        grid_shape=(cfg.size, cfg.size),
+        seq_len=side * side,
+        grid_shape=(side, side),
         train=split("train"),
         test=split("test"),
         augment=token_augment(augment) if cfg.augment else None,
         difficulty_name="path length",
-        render=partial(render_maze, size=cfg.size),
+        render=partial(render_maze, size=side),
     )
 
 

@@ -11,6 +11,13 @@ Tokens (TRM convention): PAD=0, blank=1, digit d -> d+1, vocab_size = N+2. Input
 puzzle, labels the solution at every cell (givens included). Difficulty is the solver hardness
 of `hardness`. Train and test are disjoint up to augmentation: every puzzle is keyed by
 `puzzle_key`, duplicates are dropped, and each key lands in exactly one split.
+
+Two other sources of 9x9 puzzles: `generator="minimal"` makes minimal puzzles kept when a
+complete search needs at least `min_backtracks` backtracks (`ponder.data.sudoku_hard`; their
+difficulty is that backtrack count), and `source=FOLDER` (or `hf`) reads Sudoku-Extreme's
+`train.csv` / `test.csv` (`ponder.data.sources`; difficulty = the file's rating), sampling
+`n_train` training puzzles as TRM and HRM do (1000) and `n_test` test puzzles (0 = all).
+Published train and test files are taken as they are: their disjointness is not re-checked.
 """
 from __future__ import annotations
 
@@ -24,21 +31,19 @@ from tqdm import tqdm
 
 from ponder.data.base import TASKS, Split, TaskData, token_augment
 from ponder.data.cache import cached_arrays
+from ponder.data.sources import SUDOKU_EXTREME, read_splits
+from ponder.data.sudoku_hard import generate_hard
 from ponder.data.sudoku_solver import (
     MAX_SIDE,
-    Geometry,
     geometric_index,
     geometric_group_size,
-    blank_singles,
     count_solutions,
     geometry,
     hardness,
-    initial_state,
+    has_other_solution,
     is_valid_solution,
-    propagate,
-    search,
+    random_solution,
     solve,
-    state_to_flat,
 )
 from ponder.errors import PonderError
 from ponder.render import (GIVEN_FILL, INK, NEUTRAL, SOLVED_INK, WRONG, cells_caption, grid_body, panels_svg,
@@ -69,15 +74,33 @@ class SudokuConfig:
     box_rows: int = setting(2, ge=1)
     box_cols: int = setting(2, ge=1)
     n_train: int = setting(2000, ge=0)
-    n_test: int = setting(500, ge=1)
+    n_test: int = setting(500, ge=0)  # 0: all of a source's test file (a generator needs >= 1)
     min_givens: int = setting(4, ge=1)
     max_givens: int = setting(10, ge=1)
     min_hardness: float = setting(0.0, ge=0)  # keep only puzzles with hardness >= this
     seed: int = setting(0, ge=0)
     augment: bool = True
+    generator: str = setting("random", choices=("random", "minimal"))  # givens in a range, or minimal puzzles
+    min_backtracks: int = setting(0, ge=0)  # minimal puzzles: keep those needing at least this many backtracks
+    source: str | None = None  # a folder with Sudoku-Extreme's train.csv/test.csv, or "hf" (Hugging Face cache)
+    min_rating: float = setting(0.0, ge=0)  # source: keep rows whose rating is at least this (0 = all)
 
     def validate(self) -> None:
         _validate(self)
+
+    def inactive(self) -> dict[str, str]:
+        out = {}
+        if self.source is not None:
+            why = "task.source reads its puzzles from files instead of generating them"
+            out.update(dict.fromkeys(("min_givens", "max_givens", "min_hardness", "generator", "min_backtracks"), why))
+        else:
+            out["min_rating"] = "it filters the rows of task.source files, and none is set"
+            if self.generator == "minimal":
+                out.update(dict.fromkeys(("min_givens", "max_givens"), "minimal puzzles have as many givens as "
+                                         "uniqueness needs (task.generator=minimal)"))
+            else:
+                out["min_backtracks"] = "it filters minimal puzzles (task.generator=minimal)"
+        return out
 
 
 def min_givens_bound(box_rows: int, box_cols: int) -> int:
@@ -95,6 +118,15 @@ def _validate(cfg: SudokuConfig) -> None:
     n = br * bc
     if n > MAX_SIDE:
         raise PonderError(f"sudoku grid side box_rows*box_cols must be at most {MAX_SIDE} (got {n})")
+    if cfg.source is not None and (br, bc) != (3, 3):
+        raise PonderError(f"task.source holds 9x9 Sudoku-Extreme puzzles: set --task.box_rows=3 --task.box_cols=3 "
+                          f"(got {br}x{bc})")
+    if cfg.source is not None and not cfg.source:
+        raise PonderError("task.source is empty: name a folder with train.csv and test.csv, or 'hf'")
+    if cfg.source is None and cfg.n_test < 1:
+        raise PonderError("task.n_test must be >= 1 for generated puzzles (0 means a whole test file, with task.source)")
+    if cfg.source is not None or cfg.generator == "minimal":
+        return  # the givens range is not used
     lo, hi = min_givens_bound(br, bc), n * n - 1
     allowed = f"allowed: {lo} <= min_givens <= max_givens <= {hi} for {n}x{n}"
     if cfg.min_givens < lo:
@@ -108,31 +140,6 @@ def _validate(cfg: SudokuConfig) -> None:
 # ----------------------------------------------------------------------------- generation
 
 
-def _random_solution(g: Geometry, rng: np.random.Generator) -> list[int]:
-    """A random full grid (flat digits): search of the empty grid with random digit orders."""
-    order = rng.permuted(np.tile(np.arange(g.n), (g.nn, 1)), axis=1).tolist()
-    found: list[list[int]] = []
-    search(g, [g.full] * g.nn, 1, found, order)
-    return state_to_flat(found[0])
-
-
-def _has_other_solution(g: Geometry, flat: list[int], cell: int, digit: int) -> bool:
-    """Does `flat` (which has `cell` blank) have a solution with `digit` NOT in `cell`?
-
-    Asking for a solution that differs at the removed cell is cheaper than counting to 2.
-    """
-    cand = initial_state(g, flat)
-    if cand is None:
-        return False
-    m = cand[cell] & ~(1 << (digit - 1))
-    if not m:
-        return False
-    cand[cell] = m
-    if not propagate(g, cand, blank_singles(cand, flat)):
-        return False
-    return search(g, cand, 1, []) > 0
-
-
 def generate_puzzle(
     box_rows: int, box_cols: int, rng: np.random.Generator, min_givens: int, max_givens: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -142,7 +149,7 @@ def generate_puzzle(
         (puzzle, solution), each (N, N) int64 with 0 = blank.
     """
     g = geometry(box_rows, box_cols)
-    solution = _random_solution(g, rng)
+    solution = random_solution(g, rng)
     target = int(rng.integers(min_givens, max_givens + 1))
     flat = solution.copy()
     givens = g.nn
@@ -151,7 +158,7 @@ def generate_puzzle(
             break
         digit = flat[cell]
         flat[cell] = 0
-        if _has_other_solution(g, flat, cell, digit):
+        if has_other_solution(g, flat, cell, digit):
             flat[cell] = digit  # needed for uniqueness: keep it
         else:
             givens -= 1
@@ -167,7 +174,9 @@ def _generate(cfg: SudokuConfig) -> dict[str, np.ndarray]:
     g = geometry(br, bc)
     rng = np.random.default_rng(cfg.seed)
     need = cfg.n_train + cfg.n_test
-    max_attempts, max_stall = 10 * need + 1000, 2000 + need
+    minimal = cfg.generator == "minimal"
+    # a hard minimal puzzle can be rare (about 2% of random 9x9 ones need >= 22 backtracks)
+    max_attempts, max_stall = (500 if minimal else 10) * need + 1000, 2000 + need
     seen: set[bytes] = set()
     puzzles, solutions, hard = [], [], []
     attempts = stall = 0
@@ -175,10 +184,13 @@ def _generate(cfg: SudokuConfig) -> dict[str, np.ndarray]:
         while len(puzzles) < need and attempts < max_attempts and stall < max_stall:
             attempts += 1
             stall += 1
-            made = generate_puzzle(br, bc, rng, cfg.min_givens, cfg.max_givens)
+            if minimal:
+                made = generate_hard(br, bc, rng, cfg.min_backtracks)
+            else:
+                made = generate_puzzle(br, bc, rng, cfg.min_givens, cfg.max_givens)
             if made is None:
                 continue
-            puzzle, solution = made
+            puzzle, solution = made[:2]
             key = puzzle_key(puzzle, br, bc)
             if key in seen:
                 continue
@@ -188,9 +200,15 @@ def _generate(cfg: SudokuConfig) -> dict[str, np.ndarray]:
             seen.add(key)
             puzzles.append(puzzle.ravel())
             solutions.append(solution.ravel())
-            hard.append(h)
+            hard.append(made[2] if minimal else h)
             stall = 0
             bar.update(1)
+    if len(puzzles) < need and minimal:
+        raise PonderError(
+            f"could only generate {len(puzzles)} distinct minimal {g.n}x{g.n} sudoku puzzles with >= "
+            f"{cfg.min_backtracks} backtracks and hardness >= {cfg.min_hardness} in {attempts} attempts, but "
+            f"n_train + n_test = {need}; lower n_train/n_test, min_backtracks or min_hardness"
+        )
     if len(puzzles) < need:
         raise PonderError(
             f"could only generate {len(puzzles)} distinct {g.n}x{g.n} sudoku puzzles (up to augmentation) with "
@@ -214,8 +232,17 @@ def build_sudoku(cfg: SudokuConfig) -> TaskData:
         TaskData with inputs/labels (n_*, N*N) int64 tokens, difficulty (n_*,) float32 hardness.
     """
     _validate(cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment")}
-    arrays = cached_arrays("sudoku", VERSION, params, lambda: _generate(cfg))
+    if cfg.source is not None:
+        arrays = read_splits("sudoku-extreme", VERSION, cfg.source, SUDOKU_EXTREME, n_train=cfg.n_train,
+                             n_test=cfg.n_test, seed=cfg.seed, min_rating=cfg.min_rating)
+        difficulty_name = "Sudoku-Extreme rating (the published backtrack count)"
+    else:
+        # settings added later enter the key only when set, so earlier cache entries stay valid
+        params = {k: v for k, v in asdict(cfg).items() if k not in ("name", "augment") and (
+            k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k])}
+        arrays = cached_arrays("sudoku", VERSION, params, lambda: _generate(cfg))
+        difficulty_name = ("backtracks of a complete search (naked and hidden singles)" if cfg.generator == "minimal"
+                           else "solver hardness (blanks + rounds + hidden singles + 10 x guesses)")
     n = cfg.box_rows * cfg.box_cols
 
     def split(prefix: str) -> Split:
@@ -233,12 +260,13 @@ def build_sudoku(cfg: SudokuConfig) -> TaskData:
         train=split("train"),
         test=split("test"),
         augment=token_augment(partial(augment, box_rows=cfg.box_rows, box_cols=cfg.box_cols)) if cfg.augment else None,
-        difficulty_name="solver hardness (blanks + rounds + hidden singles + 10 x guesses)",
+        difficulty_name=difficulty_name,
         render=partial(render_sudoku, box_rows=cfg.box_rows, box_cols=cfg.box_cols),
     )
 
 
 TASKS.add("sudoku", (SudokuConfig, build_sudoku))
+_LATER_DEFAULTS = {"generator": "random", "min_backtracks": 0, "source": None, "min_rating": 0.0}
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
@@ -393,3 +394,92 @@ def _hidden_singles(g: Geometry, cand: list[int]) -> Optional[dict[int, int]]:
                     return None  # one cell that must hold two digits
                 out[c] = h
     return out
+
+
+# ----------------------------------------------------------------------------- generation helpers
+
+
+def random_solution(g: Geometry, rng: np.random.Generator) -> list[int]:
+    """A random full grid (flat digits): search of the empty grid with random digit orders."""
+    order = rng.permuted(np.tile(np.arange(g.n), (g.nn, 1)), axis=1).tolist()
+    found: list[list[int]] = []
+    search(g, [g.full] * g.nn, 1, found, order)
+    return state_to_flat(found[0])
+
+
+def has_other_solution(g: Geometry, flat: list[int], cell: int, digit: int) -> bool:
+    """Does `flat` (which has `cell` blank) have a solution with `digit` NOT in `cell`?
+
+    Asking for a solution that differs at the removed cell is cheaper than counting to 2.
+    """
+    cand = initial_state(g, flat)
+    if cand is None:
+        return False
+    m = cand[cell] & ~(1 << (digit - 1))
+    if not m:
+        return False
+    cand[cell] = m
+    if not propagate(g, cand, blank_singles(cand, flat)):
+        return False
+    return search(g, cand, 1, []) > 0
+
+
+# ----------------------------------------------------------------------------- search work
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """The work of a complete backtracking search of one puzzle (`search_stats`).
+
+    Attributes:
+        guesses: trial assignments (a digit tried in a branching cell).
+        backtracks: trial assignments undone because no solution lies below them.
+        solutions: solutions found (the search stops after 2).
+    """
+
+    guesses: int
+    backtracks: int
+    solutions: int
+
+
+def search_stats(grid: np.ndarray, box_rows: Optional[int] = None, box_cols: Optional[int] = None) -> SearchStats:
+    """Guesses and backtracks of a complete depth-first search of `grid` (N, N), 0 = blank.
+
+    The search propagates naked and hidden singles (`propagate`), then branches on the most
+    constrained cell (fewest candidates, lowest index) and tries its digits in turn; it explores
+    the whole tree (stopping only at a second solution), so for a unique puzzle the counts do not
+    depend on the order in which digits are tried or on relabelling the digits. A backtrack is a
+    trial assignment below which no solution lies: for a unique puzzle, backtracks = guesses minus
+    the guesses on the way to the solution. Zero means singles alone solve the puzzle.
+
+    Sudoku-Extreme's `rating` counts the backtracks of tdoku, a solver with stronger propagation,
+    so its figures are lower than these for the same puzzle (compare distributions, not values).
+    """
+    grid = np.asarray(grid)
+    g = _geometry_for(grid, box_rows, box_cols)
+    flat = [int(v) for v in grid.ravel()]
+    counts = [0, 0]  # guesses, backtracks
+    cand = initial_state(g, flat)
+    if cand is None or not propagate(g, cand, blank_singles(cand, flat)):
+        return SearchStats(0, 0, 0)
+    solutions = _count_work(g, cand, 2, counts)
+    return SearchStats(counts[0], counts[1], solutions)
+
+
+def _count_work(g: Geometry, cand: list[int], limit: int, counts: list[int]) -> int:
+    """Solutions below a propagated state (up to `limit`), adding guesses and backtracks to `counts`."""
+    cell = _pick_cell(g, cand)
+    if cell < 0:
+        return 1
+    total = 0
+    for b in _bits(cand[cell]):
+        counts[0] += 1
+        child = cand.copy()
+        child[cell] = b
+        below = _count_work(g, child, limit - total, counts) if propagate(g, child, [cell]) else 0
+        if not below:
+            counts[1] += 1
+        total += below
+        if total >= limit:
+            break
+    return total
