@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 import traceback
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from ponder.distributed import SINGLE, Shard
 from ponder.evaluate import evaluate_split
 from ponder.objectives import DeepSupervision
 from ponder.presets import get_config
-from ponder.run import build_model
+from ponder.run import build_model, open_run
+from ponder.train import train_step
 
 TIMEOUT = datetime.timedelta(seconds=60)
 
@@ -138,3 +140,17 @@ def evaluate_halves(max_steps: int) -> tuple[dict, dict, int]:
     b = evaluate_split(model, task.test.slice(half, n), task.metric, max_steps=max_steps, batch_size=16,
                        device=torch.device("cpu"), shard=SINGLE)
     return a, b, half
+
+
+def train_weights(shard: Shard, overrides: list[str], steps: int, run_dir: str) -> dict:
+    """Open a debug run (joined to this process group when spawned), take `steps` optimizer steps
+    and return the weights and the last step's logged figures."""
+    os.environ.update(WORLD_SIZE=str(shard.world), RANK=str(shard.rank), LOCAL_WORLD_SIZE=str(shard.world))
+
+    cfg = apply_overrides(get_config("debug"), ["--train.tensorboard=off", *overrides])
+    run = open_run(cfg, Path(run_dir))
+    run.callbacks.call("on_train_start", run)
+    for _ in range(steps):
+        metrics = train_step(run)
+    return {"weights": {k: v.clone() for k, v in run.model.state_dict().items()},
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
