@@ -1,15 +1,168 @@
-"""`ponder arc ...` sub-commands."""
+"""`ponder arc ...` sub-commands: score a Kaggle-format submission, the baselines, the leakage report.
+
+    ponder arc score SUBMISSION.json --split arc1-eval [--max-side N] [--allow-missing] [--strict] [--out F.json]
+    ponder arc baselines [--split arc1-eval|...|all] [--max-side N] [--out F.json]
+    ponder arc leakage [--out F.md]   (also writes F.json)
+
+Both scoring rules are printed side by side, with the data version. Every bad input is one line
+`ponder: error: ...` (exit 2); a malformed task of a submission scores 0 and is listed as invalid.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from ponder.arc.baselines import BASELINES, run_baseline
+from ponder.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
+from ponder.arc.leakage import dumps, format_leakage, leakage_report
+from ponder.arc.scoring import RULES, format_score_table, parse_submission, read_submission, score_attempts
+from ponder.checkpoint import atomic_write_text
+from ponder.errors import PonderError
+
+LEAKAGE_DEFAULT = "arc-leakage.md"
 
 
 def add_arc_parser(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report")
     arc = p.add_subparsers(dest="arc_command", required=True)
-    del arc  # filled in by the ARC module
+    s = arc.add_parser("score", help="score a Kaggle-format submission under both rules")
+    s.add_argument("submission", nargs="?", help="SUBMISSION.json: {task_id: [{attempt_1: grid, attempt_2: grid}, ...]}")
+    s.add_argument("--split", help=f"one of {', '.join(SPLITS)}")
+    s.add_argument("--max-side", default=None, help="score only the tasks whose grids all fit N x N")
+    s.add_argument("--allow-missing", action="store_true", help="tasks without predictions score 0 instead of an error")
+    s.add_argument("--strict", action="store_true", help="an invalid task is an error instead of scoring 0")
+    s.add_argument("--out", help="write the full report (per task) as JSON here")
+    b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search; both rules")
+    b.add_argument("--split", default="all", help=f"one of {', '.join(SPLITS)} or all (default)")
+    b.add_argument("--max-side", default=None, help="only the tasks whose grids all fit N x N")
+    b.add_argument("--out", help="write the figures as JSON here")
+    le = arc.add_parser("leakage", help="evaluation tasks found in other splits; what runs train on vs are scored on")
+    le.add_argument("--out", default=LEAKAGE_DEFAULT, help=f"Markdown report path (default {LEAKAGE_DEFAULT}); "
+                    "the JSON goes next to it")
     p.set_defaults(fn=run_arc)
 
 
+def _split(value: str | None, allow_all: bool = False) -> list[str]:
+    valid = SPLITS + (("all",) if allow_all else ())
+    if value is None:
+        raise PonderError(f"--split is required: one of {', '.join(valid)}")
+    if value not in valid:
+        raise PonderError(f"unknown ARC split {value!r}; valid: {', '.join(valid)}")
+    return list(SPLITS) if value == "all" else [value]
+
+
+def _max_side(value: str | None) -> int:
+    if value is None:
+        return MAX_SIDE
+    try:
+        n = int(value)
+    except ValueError:
+        raise PonderError(f"--max-side expects an integer 1..{MAX_SIDE}, got {value!r}") from None
+    if not 1 <= n <= MAX_SIDE:
+        raise PonderError(f"--max-side must be 1..{MAX_SIDE}, got {n}")
+    return n
+
+
+def _write(path: str, text: str) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise PonderError(f"--out {out} is a directory; name a file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    except OSError as e:
+        raise PonderError(f"cannot write {out}: {e.strerror or e}") from None
+    return out
+
+
+def _tasks(split: str, side: int):
+    tasks = load_split(split)
+    return tasks if side >= MAX_SIDE else small_tasks(tasks, side)
+
+
+def _scope(split: str, side: int, n: int) -> str:
+    return f"{split}, {n} tasks" + ("" if side >= MAX_SIDE else f" whose grids all fit {side}x{side}")
+
+
+def _cmd_score(args) -> int:
+    if not args.submission:
+        raise PonderError("ponder arc score needs a SUBMISSION.json")
+    split = _split(args.split)[0]
+    side = _max_side(args.max_side)
+    tasks = _tasks(split, side)
+    obj = read_submission(Path(args.submission))
+    attempts = parse_submission(obj, tasks, split=split, allow_missing=args.allow_missing, source=args.submission,
+                                known=load_split(split))
+    invalid = {t: why for t, why in attempts.items() if isinstance(why, str)}
+    if args.strict and invalid:
+        task, why = next(iter(invalid.items()))
+        raise PonderError(f"{args.submission}: task {task} is invalid: {why} ({len(invalid)} invalid task(s))")
+    report = score_attempts(tasks, attempts, split=split, k=2)
+    print(f"ARC submission {args.submission} on {_scope(split, side, len(tasks))} ({DATA_VERSION}); "
+          f"two attempts per test input")
+    print(format_score_table([("submission", report)]))
+    for rule, text in RULES.items():
+        print(f"- {rule}: {text}")
+    bad = [t for t in report.tasks if t.invalid]
+    if bad:
+        print(f"{len(bad)} invalid task(s), scored 0:")
+        for t in bad[:20]:
+            print(f"  {t.task}: {t.invalid}")
+        if len(bad) > 20:
+            print(f"  ... and {len(bad) - 20} more (all listed in --out)")
+    print(f"tasks solved (all test inputs, pass@2): {_ids(report.solved_ids(2))}")
+    if args.out:
+        print(f"wrote {_write(args.out, json.dumps(report.to_dict(), indent=1) + chr(10))}")
+    return 0
+
+
+def _ids(ids: list[str], k: int = 24) -> str:
+    if not ids:
+        return "none"
+    more = f", ... ({len(ids) - k} more; --out lists all)" if len(ids) > k else ""
+    return f"{len(ids)}: " + ", ".join(ids[:k]) + more
+
+
+def baseline_reports(split: str, side: int = MAX_SIDE) -> dict:
+    """Every baseline on one split (tasks fitting side x side), scored under both rules."""
+    tasks = _tasks(split, side)
+    return {name: score_attempts(tasks, run_baseline(name, tasks), split=split) for name in BASELINES}
+
+
+def _cmd_baselines(args) -> int:
+    splits = _split(args.split, allow_all=True)
+    side = _max_side(args.max_side)
+    out = {"data_version": DATA_VERSION, "rules": RULES, "max_side": side, "splits": {}}
+    print(f"ARC baselines ({DATA_VERSION}); two attempts per test input")
+    for split in splits:
+        reports = baseline_reports(split, side)
+        n = len(next(iter(reports.values())).tasks)
+        print(f"\n{_scope(split, side, n)}:")
+        print(format_score_table(list(reports.items())))
+        ps = reports[next(k for k in BASELINES if k.startswith("program search"))]
+        print(f"program search solves (all test inputs, pass@2): {_ids(ps.solved_ids(2))}")
+        out["splits"][split] = {name: {"summary": r.summary, "solved_all_tests_at_2": r.solved_ids(2),
+                                       "n_tasks": len(r.tasks)} for name, r in reports.items()}
+    if args.out:
+        print(f"wrote {_write(args.out, json.dumps(out, indent=1) + chr(10))}")
+    return 0
+
+
+def _cmd_leakage(args) -> int:
+    md = Path(args.out)
+    if md.suffix == ".json":
+        raise PonderError(f"--out names the Markdown report (the JSON goes next to it), got {md}")
+    report = leakage_report()
+    text = format_leakage(report)
+    print(text, end="")
+    _write(str(md), text)
+    js = _write(str(md.with_suffix(".json")), dumps(report))
+    print(f"wrote {md} and {js}")
+    return 0
+
+
 def run_arc(args: argparse.Namespace, extra: list[str]) -> int:
-    raise NotImplementedError
+    if extra:
+        raise PonderError(f"ponder arc {args.arc_command} takes no overrides, got {' '.join(extra)}")
+    return {"score": _cmd_score, "baselines": _cmd_baselines, "leakage": _cmd_leakage}[args.arc_command](args)
