@@ -1,9 +1,11 @@
 """Configuration: one small dataclass per component, gathered in `Config`.
 
 Each section belongs to one component and is typed by it: `task` (the task family's config),
-`model`, `halt` (the chosen halting head's own settings), `estimator` (the chosen gradient
-estimator's own dataclass), `optim` (the chosen update rule's constants), `train`, `eval`,
-`health` and `halting_health`. The sections `halt`, `estimator` and `optim` have several kinds:
+`model` (the chosen model kind's own dataclass: the recursive reasoner "recursive", or the
+language models "hybrid_lm" and "recursive_lm"), `halt` (the chosen halting head's own
+settings), `estimator` (the chosen gradient estimator's own dataclass), `optim` (the chosen
+update rule's constants), `train`, `eval`, `health` and `halting_health`. The sections `model`,
+`halt`, `estimator` and `optim` have several kinds:
 `--halt.kind=act` switches the section to ACT's settings (keeping the values of the settings
 both kinds share), and a key the chosen kind does not have is refused, never ignored.
 
@@ -27,6 +29,8 @@ from ponder.errors import PonderError
 from ponder.estimator_hook import ESTIMATOR_SETTINGS, TRMRule, validate_estimator
 from ponder.evaluate import EvalConfig
 from ponder.health.config import HaltingHealthConfig, TrainingHealthConfig
+from ponder.lm.hybrid import HybridConfig
+from ponder.lm.recursive_lm import RecursiveLMConfig
 from ponder.models.halting import HALT_SETTINGS, HALTING, HaltSettings
 from ponder.models.halting.q_halt import QHaltSettings
 from ponder.models.recursive import ModelConfig
@@ -35,7 +39,39 @@ from ponder.settings import KindRegistry, field_types, parse
 from ponder.train import TrainConfig
 
 SECTIONS = ("task", "model", "halt", "estimator", "optim", "train", "eval", "health", "halting_health")
-KIND_SECTIONS: dict[str, KindRegistry] = {"halt": HALT_SETTINGS, "estimator": ESTIMATOR_SETTINGS, "optim": OPTIMIZERS}
+
+
+class ModelKinds(KindRegistry):
+    """The kinds of the `model` section. `ModelConfig` (the recursive reasoner) predates model
+    kinds and has no `kind` attribute, so a class's kind may be given when it is registered."""
+
+    def __init__(self) -> None:
+        super().__init__("model")
+        self._kind_of_class: dict[type, str] = {}
+
+    def register(self, cls: type, kind: str | None = None, **defaults: Any) -> type:
+        kind = kind or getattr(cls, self.key)
+        if kind in self.classes:
+            raise ValueError(f"model kind {kind!r} registered twice")
+        self.classes[kind], self.defaults[kind] = cls, defaults
+        self._kind_of_class[cls] = kind
+        return cls
+
+    def kind_of(self, obj: Any) -> str:
+        kind = self._kind_of_class.get(type(obj))
+        if kind is None:
+            raise PonderError(f"model section of type {type(obj).__name__} is not a registered model kind")
+        return kind
+
+
+MODELS = ModelKinds()
+MODELS.register(ModelConfig, "recursive")  # the recursive reasoner (TRM/HRM) of the puzzle tasks
+MODELS.register(HybridConfig)  # "hybrid_lm": Gated DeltaNet + attention language model
+MODELS.register(RecursiveLMConfig)  # "recursive_lm": shared stack in cycles, per-token halting
+LM_KINDS = ("hybrid_lm", "recursive_lm")
+LM_TASKS = ("lm",)
+KIND_SECTIONS: dict[str, KindRegistry] = {"model": MODELS, "halt": HALT_SETTINGS, "estimator": ESTIMATOR_SETTINGS,
+                                          "optim": OPTIMIZERS}
 # sections a config saved by an earlier version may lack: they load with their defaults
 OPTIONAL_SECTIONS = ("estimator", "optim", "health", "halting_health")
 
@@ -46,7 +82,7 @@ class Config:
 
     preset: str = ""
     task: Any
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=ModelConfig)
     halt: HaltSettings = field(default_factory=QHaltSettings)
     estimator: Any = field(default_factory=TRMRule)
     optim: Any = field(default_factory=AdamWSettings)
@@ -70,6 +106,48 @@ class Config:
         if not isinstance(self.estimator, TRMRule) and HALTING.get(self.halt.kind).trains_on != "step":
             raise PonderError(f"estimator.kind={self.estimator.name} needs a halting head trained one step at a time "
                               f"(q_halt, q_continue); halt.kind={self.halt.kind} trains on whole trajectories")
+        self._validate_model_kind()
+
+    def _validate_model_kind(self) -> None:
+        """The rules between the model's kind and the other sections (PonderError, one line)."""
+        kind, task = self.kind("model"), getattr(self.task, "name", None)
+        if kind not in LM_KINDS:
+            if task in LM_TASKS:
+                raise PonderError(f"task {task!r} needs a language model: --model.kind=hybrid_lm or recursive_lm "
+                                  f"(model.kind={kind} is the puzzle reasoner)")
+            return
+        m = self.model
+        if task not in LM_TASKS:
+            raise PonderError(f"model.kind={kind} is a language model; task {task!r} is not text (use a task lm preset)")
+        if m.vocab_size != self.task.vocab_size:
+            raise PonderError(f"model.vocab_size={m.vocab_size} must equal task.vocab_size={self.task.vocab_size} "
+                              f"(the model reads the task's tokens)")
+        if m.max_len < self.task.seq_len:
+            raise PonderError(f"model.max_len={m.max_len} is shorter than task.seq_len={self.task.seq_len}")
+        refused = [(not isinstance(self.estimator, TRMRule), f"estimator.kind={self.estimator.name}",
+                    "a language model trains on whole sequences with the model's own gradient"),
+                   (self.train.loss != "softmax", f"train.loss={self.train.loss}", "language models use softmax cross-entropy"),
+                   (self.train.target > 0, f"train.target={self.train.target:g}",
+                    "a language model's headline figure is a perplexity, not a share to reach"),
+                   (self.health.controller, "health.controller=true", "language models declare no controller knobs"),
+                   (self.train.compile, "train.compile=true", "it compiles the recursive reasoner's networks only")]
+        if kind == "hybrid_lm":
+            default = QHaltSettings()  # the section's default (Config.halt)
+            refused += [(self.halt != default, "a non-default halt section", "model.kind=hybrid_lm has no halting head"),
+                        (self.halting_health != HaltingHealthConfig(), "a non-default halting_health section",
+                         "model.kind=hybrid_lm has no halting head")]
+        else:
+            default = HALT_SETTINGS.make(self.halt.kind)
+            refused += [(self.halt.pool != default.pool, f"halt.pool={self.halt.pool}",
+                         "per-token halting reads one position, the token's own"),
+                        (self.halt.min_steps != default.min_steps, f"halt.min_steps={self.halt.min_steps}",
+                         "the recursive LM halts by the head's rule alone"),
+                        (getattr(self.halt, "explore_prob", None) != getattr(default, "explore_prob", None),
+                         f"halt.explore_prob={getattr(self.halt, 'explore_prob', None)}",
+                         "the recursive LM trains on whole trajectories from fresh, with no exploration")]
+        for bad, what, why in refused:
+            if bad:
+                raise PonderError(f"{what} does not apply to model.kind={kind}: {why}")
 
     def kind(self, section: str) -> str:
         return KIND_SECTIONS[section].kind_of(getattr(self, section))
@@ -128,8 +206,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def _section_classes() -> dict[str, type]:
-    classes = {c.__name__: c for c in (ModelConfig, TrainConfig, EvalConfig, TrainingHealthConfig,
-                                       HaltingHealthConfig)}
+    classes = {c.__name__: c for c in (TrainConfig, EvalConfig, TrainingHealthConfig, HaltingHealthConfig)}
     for registry in KIND_SECTIONS.values():
         classes.update({c.__name__: c for c in registry.classes.values()})
     for name in TASKS.names():
@@ -142,8 +219,11 @@ def _migrate(data: dict) -> dict:
     """A config saved by an earlier version in today's layout: the one `HaltConfig` for every
     head becomes the chosen head's own settings (the settings it never used are dropped); the
     optimizer and estimator settings move from `train` to their own sections (AdamATan2 runs of
-    that time used a = 1.27)."""
+    that time used a = 1.27); a model section saved before model kinds is the recursive reasoner."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    model = data.get("model")
+    if isinstance(model, dict) and "kind" not in model and model.get("_type") == "ModelConfig":
+        model["kind"] = "recursive"
     halt = data.get("halt")
     if isinstance(halt, dict) and halt.get("_type") == "HaltConfig":
         cls = HALT_SETTINGS.get(halt.get("kind", "q_halt"))
@@ -184,10 +264,12 @@ def from_dict(data: dict) -> Config:
             raise PonderError(f"config section {name!r} is not a mapping")
         raw = dict(data[name])
         type_name = raw.pop("_type", None)
-        raw.pop("kind", None) if name in KIND_SECTIONS else None
+        kind = raw.pop("kind", None) if name in KIND_SECTIONS else None
         if type_name not in classes:
             raise PonderError(f"config section {name!r} has unknown type {type_name!r}")
         cls = classes[type_name]
+        if name == "model" and kind is not None and MODELS._kind_of_class.get(cls) != kind:
+            raise PonderError(f"config section 'model' says kind {kind!r} but holds a {type_name}")
         valid = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(raw) - valid)
         if unknown:

@@ -2,6 +2,9 @@
 
 The task owns its metric (ponder.metrics; exact match and cell accuracy for puzzles, as in
 TRM/HRM) and its trivial baselines; this module runs the model and asks the task to score.
+A task whose samples are not answered one per sample (language models: one answer and one
+depth per token) owns its evaluation too: its metric's `evaluate_split(model, split, **options)`
+replaces the per-sample one below and returns the same keys (ponder.data.text).
 """
 from __future__ import annotations
 
@@ -144,7 +147,13 @@ def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch
     included, with no collective inside the loops; the per-sample results are gathered in rank
     order afterwards, so every rank returns the report of the whole split (seconds: the slowest
     rank's).
+
+    A metric with its own `evaluate_split` (module docstring) is asked instead.
     """
+    own = getattr(metric, "evaluate_split", None)
+    if own is not None:
+        return own(model, split, max_steps=max_steps, batch_size=batch_size, device=device, budgets=budgets,
+                   shard=shard)
     was_training = model.training
     model.eval()
     rows = shard.split_rows(len(split))

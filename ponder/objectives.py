@@ -6,6 +6,8 @@
   (ponder.estimator_hook).
 - `Trajectory` (trains_on = "trajectory": ACT, PonderNet): each optimizer step runs a fresh batch
   for all M steps.
+- `TokenObjective` (language models, whose halting if any is per token): each optimizer step
+  takes a fresh batch of token windows and the model's own `loss(tokens, labels, train_step)`.
 
 Both hand the halting head a `Segment` and return its loss plus the model's auxiliary loss (the
 adapter's regulariser): `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the
@@ -237,10 +239,59 @@ class Trajectory(_Counters):
         return 0
 
 
+class TokenObjective(_Counters):
+    """Language models: a fresh batch of windows per optimizer step, the model's whole loss of it
+    (the recursive LM: all M cycles and its halting head's loss over every supervised token; the
+    hybrid: next-token cross-entropy). No carry: a window is complete after its step.
+
+    The model's figures are logged per step (mean_depth, halt_rate, halt_logit_mean/std and the
+    head's own, e.g. ponder_cost, q_halt_acc), so the report shows whether halting moves. For the
+    loop's halting counters a window counts as one sample whose "steps" are its tokens' mean depth
+    (`halted_mean_steps` is then the mean depth per token; `steps_completed_total` sums them).
+    """
+
+    def __init__(self, model, stream: SampleStream, *, batch_size: int, device: torch.device, shard: Shard = SINGLE):
+        super().__init__(shard)
+        self.model, self.stream, self.device, self.batch_size = model, stream, device, batch_size
+        self.rows = shard.rows(batch_size)
+        self.context = None  # no StepContext: the health monitors' adapter checks do not apply
+        self._depth = 0.0
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        batch = self.stream.take(self.batch_size)
+        self.counters["samples_taken"] += len(batch)
+        if self.shard.active:
+            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+        batch = batch.to(self.device)
+        loss, stats = self.model.loss(batch.inputs, batch.labels, train_step)
+        self._depth = float(stats.get("mean_depth", 1.0))
+        return loss, stats
+
+    def commit(self, ok: bool) -> None:
+        if ok:  # every window of the global batch completed; this rank's mean depth stands for them
+            self.counters["samples_completed"] += self.batch_size
+            self.counters["steps_completed_total"] += self._depth * self.batch_size
+            self.halt_steps.append(self._depth)
+
+    def state_dict(self) -> dict:
+        return self.state()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.load(s)
+
+    def in_flight(self) -> int:
+        return 0
+
+
 def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
                     device: torch.device, seed: int, estimator=None, shard: Shard = SINGLE):
     """The objective the model's halting head trains with; `estimator` (deep supervision only)
-    replaces the model's own gradient rule for the recursion (ponder.estimator_hook)."""
+    replaces the model's own gradient rule for the recursion (ponder.estimator_hook). A language
+    model (`token_objective`) trains with `TokenObjective`."""
+    if getattr(model, "token_objective", False):
+        if estimator is not None:
+            raise PonderError(f"estimator.kind={estimator.name} does not apply to a language model")
+        return TokenObjective(model, stream, batch_size=batch_size, device=device, shard=shard)
     if model.halting.trains_on == "trajectory":
         if estimator is not None:
             raise PonderError(f"estimator.kind={estimator.name} needs a halting head trained one step at a time "

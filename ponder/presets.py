@@ -12,7 +12,10 @@ from ponder.data.arc import ArcConfig
 from ponder.data.mazes import MazeConfig
 from ponder.data.parity import ParityConfig
 from ponder.data.sudoku import SudokuConfig
+from ponder.data.text import LMTaskConfig
 from ponder.evaluate import EvalConfig
+from ponder.lm.hybrid import HybridConfig
+from ponder.lm.recursive_lm import RecursiveLMConfig
 from ponder.models.halting import halt_config
 from ponder.models.recursive import ModelConfig
 from ponder.optim import AdamATan2Settings
@@ -159,6 +162,55 @@ def parity96_extrapolation() -> Config:
     return _parity(96, "extrapolation", d_model=128, n_layers=2, max_steps=20, steps=100000)
 
 
+# ----------------------------------------------------------------------------- ARC-AGI
+
+
+def _arc_small(conditioning: str) -> Config:
+    """ARC-AGI-1 tasks whose grids all fit 10x10 (178 training, 77 evaluation), 10x10 canvases, 4 views
+    per evaluation task to vote over; the demonstrations mode reads 2 demonstration pairs (a
+    500-token sequence, which sets its cost)."""
+    demos = conditioning == "demonstrations"
+    return Config(
+        task=ArcConfig(dataset="arc1", conditioning=conditioning, max_side=10, views=4, seed=0,
+                       **({"max_demos": 2} if demos else {})),
+        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="attention", positions="rope", h_cycles=2,
+                          l_cycles=2, conditioning="none" if demos else "puzzle"),
+        halt=halt_config(max_steps=6),
+        train=TrainConfig(batch_size=16 if demos else 64, steps=4000, lr=1e-3, warmup_steps=100, ema_decay=0.99,
+                          log_every=50, eval_every=1000, checkpoint_every=500, max_minutes=45.0),
+        eval=EvalConfig(batch_size=64, train_samples=128, during_training_samples=128),
+    )
+
+
+@preset("arc-small-demos", "ARC-AGI-1 10x10 tasks, reads 2 demonstrations in its input (never trains on "
+        "evaluation tasks), d=64 attention TRM, M=6", "~1 h (training stops at 45 min)")
+def arc_small_demos() -> Config:
+    return _arc_small("demonstrations")
+
+
+@preset("arc-small-embedding", "ARC-AGI-1 10x10 tasks, TRM per-task embedding, 4 views; trained on evaluation "
+        "demonstrations, d=64 attention TRM, M=6", "~1 h (training stops at 45 min)")
+def arc_small_embedding() -> Config:
+    return _arc_small("embedding")
+
+
+@preset("trm-arc1", "ARC-AGI-1, TRM size: 30x30, 1000 views per task, embedding (trained on evaluation "
+        "demonstrations), d=512, T=3, n=4, M=16 (a GPU recipe, not run here)", "~3 days on 4 H100 GPUs")
+def trm_arc1() -> Config:
+    """TRM's ARC-AGI-1 recipe (REFERENCE.md): ~3 days on 4 H100s by its authors' account. Its
+    training split is ~3k pairs x 1000 views of 30x30 canvases: plan for tens of GB of host memory."""
+    return Config(
+        task=ArcConfig(dataset="arc1", conditioning="embedding", max_side=30, views=1000, seed=0),
+        model=ModelConfig(d_model=512, n_heads=8, n_layers=2, mixer="attention", positions="rope", h_cycles=3,
+                          l_cycles=4, conditioning="puzzle"),
+        halt=halt_config(max_steps=16),
+        optim=AdamATan2Settings(beta1=0.9, beta2=0.95, weight_decay=0.1, a=1.0, b=1.0),
+        train=TrainConfig(batch_size=768, steps=100000, lr=1e-4, warmup_steps=2000, ema_decay=0.999,
+                          loss="stablemax", eval_every=10000, checkpoint_every=2000),
+        eval=EvalConfig(batch_size=256, train_samples=1024, during_training_samples=1024),
+    )
+
+
 # ----------------------------------------------------------------------------- the papers' data sets
 # TRM trains 50000 "epochs" of its 1000 training puzzles at batch 768: 50000 * 1000 / 768 = 65104
 # optimizer steps, evaluating every 5000 epochs (6510 steps). Its 1000 stored augmented copies per
@@ -228,50 +280,29 @@ def maze_hard_cpu() -> Config:
     )
 
 
-# ----------------------------------------------------------------------------- ARC-AGI
-
-
-def _arc_small(conditioning: str) -> Config:
-    """ARC-AGI-1 tasks whose grids all fit 10x10 (178 training, 77 evaluation), 10x10 canvases, 4 views
-    per evaluation task to vote over; the demonstrations mode reads 2 demonstration pairs (a
-    500-token sequence, which sets its cost)."""
-    demos = conditioning == "demonstrations"
+def _lm_small(model) -> Config:
+    """The lm-small pair's shared task, learning rate and training (the issue's comparison ran its
+    two models at learning rates 2x apart; these share everything but the model). Sized so a run
+    takes minutes on 2 CPU cores."""
     return Config(
-        task=ArcConfig(dataset="arc1", conditioning=conditioning, max_side=10, views=4, seed=0,
-                       **({"max_demos": 2} if demos else {})),
-        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="attention", positions="rope", h_cycles=2,
-                          l_cycles=2, conditioning="none" if demos else "puzzle"),
-        halt=halt_config(max_steps=6),
-        train=TrainConfig(batch_size=16 if demos else 64, steps=4000, lr=1e-3, warmup_steps=100, ema_decay=0.99,
-                          log_every=50, eval_every=1000, checkpoint_every=500, max_minutes=45.0),
-        eval=EvalConfig(batch_size=64, train_samples=128, during_training_samples=128),
+        task=LMTaskConfig(corpus="stdlib", max_files=400, vocab_size=1024, seq_len=64),
+        model=model,
+        train=TrainConfig(batch_size=16, steps=400, lr=2e-3, warmup_steps=40, schedule="cosine", log_every=20,
+                          eval_every=100, checkpoint_every=100),
+        eval=EvalConfig(batch_size=32, max_samples=256, train_samples=64, during_training_samples=64, samples_drawn=4),
     )
 
 
-@preset("arc-small-demos", "ARC-AGI-1 10x10 tasks, reads 2 demonstrations in its input (never trains on "
-        "evaluation tasks), d=64 attention TRM, M=6", "~1 h (training stops at 45 min)")
-def arc_small_demos() -> Config:
-    return _arc_small("demonstrations")
+@preset("lm-small-hybrid", "stdlib code (400 files), BPE 1024, 64-token windows; d=64 4-layer Gated DeltaNet "
+        "hybrid, attention at layers 1 and 3", "~4 min")
+def lm_small_hybrid() -> Config:
+    return _lm_small(HybridConfig(vocab_size=1024, d_model=64, n_layers=4, attention_layers="1,3", n_heads=4,
+                                  dn_heads=4, dn_head_dim=16, chunk_size=32, max_len=64))
 
 
-@preset("arc-small-embedding", "ARC-AGI-1 10x10 tasks, TRM per-task embedding, 4 views; trained on evaluation "
-        "demonstrations, d=64 attention TRM, M=6", "~1 h (training stops at 45 min)")
-def arc_small_embedding() -> Config:
-    return _arc_small("embedding")
-
-
-@preset("trm-arc1", "ARC-AGI-1, TRM size: 30x30, 1000 views per task, embedding (trained on evaluation "
-        "demonstrations), d=512, T=3, n=4, M=16 (a GPU recipe, not run here)", "~3 days on 4 H100 GPUs")
-def trm_arc1() -> Config:
-    """TRM's ARC-AGI-1 recipe (REFERENCE.md): ~3 days on 4 H100s by its authors' account. Its
-    training split is ~3k pairs x 1000 views of 30x30 canvases: plan for tens of GB of host memory."""
-    return Config(
-        task=ArcConfig(dataset="arc1", conditioning="embedding", max_side=30, views=1000, seed=0),
-        model=ModelConfig(d_model=512, n_heads=8, n_layers=2, mixer="attention", positions="rope", h_cycles=3,
-                          l_cycles=4, conditioning="puzzle"),
-        halt=halt_config(max_steps=16),
-        optim=AdamATan2Settings(beta1=0.9, beta2=0.95, weight_decay=0.1, a=1.0, b=1.0),
-        train=TrainConfig(batch_size=768, steps=100000, lr=1e-4, warmup_steps=2000, ema_decay=0.999,
-                          loss="stablemax", eval_every=10000, checkpoint_every=2000),
-        eval=EvalConfig(batch_size=256, train_samples=1024, during_training_samples=1024),
-    )
+@preset("lm-small-recursive", "lm-small-hybrid's data and training; d=64 recursive LM, a shared 3-layer attention "
+        "stack in up to 3 cycles, per-token PonderNet halting", "~5 min")
+def lm_small_recursive() -> Config:
+    cfg = _lm_small(RecursiveLMConfig(vocab_size=1024, d_model=64, n_layers=3, n_heads=4, max_len=64))
+    cfg.halt = halt_config("pondernet", max_steps=3, bias_init=-1.0, prior_lambda=0.4)
+    return cfg

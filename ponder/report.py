@@ -22,7 +22,11 @@ from ponder.render import samples_html
 def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
                  split: str = "test", quiet: bool = False, shard: Shard = SINGLE) -> dict:
     """Full evaluation of `model` on the held-out split (and a training subset); writes files.
-    Across processes every rank evaluates its part of each split and rank 0 writes."""
+    Across processes every rank evaluates its part of each split and rank 0 writes. A task with
+    its own `evaluate_run` (language models, ponder.data.text) writes its own report."""
+    own = getattr(task, "evaluate_run", None)
+    if own is not None:
+        return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if ec.max_samples > 0 and ec.max_samples < len(held_out):

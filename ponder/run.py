@@ -1,6 +1,7 @@
 """The run layer: run directories, building the parts, resume, init-from, loading trained runs.
 
-- `build_model(cfg, task)`: the reasoner and its halting head, sized for the task.
+- `build_model(cfg, task)`: the model of `cfg.model`'s kind (the recursive reasoner with its
+  halting head, sized for the task; or a language model, ponder.lm), by `MODEL_BUILDERS`.
 - `open_run(cfg, run_dir, resume=..., init_from=...)`: a `ponder.train.Run` ready for the loop:
   every part built, a checkpoint resumed (after checking that it is this run's and that every
   file of it fits) or another run's matching weights loaded, the config saved.
@@ -31,6 +32,8 @@ from ponder.errors import PonderError
 from ponder.estimator_hook import TRMRule
 from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
+from ponder.lm.hybrid import HybridLM
+from ponder.lm.recursive_lm import RecursiveLM
 from ponder.models.halting import build_halting
 from ponder.models.recursive import RecursiveReasoner
 from ponder.objectives import build_objective
@@ -40,12 +43,26 @@ from ponder.tensorboard_log import make_mirror
 from ponder.train import Run, check_accelerator_settings, resolve_device, set_threads, train
 
 
-def build_model(cfg: Config, task: TaskData) -> RecursiveReasoner:
+def _build_reasoner(cfg: Config, task: TaskData) -> RecursiveReasoner:
     """The RecursiveReasoner of `cfg.model` with the halting head of `cfg.halt`, sized for `task`."""
     cfg.model.validate()
     head = build_halting(cfg.halt, cfg.model.d_model)
     return RecursiveReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
                              num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
+
+
+# model kind -> build(cfg, task); the language models take their vocabulary and length from
+# their own section, which Config.validate checks against the task's
+MODEL_BUILDERS = {
+    "recursive": _build_reasoner,
+    "hybrid_lm": lambda cfg, task: HybridLM(cfg.model),
+    "recursive_lm": lambda cfg, task: RecursiveLM(cfg.model, cfg.halt),
+}
+
+
+def build_model(cfg: Config, task: TaskData | None) -> torch.nn.Module:
+    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None)."""
+    return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
 
 
 def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -167,6 +184,9 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     if shard.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
+        save_assets = getattr(task, "save_assets", None)  # e.g. a language model's tokenizer
+        if save_assets is not None:
+            save_assets(run_dir)
         # events after a resumed checkpoint's step are purged, as the JSONL was cut back
         log.mirror = make_mirror(tc.tensorboard, run_dir, purge_step=run.step + 1 if ckpt is not None else None)
     return run

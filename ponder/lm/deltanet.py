@@ -246,6 +246,14 @@ class GatedDeltaNet(nn.Module):
         y = self._output(o, x)
         return (y, state) if return_state else y
 
+    def rule_flops_per_token(self) -> float:
+        """Matmul FLOPs per token of the chunked delta rule (projections excluded): per chunk of c
+        tokens and per head, βK·Kᵀ and Q·Kᵀ (2c²d_k each), the triangular solve (c²(d_k + d_v)),
+        scores·U (2c²d_v) and the state products W·S, Q·S, Kᵀ·U (2c·d_k·d_v each)."""
+        c, dk, dv = self.chunk_size, self.dk, self.dv
+        per_chunk = 4 * c * c * dk + c * c * (dk + dv) + 2 * c * c * dv + 6 * c * dk * dv
+        return self.n_heads * per_chunk / c
+
     def empty_cache(self, batch: int, device: torch.device | None = None) -> DeltaCache:
         """A fresh recurrent cache for `batch` sequences."""
         channels = self.conv.conv.in_channels

@@ -7,15 +7,20 @@ causal attention (RoPE) when i is in `attention_layers`, else with `GatedDeltaNe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.lm.deltanet import GatedDeltaNet
-from ponder.lm.layers import Block, CausalAttention, check_dims, init_lm_weights, param_count
+from ponder.lm.layers import (Block, CausalAttention, LMSection, check_dims, init_lm_weights, linear_flops, param_count,
+                               score_flops)
+from ponder.lm.recursive_lm import Inference
 from ponder.models.blocks import Rotary
 from ponder.settings import check, setting
+from ponder.types import IGNORE
 
 
 def parse_layers(text: str, n_layers: int, where: str = "model.attention_layers") -> tuple[int, ...]:
@@ -33,7 +38,7 @@ def parse_layers(text: str, n_layers: int, where: str = "model.attention_layers"
 
 
 @dataclass(kw_only=True)
-class HybridConfig:
+class HybridConfig(LMSection):
     """Settings of the hybrid Gated DeltaNet + attention LM.
 
     Attributes:
@@ -48,6 +53,7 @@ class HybridConfig:
         backend: "torch" or "fla" (flash-linear-attention kernels, CUDA only).
     """
 
+    kind: ClassVar[str] = "hybrid_lm"  # the config section `model`'s kind
     vocab_size: int = setting(512, ge=2)
     d_model: int = setting(64, ge=2)
     n_layers: int = setting(4, ge=1)
@@ -65,6 +71,9 @@ class HybridConfig:
     eps: float = setting(1e-6, gt=0)
     init_std: float = setting(0.02, gt=0)
     backend: str = setting("torch", choices=("torch", "fla"))
+
+    def inactive(self) -> dict[str, str]:
+        return {"chunk_size": "model.mode=recurrent runs token by token"} if self.mode == "recurrent" else {}
 
     def validate(self) -> None:
         check(self, "model")
@@ -113,6 +122,36 @@ class HybridLM(nn.Module):
 
     def num_parameters(self) -> int:
         return param_count(self)
+
+    token_objective = True  # trained by ponder.objectives.TokenObjective through `loss`
+    max_steps = 1  # one pass per token: depth 1 everywhere
+
+    def loss(self, tokens: Tensor, labels: Tensor, train_step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """Mean next-token cross-entropy over the supervised tokens, and named figures.
+
+        Args: tokens (b, n); labels (b, n), IGNORE where unsupervised; train_step (unused: no
+        halting head, no schedule). Returns: (loss, {lm_loss, token_accuracy, mean_depth, halt_rate}).
+        """
+        logits = self(tokens)
+        mask = labels != IGNORE
+        if not mask.any():
+            raise PonderError("the batch has no supervised tokens")
+        loss = F.cross_entropy(logits[mask].float(), labels[mask])
+        with torch.no_grad():
+            acc = (logits[mask].argmax(-1) == labels[mask]).float().mean().item()
+        return loss, {"lm_loss": loss.item(), "token_accuracy": acc, "mean_depth": 1.0, "halt_rate": 0.0}
+
+    @torch.no_grad()
+    def infer(self, tokens: Tensor) -> Inference:
+        """Inference in the recursive LM's terms: every token runs the stack once (depth 1)."""
+        b, n = tokens.shape
+        return Inference(self(tokens), torch.ones_like(tokens), b * n, b * n, b * n)
+
+    def flops_per_token(self, n: int, depth: float = 1.0) -> float:
+        """Forward matmul FLOPs per token at sequence length n: every Linear (projections, SwiGLU,
+        readout), attention scores and the chunked delta rule (`depth` is always 1 here)."""
+        rule = sum(b.mixer.rule_flops_per_token() for b in self.blocks if isinstance(b.mixer, GatedDeltaNet))
+        return linear_flops(self) + score_flops(self, n) + rule
 
     def set_mode(self, mode: str) -> None:
         """Switch every delta-rule layer to "chunk" or "recurrent" (same weights, same values)."""

@@ -7,12 +7,25 @@ attention (whole sequence, or a subset of query rows against cached keys), and t
 """
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
 from ponder.models.blocks import Rotary, SwiGLU
+
+
+class LMSection:
+    """Base of the language models' config sections: the health wing reads the recursive
+    reasoner's adapter and logit-clamp settings from any model section; a language model has
+    neither (no adapter: its norm levels never fire; no soft clamp)."""
+
+    adapter_max_norm: ClassVar[float] = math.inf
+    logit_clamp: ClassVar[float] = 0.0  # 0 = off
+    logit_clamp_max: ClassVar[float] = math.inf
 
 
 def rotate(x: Tensor, rotary: Rotary, positions: Tensor) -> Tensor:
@@ -111,6 +124,18 @@ def init_lm_weights(module: nn.Module, std: float) -> None:
 
 def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def linear_flops(module: nn.Module) -> float:
+    """Matmul FLOPs per token of every nn.Linear inside `module` (2 · in · out each)."""
+    return float(sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear)))
+
+
+def score_flops(module: nn.Module, n: int) -> float:
+    """Per-token FLOPs of the attention scores (Q·Kᵀ and weights·V, causal: (n+1)/2 keys on
+    average at length n) of every CausalAttention inside `module`."""
+    return float(sum(2 * 2 * m.n_heads * m.head_dim * (n + 1) / 2 for m in module.modules()
+                     if isinstance(m, CausalAttention)))
 
 
 def check_dims(d_model: int, n_heads: int) -> None:

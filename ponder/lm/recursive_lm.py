@@ -35,13 +35,15 @@ count of token-cycle applications actually run is returned, not assumed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponder.errors import PonderError
-from ponder.lm.layers import Block, CausalAttention, check_dims, init_lm_weights, param_count
+from ponder.lm.layers import (Block, CausalAttention, LMSection, check_dims, init_lm_weights, linear_flops, param_count,
+                               score_flops)
 from ponder.models.blocks import Rotary
 from ponder.models.halting import HaltSettings, Memo, Segment, build_halting
 from ponder.settings import check, setting
@@ -51,7 +53,7 @@ KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values (b, h, n, hd) o
 
 
 @dataclass(kw_only=True)
-class RecursiveLMConfig:
+class RecursiveLMConfig(LMSection):
     """Settings of the recursive LM (the number of cycles M is the halting head's `max_steps`).
 
     Attributes:
@@ -60,6 +62,7 @@ class RecursiveLMConfig:
         eps: RMSNorm epsilon; init_std: std of the Linear and Embedding weights.
     """
 
+    kind: ClassVar[str] = "recursive_lm"  # the config section `model`'s kind
     vocab_size: int = setting(512, ge=2)
     d_model: int = setting(64, ge=2)
     n_layers: int = setting(2, ge=1)
@@ -149,6 +152,16 @@ class RecursiveLM(nn.Module):
 
     def num_parameters(self) -> int:
         return param_count(self)
+
+    token_objective = True  # trained by ponder.objectives.TokenObjective through `loss`
+
+    def flops_per_token(self, n: int, depth: float) -> float:
+        """Forward matmul FLOPs per token at sequence length n when the token runs `depth` cycles:
+        each cycle runs the stack (projections, scores, SwiGLU), the readout and the halting probe.
+        Training runs all M cycles (depth = M); early exit runs the measured mean depth."""
+        per_cycle = linear_flops(self.blocks) + score_flops(self.blocks, n) + linear_flops(self.readout) \
+            + linear_flops(self.halting)
+        return depth * per_cycle
 
     def _check(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or tokens.shape[1] > self.cfg.max_len:
