@@ -223,16 +223,19 @@ def _debug_variant():
     return cfg
 
 
-if "debug-act-test" not in PRESETS.names():  # a second tiny preset on the debug preset's task
-    PRESETS.add("debug-act-test", Preset(lambda: _named(_debug_variant(), "debug-act-test"), "test only", "~10 s"))
-
-
 def _named(cfg, name):
     cfg.preset = name
     return cfg
 
 
-def test_compare_two_tiny_presets_resume_and_extend(tmp_path, capsys):
+@pytest.fixture
+def debug_act_preset(monkeypatch):
+    """A second tiny preset on the debug preset's task, registered only while a test runs."""
+    monkeypatch.setitem(PRESETS._entries, "debug-act-test",
+                        Preset(lambda: _named(_debug_variant(), "debug-act-test"), "test only", "~10 s"))
+
+
+def test_compare_two_tiny_presets_resume_and_extend(tmp_path, capsys, debug_act_preset):
     out = tmp_path / "cmp"
     over = ["--train.eval_every=2", "--train.checkpoint_every=2", "--train.log_every=2", "--eval.max_samples=16",
             "--eval.train_samples=16", "--eval.during_training_samples=16", "--eval.samples_drawn=0"]
@@ -261,7 +264,7 @@ def test_compare_two_tiny_presets_resume_and_extend(tmp_path, capsys):
         compare("debug", "debug-act-test", seeds=1, out=out)
 
 
-def test_bad_input_is_one_line(trained, corpus, tmp_path, capsys):
+def test_bad_input_is_one_line(trained, corpus, tmp_path, capsys, debug_act_preset):
     cases = [
         (["generate", str(tmp_path / "nope"), "--prompt", "x"], "no such run or checkpoint"),
         (["generate", str(trained["lm-small-hybrid"]), "--top-p", "0"], "--top-p must be in (0, 1]"),
