@@ -18,7 +18,7 @@ from ponder.config import apply_overrides, load_config
 from ponder.diagnose import diagnose_gradients, format_table, write_json
 from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
 from ponder.errors import PonderError
-from ponder.html_report import write_report
+from ponder.html_report import write_page
 from ponder.lm.cli import add_lm_parsers
 from ponder.presets import DEFAULT_PRESET, PRESETS, get_config
 from ponder.run import evaluate_checkpoint, health_report, train_run
@@ -113,7 +113,7 @@ def _cmd_report(args, extra) -> int:
     if extra:
         raise PonderError("`ponder report` takes no overrides")
     t0 = time.perf_counter()
-    out = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, samples=args.samples)
+    out = write_page([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, samples=args.samples)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -344,7 +344,7 @@ def build_page(run_dirs: list[Path], *, samples: int = 6) -> str:
             + f'\n<script type="application/json" id="ponder-data">{data}</script>\n</body>\n</html>\n')
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, *, samples: int = 6) -> Path:
+def write_page(run_dirs: list[Path], out: Path | None = None, *, samples: int = 6) -> Path:
     """Write the page (default RUN_DIR/report.html for one run, ./ponder-report.html for several)."""
     if not run_dirs:
         raise PonderError("name at least one RUN_DIR")

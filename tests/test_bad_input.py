@@ -118,6 +118,8 @@ def test_every_damaged_file_is_refused_in_one_line_or_harmless(runs, how, tmp_pa
     base, other = runs / "base", runs / "other"
     files = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
     for i, rel in enumerate(files):
+        if how == "other model size" and not (other / rel).exists():
+            continue  # a file named after its own run (TensorBoard's event file): the other run has none
         case = tmp_path / f"{i}" / "run"
         shutil.copytree(base, case)
         corrupt(case / rel, how, other / rel, seed=i)

@@ -2,6 +2,7 @@
 preds != labels on supervised positions, captions, escaping; samples from the real generators."""
 from __future__ import annotations
 
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -223,9 +224,13 @@ def test_every_task_draws_its_samples(sudoku_sample):
     from ponder.data.base import TASKS
     from ponder.data.mazes import MazeConfig
     from ponder.data.sudoku import SudokuConfig
+    from ponder.data.arc import ArcConfig
+    from ponder.data.text import LMTaskConfig
 
     configs = {"sudoku": SudokuConfig(box_rows=2, box_cols=2, n_train=4, n_test=2, min_givens=6, max_givens=8),
-               "maze": MazeConfig(size=5, n_train=4, n_test=2), "parity": ParityConfig(length=6, n_train=8, n_test=4)}
+               "maze": MazeConfig(size=5, n_train=4, n_test=2), "parity": ParityConfig(length=6, n_train=8, n_test=4),
+               "arc": ArcConfig(dataset="arc1", max_side=10, views=2, seed=0),
+               "lm": LMTaskConfig(corpus=str(Path(__file__)), max_files=0, vocab_size=300, seq_len=16)}
     assert set(configs) == set(TASKS.names()), "add a small config of the new task here"
     for name, cfg in configs.items():
         task = build_task(cfg)

@@ -21,8 +21,10 @@ of the same tokenizer, counted on the training split.
 """
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,30 @@ def ngram_figures(train_ids: np.ndarray, valid_ids: np.ndarray, vocab_size: int)
                                      "accuracy": float((follower[valid[:-1]] == target).mean())}}
 
 
+def render_tokens(inputs: np.ndarray, labels: np.ndarray, preds: np.ndarray, *, tokenizer, shown: int = 16) -> str:
+    """The last `shown` positions of a window as an SVG table: the text so far, the next token and
+    the model's prediction (green when right, red when wrong)."""
+    n = len(inputs)
+    rows = range(max(0, n - shown), n)
+    text = lambda ids: html.escape(tokenizer.decode([int(i) for i in ids]).replace("\n", "\u21b5"))  # noqa: E731
+    line_h, width = 18, 760
+    parts = [f'<text x="8" y="14" font-size="12" font-weight="bold">context (last 40 tokens) | next token | '
+             f'predicted</text>']
+    for k, i in enumerate(rows):
+        y = 14 + line_h * (k + 1)
+        ok = labels[i] == preds[i]
+        context = text(inputs[max(0, i - 39):i + 1])[-60:]
+        parts.append(f'<text x="8" y="{y}" font-size="11" font-family="monospace">{context}</text>')
+        parts.append(f'<text x="520" y="{y}" font-size="11" font-family="monospace">{text([labels[i]])}</text>')
+        parts.append(f'<text x="640" y="{y}" font-size="11" font-family="monospace" '
+                     f'fill="{"#176117" if ok else "#b00020"}">{text([preds[i]])}</text>')
+    height = 14 + line_h * (len(rows) + 1)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="sans-serif">\n'
+            f'<rect class="background" width="{width}" height="{height}" fill="#ffffff"/>\n'
+            + "\n".join(parts) + "\n</svg>")
+
+
 def build_lm(cfg: LMTaskConfig) -> LMTaskData:
     cfg.validate()
     corpus = load_corpus(cfg.corpus, max_files=cfg.max_files, val_frac=cfg.val_frac, test_frac=cfg.test_frac)
@@ -174,7 +200,8 @@ def build_lm(cfg: LMTaskConfig) -> LMTaskData:
 
     return LMTaskData(name="lm", vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, grid_shape=(1, cfg.seq_len),
                       train=train, test=held_out, difficulty_name="none (text)", metric=NextToken(tok),
-                      baselines=baselines, tokenizer=tok, ids=ids, corpus_name=corpus.name)
+                      baselines=baselines, tokenizer=tok, ids=ids, corpus_name=corpus.name,
+                      render=partial(render_tokens, tokenizer=tok))
 
 
 TASKS.add("lm", (LMTaskConfig, build_lm))
