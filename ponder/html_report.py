@@ -353,8 +353,7 @@ def write_page(run_dirs: list[Path], out: Path | None = None, *, samples: int = 
     out = Path(out) if out else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("ponder-report.html"))
     if out.exists() and out.is_dir():
         raise PonderError(f"--out {out} is a directory; name a file")
-    text = build_page([Path(d) for d in run_dirs], samples=samples)
     if not out.parent.exists():
         raise PonderError(f"--out: no such directory: {out.parent}")
-    atomic_write_text(out, text)
+    atomic_write_text(out, build_page([Path(d) for d in run_dirs], samples=samples))
     return out
