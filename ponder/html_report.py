@@ -350,6 +350,9 @@ def write_page(run_dirs: list[Path], out: Path | None = None, *, samples: int = 
         raise PonderError("name at least one RUN_DIR")
     if samples < 0:
         raise PonderError(f"--samples must be >= 0, got {samples}")
+    for d in run_dirs:
+        if not Path(d).is_dir():
+            raise PonderError(f"no such run directory: {d}")
     out = Path(out) if out else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("ponder-report.html"))
     if out.exists() and out.is_dir():
         raise PonderError(f"--out {out} is a directory; name a file")
