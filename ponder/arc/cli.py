@@ -3,6 +3,7 @@
     ponder arc score SUBMISSION.json --split arc1-eval [--max-side N] [--allow-missing] [--strict] [--out F.json]
     ponder arc baselines [--split arc1-eval|...|all] [--max-side N] [--out F.json]
     ponder arc leakage [--out F.md]   (also writes F.json)
+    ponder arc eval RUN_DIR [--split S] [--out DIR] [--ttft-seconds S] [--max-tasks N]
 
 Both scoring rules are printed side by side, with the data version. Every bad input is one line
 `ponder: error: ...` (exit 2); a malformed task of a submission scores 0 and is listed as invalid.
@@ -15,10 +16,15 @@ from pathlib import Path
 
 from ponder.arc.baselines import BASELINES, run_baseline
 from ponder.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
+from ponder.arc.evaluation import evaluate_arc, score_command, write_arc_eval
 from ponder.arc.leakage import dumps, format_leakage, leakage_report
 from ponder.arc.scoring import RULES, format_score_table, parse_submission, read_submission, score_attempts
+from ponder.arc.ttft import TTFTSettings
 from ponder.checkpoint import atomic_write_text
+from ponder.data.arc import ArcTaskData
 from ponder.errors import PonderError
+from ponder.run import load_trained
+from ponder.train import resolve_device, set_threads
 
 LEAKAGE_DEFAULT = "arc-leakage.md"
 
@@ -32,6 +38,8 @@ def add_arc_parser(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--max-side", default=None, help="score only the tasks whose grids all fit N x N")
     s.add_argument("--allow-missing", action="store_true", help="tasks without predictions score 0 instead of an error")
     s.add_argument("--strict", action="store_true", help="an invalid task is an error instead of scoring 0")
+    s.add_argument("--only-submitted", action="store_true",
+                   help="score only the tasks the submission names (e.g. the file of `ponder arc eval --max-tasks`)")
     s.add_argument("--out", help="write the full report (per task) as JSON here")
     b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search; both rules")
     b.add_argument("--split", default="all", help=f"one of {', '.join(SPLITS)} or all (default)")
@@ -40,6 +48,18 @@ def add_arc_parser(sub: "argparse._SubParsersAction") -> None:
     le = arc.add_parser("leakage", help="evaluation tasks found in other splits; what runs train on vs are scored on")
     le.add_argument("--out", default=LEAKAGE_DEFAULT, help=f"Markdown report path (default {LEAKAGE_DEFAULT}); "
                     "the JSON goes next to it")
+    e = arc.add_parser("eval", help="score a trained ARC run by ARC's rules: votes over views, both rules, "
+                       "adaptive halting vs always M steps, baselines, CSV, gallery, submission")
+    e.add_argument("run_dir", nargs="?", help="RUN_DIR of an `arc` run (or one of its checkpoints)")
+    e.add_argument("--split", default=None, help=f"one of {', '.join(SPLITS)} (default: the run's evaluation split)")
+    e.add_argument("--out", default=None, help="output directory (default RUN_DIR/arc-eval/SPLIT)")
+    e.add_argument("--max-tasks", default="0", help="only the first N tasks of the split (0 = all)")
+    e.add_argument("--ttft-seconds", default=None,
+                   help="demonstrations mode: also fine-tune a copy of the model on each task's demonstrations "
+                        "(leave-one-out, augmented) for at most S seconds before predicting it")
+    e.add_argument("--ttft-lr", default="1e-4", help="test-time fine-tuning learning rate (AdamW; default 1e-4)")
+    e.add_argument("--ttft-batch", default="8", help="test-time fine-tuning batch size (default 8)")
+    e.add_argument("--batch-size", default=None, help="inference batch size (default the run's eval.batch_size)")
     p.set_defaults(fn=run_arc)
 
 
@@ -92,6 +112,11 @@ def _cmd_score(args) -> int:
     side = _max_side(args.max_side)
     tasks = _tasks(split, side)
     obj = read_submission(Path(args.submission))
+    if args.only_submitted and isinstance(obj, dict):
+        tasks = tuple(t for t in tasks if t.id in obj)
+        if not tasks:
+            raise PonderError(f"{args.submission}: --only-submitted, but it names none of the "
+                              f"{_scope(split, side, len(_tasks(split, side)))}")
     attempts = parse_submission(obj, tasks, split=split, allow_missing=args.allow_missing, source=args.submission,
                                 known=load_split(split))
     invalid = {t: why for t, why in attempts.items() if isinstance(why, str)}
@@ -162,7 +187,62 @@ def _cmd_leakage(args) -> int:
     return 0
 
 
+def _number(flag: str, value: str | None, kind, lo: float):
+    try:
+        x = kind(value)
+    except (TypeError, ValueError):
+        raise PonderError(f"{flag} expects {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if not x >= lo:
+        raise PonderError(f"{flag} must be >= {lo:g}, got {value}")
+    return x
+
+
+def _cmd_eval(args) -> int:
+    if not args.run_dir:
+        raise PonderError("ponder arc eval needs a RUN_DIR")
+    max_tasks = _number("--max-tasks", args.max_tasks, int, 0)
+    ttft = None
+    if args.ttft_seconds is not None:
+        ttft = TTFTSettings(seconds=_number("--ttft-seconds", args.ttft_seconds, float, 0),
+                            lr=_number("--ttft-lr", args.ttft_lr, float, 1e-12),
+                            batch_size=_number("--ttft-batch", args.ttft_batch, int, 1))
+    batch = None if args.batch_size is None else _number("--batch-size", args.batch_size, int, 1)
+    if args.split is not None:
+        _split(args.split)
+    run_dir = Path(args.run_dir)
+    if run_dir.is_dir() and not (run_dir / "config.json").exists() and not (run_dir / "checkpoints").exists() \
+            and not (run_dir / "model.safetensors").exists():
+        raise PonderError(f"{run_dir} is not a run directory (no config.json, no checkpoints/)")
+    model, task, cfg, ckpt = load_trained(run_dir)
+    if not isinstance(task, ArcTaskData):
+        raise PonderError(f"{run_dir} is not an ARC run (its task is {cfg.task.name!r}); ponder arc eval scores "
+                          f"runs of the arc task")
+    split = args.split or f"{cfg.task.dataset}-eval"
+    device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    result = evaluate_arc(model.to(device), cfg, split, metric=task.metric, device=device, run=str(ckpt),
+                          max_tasks=max_tasks, ttft=ttft, batch_size=batch)
+    out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt) \
+        / "arc-eval" / split
+    if out.exists() and not out.is_dir():
+        raise PonderError(f"--out {out} is a file; name a directory")
+    paths = write_arc_eval(result, out)
+    info = result.info
+    print(f"ARC evaluation of {ckpt} on {_scope(split, cfg.task.max_side, info['n_tasks'])} ({result.label}; "
+          f"{DATA_VERSION}); {info['n_samples']} samples, two attempts per test input voted over views")
+    print(format_score_table([(f"{a.name} [{result.label}]", a.report) for a in result.answers]
+                             + [(f"baseline: {n}", r) for n, r in result.baselines.items()]))
+    for a in result.answers:
+        print(f"- {a.name}: {a.predictions.seconds:.2f} s ({info['seconds_per_task'][a.name]:.3f} s per task), "
+              f"mean steps {info['mean_steps'][a.name]:.2f}; solved (pass@2, all test inputs): "
+              f"{_ids(a.report.solved_ids(2))}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    print(f"check: {score_command(result, paths['submission'])}")
+    return 0
+
+
 def run_arc(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise PonderError(f"ponder arc {args.arc_command} takes no overrides, got {' '.join(extra)}")
-    return {"score": _cmd_score, "baselines": _cmd_baselines, "leakage": _cmd_leakage}[args.arc_command](args)
+    return {"score": _cmd_score, "baselines": _cmd_baselines, "leakage": _cmd_leakage,
+            "eval": _cmd_eval}[args.arc_command](args)
