@@ -90,6 +90,16 @@ class _Counters:
         self.counters.update(s["counters"])
         self.halt_steps = list(s["halt_steps"])
 
+    # an objective with no carry: the counters are its whole state, and nothing is in flight
+    def state_dict(self) -> dict:
+        return self.state()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.load(s)
+
+    def in_flight(self) -> int:
+        return 0
+
 
 class DeepSupervision(_Counters):
     """TRM/HRM deep supervision with the carry kept across optimizer steps."""
@@ -229,15 +239,6 @@ class Trajectory(_Counters):
         if ok:
             self.complete(self._stop, torch.ones_like(self._stop, dtype=torch.bool))
 
-    def state_dict(self) -> dict:
-        return self.state()
-
-    def load_state_dict(self, s: dict) -> None:
-        self.load(s)
-
-    def in_flight(self) -> int:
-        return 0
-
 
 class TokenObjective(_Counters):
     """Language models: a fresh batch of windows per optimizer step, the model's whole loss of it
@@ -272,15 +273,6 @@ class TokenObjective(_Counters):
             self.counters["samples_completed"] += self.batch_size
             self.counters["steps_completed_total"] += self._depth * self.batch_size
             self.halt_steps.append(self._depth)
-
-    def state_dict(self) -> dict:
-        return self.state()
-
-    def load_state_dict(self, s: dict) -> None:
-        self.load(s)
-
-    def in_flight(self) -> int:
-        return 0
 
 
 def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
