@@ -56,7 +56,10 @@ class RunView:
         self.health = health_report(self.dir)  # also refreshes health.md / health.json
         self.config = _read_json(self.dir / "config.json")
         eval_file = self.dir / "eval" / "report.json"
-        self.eval = _read_json(eval_file) if eval_file.exists() else None
+        report = _read_json(eval_file) if eval_file.exists() else None
+        # per-sample evaluations (puzzles, language models); an ARC run's report is by task and
+        # view (its eval/report.md), so the page shows its training side only
+        self.eval = report if isinstance(report, dict) and "held_out" in report else None
 
     def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
         rows = [(r["step"], r[key]) for r in self.records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ponder.arc.evaluation import evaluate_arc, write_arc_eval
 from ponder.carry import batch_of
 from ponder.checkpoint import atomic_write_text
 from ponder.data.base import TaskData
@@ -27,6 +28,8 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     own = getattr(task, "evaluate_run", None)
     if own is not None:
         return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
+    if task.name == "arc":
+        return evaluate_arc_run(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if ec.max_samples > 0 and ec.max_samples < len(held_out):
@@ -60,6 +63,21 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     if not quiet:
         print(text)
     return report
+
+
+def evaluate_arc_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
+                     quiet: bool = False, shard: Shard = SINGLE) -> dict:
+    """ARC runs are scored by ARC's rules: every view of every test input, voted, both scoring rules
+    beside the baselines (ponder.arc.evaluation), written under RUN_DIR/eval/ (report.md/.json,
+    tasks.csv, gallery.png, submission.json). Rank 0 evaluates; the other ranks return {}."""
+    if not shard.main:
+        return {}
+    arc_split = f"{cfg.task.dataset}-{'eval' if split == 'test' else 'train'}"
+    result = evaluate_arc(model, cfg, arc_split, metric=task.metric, device=device, run=str(run_dir))
+    paths = write_arc_eval(result, Path(run_dir) / "eval")
+    if not quiet:
+        print(paths["report"].read_text())
+    return json.loads(paths["json"].read_text())
 
 
 def sample_figures(model, task: TaskData, split, k: int, max_steps: int, *, device: torch.device) -> list[str]:

@@ -203,3 +203,15 @@ def test_only_submitted_with_no_task_of_the_split_is_one_line(capsys, tmp_path):
     code, out, err = _run(capsys, "arc", "score", path, "--split", "arc1-eval", "--only-submitted")
     assert code == 2 and err == [f"ponder: error: {path}: --only-submitted, but it names none of the arc1-eval, "
                                  f"400 tasks"]
+
+
+def test_ponder_eval_of_an_arc_run_scores_it_by_arc_rules(runs, capsys):
+    """`ponder eval RUN_DIR` on an ARC run writes the ARC evaluation (both rules, CSV, gallery,
+    submission) under RUN_DIR/eval/, and `ponder report` draws the run's page."""
+    code, out, err = _run(capsys, "eval", runs["demos"])
+    assert code == 0, err
+    for name in ("report.md", "report.json", "tasks.csv", "gallery.png", "submission.json"):
+        assert (runs["demos"] / "eval" / name).stat().st_size > 0
+    assert "all-or-nothing" in out and "fractional" in out
+    code, out, err = _run(capsys, "report", runs["demos"], "--samples=0")
+    assert code == 0, err
