@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], metavar="--SECTION.KEY=VALUE",
                     help="with --train: an extra override for every run, as --override=--task.n_train=200 (repeatable)")
     ap.add_argument("--out", default=NAME, help="result fragment name (default hard_data)")
+    ap.add_argument("--from-runs", nargs=2, metavar=("HARD_RUN", "EASY_RUN"),
+                    help="rebuild the training part from two finished run directories (sudoku-hard-cpu, sudoku9)")
     args = ap.parse_args()
     for n, what in ((args.puzzles, "--puzzles"), (args.mazes, "--mazes")):
         if n < 1:
@@ -58,7 +60,9 @@ def main() -> None:
     path = RESULTS / f"{args.out}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.pop("measured", None), data.pop("machine", None)
-    if args.train:
+    if args.from_runs:
+        data["training"] = from_runs(*map(Path, args.from_runs), minutes=args.minutes)
+    elif args.train:
         data["training"] = training(args.minutes, args.easy, args.override)
     else:
         data["generation"] = generation(args.puzzles, args.mazes, args.source)
@@ -142,6 +146,21 @@ def training(minutes: float, easy: bool, overrides: list[str]) -> dict:
     return out
 
 
+def from_runs(hard: Path, easy: Path, *, minutes: float) -> dict:
+    """The training part from finished run directories (their eval/report.json, checkpoints and
+    config); what the runs did not record (machine load, data time) is left out."""
+    out: dict = {"minutes": minutes, "overrides": []}
+    for preset, run in (("sudoku-hard-cpu", hard), ("sudoku9", easy)):
+        cfg = json.loads((run / "config.json").read_text())
+        steps = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+        out["threads"] = cfg["train"]["threads"]
+        out[preset] = {"report": json.loads((run / "eval" / "report.json").read_text()), "steps": steps,
+                       "run_dir": run.name, "load": None, "data_seconds": None,
+                       "task": {k: cfg["task"].get(k) for k in ("generator", "min_backtracks", "n_train", "n_test",
+                                                                "min_givens", "max_givens")}}
+    return out
+
+
 # ----------------------------------------------------------------------------- the section
 
 
@@ -160,9 +179,9 @@ def render(data: dict) -> str:
             vals = [f"{s[k]:.1f}" for k in ("mean", "median", "p90", "p99", "max")]
             return f"| {name} | {s['n']} | " + " | ".join(vals + [_pct(s["share_at_least"][str(t)]) for t in TARGETS]) + " |"
 
-        md += [f"Minimal 9x9 puzzles (`--task.generator=minimal`): {m['rate']:.1f} per second on one core, load "
-               f"average {g['load'][0]:.1f} at the end "
-               f"({m['backtracks']['n']} made in {m['seconds']:.0f} s; {m['givens']['mean']:.1f} givens on average, "
+        md += [f"Minimal 9x9 puzzles (`--task.generator=minimal`): {m['rate']:.1f} per second on one core"
+               + (f", load average {g['load'][0]:.1f} at the end " if g.get("load") else " ")
+               + f"({m['backtracks']['n']} made in {m['seconds']:.0f} s; {m['givens']['mean']:.1f} givens on average, "
                f"{m['givens']['median']:.0f} median). Backtracks of a complete search with naked and hidden singles "
                "(`sudoku_solver.search_stats`); a target keeps the share shown, so its rate is the rate above times "
                "that share.", "",
@@ -195,8 +214,12 @@ def training_md(t: dict) -> list[str]:
     md = [f"### `sudoku-hard-cpu` after {t['minutes']:g} minutes of CPU training", "",
           f"Minimal 9x9 puzzles needing >= {task['min_backtracks']} backtracks, {task['n_train']} training and "
           f"{h['n']} held-out; sudoku9's model and training; {hard['steps']} optimizer steps on {t['threads']} "
-          f"thread(s) (load average at the end {hard['load'][0]:.1f}); the data took {hard['data_seconds']:.0f} s "
-          f"to make or load before training. Overrides: {' '.join(t['overrides']) or 'none'}.", "",
+          f"thread(s)" + (f" (load average at the end {hard['load'][0]:.1f}); the data took "
+                          f"{hard['data_seconds']:.0f} s to make or load before training"
+                          if hard.get("load") else " (the machine's load was not recorded; other jobs shared it "
+                          "during the hard run and had finished during the easy one, so the two runs had unequal "
+                          "machines: compare steps trained, not minutes)")
+          + f". Overrides: {' '.join(t['overrides']) or 'none'}.", "",
           "| model / data | exact, always M steps | exact, adaptive halting | mean steps | cell, adaptive | steps trained |",
           "|---|---|---|---|---|---|",
           f"| sudoku-hard-cpu (minimal, >= {task['min_backtracks']} backtracks) | {_pct(h['exact_by_budget'][-1])} | "
