@@ -28,7 +28,7 @@ from ponder.data.mazes import generate_maze
 from ponder.data.sources import SUDOKU_EXTREME, read_rows, resolve
 from ponder.data.sudoku import generate_puzzle
 from ponder.data.sudoku_hard import minimal_puzzle
-from ponder.data.sudoku_solver import search_stats
+from ponder.data.sudoku_search import search_stats
 from ponder.presets import get_config
 from ponder.run import train_run
 

@@ -90,6 +90,15 @@ class _Counters:
         self.counters.update(s["counters"])
         self.halt_steps = list(s["halt_steps"])
 
+    def _take_share(self):
+        """A fresh global batch of `batch_size` from the stream (counted), this rank's rows of it,
+        on the device (objectives with no carry: `stream`, `batch_size`, `rows`, `device`)."""
+        batch = self.stream.take(self.batch_size)
+        self.counters["samples_taken"] += len(batch)
+        if self.shard.active:
+            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+        return batch.to(self.device)
+
     # an objective with no carry: the counters are its whole state, and nothing is in flight
     def state_dict(self) -> dict:
         return self.state()
@@ -196,11 +205,7 @@ class Trajectory(_Counters):
         self.context = None
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.stream.take(self.batch_size)
-        self.counters["samples_taken"] += len(batch)
-        if self.shard.active:
-            batch = batch.index(torch.arange(self.batch_size)[self.rows])
-        batch = batch.to(self.device)
+        batch = self._take_share()
         state = self.model.init_state(len(batch), self.device)
         outs, aux = [], None
         for _ in range(self.halt_cfg.max_steps):
@@ -259,11 +264,7 @@ class TokenObjective(_Counters):
         self._depth = 0.0
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.stream.take(self.batch_size)
-        self.counters["samples_taken"] += len(batch)
-        if self.shard.active:
-            batch = batch.index(torch.arange(self.batch_size)[self.rows])
-        batch = batch.to(self.device)
+        batch = self._take_share()
         loss, stats = self.model.loss(batch.inputs, batch.labels, train_step)
         self._depth = float(stats.get("mean_depth", 1.0))
         return loss, stats

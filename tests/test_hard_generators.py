@@ -9,7 +9,7 @@ import pytest
 from ponder.data.mazes import MazeConfig, build_maze
 from ponder.data.sudoku import SudokuConfig, build_sudoku
 from ponder.data.sudoku_hard import minimal_puzzle
-from ponder.data.sudoku_solver import search_stats
+from ponder.data.sudoku_search import search_stats
 from ponder.errors import PonderError
 from tests.test_mazes import open_graph
 from tests.test_sudoku import naive_valid

@@ -20,7 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from ponder.data.sudoku_solver import geometry, has_other_solution, random_solution, search_stats
+from ponder.data.sudoku_search import search_stats
+from ponder.data.sudoku_solver import geometry, has_other_solution, random_solution
 
 
 def minimal_puzzle(box_rows: int, box_cols: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
