@@ -206,13 +206,16 @@ def render(ov: dict, rows: list[dict], png: Path) -> str:
     off = [r for r in rows if not r["controller"]]
     on = [r for r in rows if r["controller"]]
     dead = {arm: sum((r["peak_test_cell"] or 0) < 0.2 for r in sel) for arm, sel in (("off", off), ("on", on))}
+    cell_off = statistics.mean(r['test_cell'] or 0 for r in off)
+    cell_on = statistics.mean(r['test_cell'] or 0 for r in on)
+    verdict = ("the backed-off LR avoided the dip and then learned more slowly, while the runs without the controller "
+               "recovered by themselves within these 800 steps" if cell_on < cell_off else
+               "the controller avoided the dip and, giving the LR back as the schedule decayed, did not end lower")
     md += ["", f"Measured: the mean largest fall of held-out cell accuracy from its peak was "
            f"{100 * statistics.mean(_largest_drop(r['eval_curve']) for r in off):.1f} points without the controller "
-           f"and {100 * statistics.mean(_largest_drop(r['eval_curve']) for r in on):.1f} with it, but the final "
-           f"held-out cell accuracy was {100 * statistics.mean(r['test_cell'] or 0 for r in off):.1f}% without and "
-           f"{100 * statistics.mean(r['test_cell'] or 0 for r in on):.1f}% with it: the backed-off LR avoided the "
-           "dip and then learned more slowly, while the runs without the controller recovered by themselves within "
-           f"these 800 steps. Runs that never left the start (held-out cell accuracy below 20% throughout, loss flat "
+           f"and {100 * statistics.mean(_largest_drop(r['eval_curve']) for r in on):.1f} with it; the final "
+           f"held-out cell accuracy was {100 * cell_off:.1f}% without and {100 * cell_on:.1f}% with it: {verdict}. "
+           "Runs that never left the start (held-out cell accuracy below 20% throughout, loss flat "
            f"at ln 6 = 1.79): {dead['off']} without, {dead['on']} with the controller; no monitor fires on such a "
            "plateau (no non-finite value, explosion, spike, collapse or drop), so the controller cannot help there.",
            "", f"![loss curves]({png.relative_to(RESULTS.parent.parent).as_posix()})"]

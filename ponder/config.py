@@ -1,8 +1,8 @@
 """Configuration: one small dataclass per component, gathered in `Config`.
 
 Each section belongs to one component and is typed by it: `task` (the task family's config),
-`model` (the chosen model kind's own dataclass: the recursive reasoner "recursive", or the
-language models "hybrid_lm" and "recursive_lm"), `halt` (the chosen halting head's own
+`model` (the chosen model kind's own dataclass: the recursive reasoner "recursive", the
+recurrent-cell reasoner "cell", or the language models "hybrid_lm" and "recursive_lm"), `halt` (the chosen halting head's own
 settings), `estimator` (the chosen gradient estimator's own dataclass), `optim` (the chosen
 update rule's constants), `train`, `eval`, `health` and `halting_health`. The sections `model`,
 `halt`, `estimator` and `optim` have several kinds:
@@ -31,6 +31,7 @@ from ponder.evaluate import EvalConfig
 from ponder.health.config import HaltingHealthConfig, TrainingHealthConfig
 from ponder.lm.hybrid import HybridConfig
 from ponder.lm.recursive_lm import RecursiveLMConfig
+from ponder.models.cell import CellConfig
 from ponder.models.halting import HALT_SETTINGS, HALTING, HaltSettings
 from ponder.models.halting.q_halt import QHaltSettings
 from ponder.models.recursive import ModelConfig
@@ -68,6 +69,7 @@ MODELS = ModelKinds()
 MODELS.register(ModelConfig, "recursive")  # the recursive reasoner (TRM/HRM) of the puzzle tasks
 MODELS.register(HybridConfig)  # "hybrid_lm": Gated DeltaNet + attention language model
 MODELS.register(RecursiveLMConfig)  # "recursive_lm": shared stack in cycles, per-token halting
+MODELS.register(CellConfig, "cell")  # a recurrent cell reading the whole input each step (PonderNet, ACT)
 LM_KINDS = ("hybrid_lm", "recursive_lm")
 LM_TASKS = ("lm",)
 KIND_SECTIONS: dict[str, KindRegistry] = {"model": MODELS, "halt": HALT_SETTINGS, "estimator": ESTIMATOR_SETTINGS,

@@ -210,7 +210,7 @@ def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int 
     diag = diagnose_problem(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, prob.params,
                             [n for n, _ in named], steps=T, ref_steps=ref, repeats=repeats, progress=progress,
                             estimators=default_estimators(T, max_iter=max_iter, rtrl_max_params=rtrl_max_params), ref_max_iter=ref_max_iter)
-    return {"source": what, "style": cfg.model.style, "cycle": f"{cfg.model.l_cycles} latent updates + 1 answer update",
+    return {"source": what, "style": getattr(cfg.model, "style", cfg.kind("model")), "cycle": model.cycle_description(),
             **diag.as_dict()}
 
 

@@ -231,6 +231,7 @@ def summary_table(views: list[RunView]) -> str:
     row("mean steps used (held-out)", "held_out.mean_steps", lambda v: _eval(v, "held_out", "mean_steps"),
         lambda x: "n/a" if x is None else f"{x:.2f}")
     row("step cap M", "held_out.max_steps", lambda v: _eval(v, "held_out", "max_steps"), str)
+    row("halting threshold (evaluation)", "halt.threshold", _threshold_shown, lambda x: "n/a" if x is None else str(x))
     row("Spearman(steps, difficulty)", "held_out.spearman_steps_difficulty",
         lambda v: _eval(v, "held_out", "spearman_steps_difficulty"), lambda x: "n/a" if x is None else f"{x:.3f}")
     names = sorted({b for v in views if v.eval for b in v.eval.get("baselines", {})})
@@ -249,6 +250,15 @@ def summary_table(views: list[RunView]) -> str:
 
 def _eval(v: RunView, part: str, key: str):
     return None if not v.eval else v.eval.get(part, {}).get(key)
+
+
+def _threshold_shown(v: RunView):
+    """The halting threshold the evaluation used: "auto: T" with the calibrated T, the run's fixed
+    threshold, or None for a head without one."""
+    calibration = (v.eval or {}).get("halt_calibration")
+    if calibration:
+        return f"auto: {calibration['threshold']:g}"
+    return v.config.get("halt", {}).get("threshold")
 
 
 def _mark(passed) -> str:

@@ -215,7 +215,9 @@ class Trajectory(_Counters):
             ctx = self.context = self.model.prepare(batch)
             if ctx.aux_loss is not None:
                 aux = ctx.aux_loss if aux is None else aux + ctx.aux_loss
-            state, out = self.model.step(state, ctx)
+            # a model whose gradient runs through its carried state (the recurrent cells) keeps
+            # the trajectory's graph between steps, as PonderNet and ACT train
+            state, out = self.model.step(state, ctx, detach=not self.model.through_steps)
             outs.append(out)
         with torch.no_grad():
             correct = [self.metric.correct(self.metric.score(o.logits, batch.labels)) for o in outs]

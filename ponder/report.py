@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ponder.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.calibrate import describe as describe_calibration, wants_calibration
 from ponder.carry import batch_of
 from ponder.checkpoint import atomic_write_text
 from ponder.data.base import TaskData
@@ -24,7 +25,9 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
                  split: str = "test", quiet: bool = False, shard: Shard = SINGLE) -> dict:
     """Full evaluation of `model` on the held-out split (and a training subset); writes files.
     Across processes every rank evaluates its part of each split and rank 0 writes. A task with
-    its own `evaluate_run` (language models, ponder.data.text) writes its own report."""
+    its own `evaluate_run` (language models, ponder.data.text) writes its own report. With
+    halt.threshold=auto the model must have been calibrated (ponder.calibrate.calibrate; the
+    callers in ponder.run do it): its record is written as `halt_calibration`."""
     own = getattr(task, "evaluate_run", None)
     if own is not None:
         return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
@@ -50,6 +53,8 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
                                 device=device, budgets=False, shard=shard),
         "baselines": task.baselines(held_out, task.train),
     }
+    if wants_calibration(cfg):
+        report["halt_calibration"] = model.halting.calibration
     if not shard.main:
         return report
     out_dir = Path(run_dir) / "eval"
@@ -130,6 +135,7 @@ def format_report(r: dict) -> str:
               + ("n/a (constant)" if corr is None else f"{corr:.3f}"),
               f"Wall time: adaptive {h['seconds_adaptive']:.2f}s vs always-{m}-steps {h['seconds_all_steps']:.2f}s; "
               f"early-exit steps agree with the full rollout's halting step for {_pct(h['halt_consistent'])} of samples.",
+              *([describe_calibration(r["halt_calibration"]) + "."] if r.get("halt_calibration") else []),
               ""]
     return "\n".join(lines)
 

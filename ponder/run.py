@@ -1,7 +1,8 @@
 """The run layer: run directories, building the parts, resume, init-from, loading trained runs.
 
-- `build_model(cfg, task)`: the model of `cfg.model`'s kind (the recursive reasoner with its
-  halting head, sized for the task; or a language model, ponder.lm), by `MODEL_BUILDERS`.
+- `build_model(cfg, task)`: the model of `cfg.model`'s kind (the recursive reasoner or the
+  recurrent-cell reasoner with its halting head, sized for the task; or a language model,
+  ponder.lm), by `MODEL_BUILDERS`.
 - `open_run(cfg, run_dir, resume=..., init_from=...)`: a `ponder.train.Run` ready for the loop:
   every part built, a checkpoint resumed (after checking that it is this run's and that every
   file of it fits) or another run's matching weights loaded, the config saved.
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ponder.calibrate import calibrate, training_split, wants_calibration
 from ponder.callbacks import Callbacks, MetricsLog
 from ponder.carry import SampleStream
 from ponder.checkpoint import (atomic_write_text, format_load_report, nonfinite_tensors, partial_load, read_config,
@@ -34,6 +36,7 @@ from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.lm.hybrid import HybridLM
 from ponder.lm.recursive_lm import RecursiveLM
+from ponder.models.cell import CellReasoner
 from ponder.models.halting import build_halting
 from ponder.models.recursive import RecursiveReasoner
 from ponder.objectives import build_objective
@@ -51,10 +54,23 @@ def _build_reasoner(cfg: Config, task: TaskData) -> RecursiveReasoner:
                              num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
 
 
+def _build_cell(cfg: Config, task: TaskData) -> CellReasoner:
+    """The recurrent-cell reasoner of `cfg.model` with the halting head of `cfg.halt`, sized for `task`
+    (which must need no conditioning: the cell reads only the inputs)."""
+    cfg.model.validate()
+    if task.num_puzzle_ids > 0 or task.context_len > 0:
+        what = "puzzle identifiers" if task.num_puzzle_ids > 0 else "context tokens"
+        raise PonderError(f"model.kind=cell reads only a sample's inputs; task {cfg.task.name!r} conditions on "
+                          f"{what} (use model.kind=recursive)")
+    head = build_halting(cfg.halt, cfg.model.d_model)
+    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head)
+
+
 # model kind -> build(cfg, task); the language models take their vocabulary and length from
 # their own section, which Config.validate checks against the task's
 MODEL_BUILDERS = {
     "recursive": _build_reasoner,
+    "cell": _build_cell,
     "hybrid_lm": lambda cfg, task: HybridLM(cfg.model),
     "recursive_lm": lambda cfg, task: RecursiveLM(cfg.model, cfg.halt),
 }
@@ -106,6 +122,9 @@ def _check_compatible(saved: Config, cfg: Config, run_dir: Path) -> None:
     if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
         raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
                           f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
+    if wants_calibration(saved) != wants_calibration(cfg):  # auto keeps a calibration slice out of training
+        raise PonderError(f"{run_dir} was trained with halt.threshold={saved.halt.threshold}; it cannot be resumed "
+                          f"with halt.threshold={cfg.halt.threshold} (auto trains without its calibration slice)")
 
 
 def _check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, source: Path) -> None:
@@ -160,7 +179,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
             net.compile()  # in place: parameter names (checkpoints) unchanged
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    stream = SampleStream(task.train, seed=tc.seed, augment=task.augment)
+    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
     estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
     objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
                                 loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator, shard=shard)
@@ -221,7 +240,9 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
             write_health_report(run.run_dir, cfg, records)
         if not final_eval:
             return records[-1] if records else {}
-        return evaluate_run(run.eval_model(), run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+        model = run.eval_model()
+        calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # halt.threshold=auto: the final weights'
+        return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
                             quiet=not run.shard.main)
     finally:
         leave()
@@ -249,14 +270,21 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         use_ema: load the EMA weights (default: `cfg.eval.use_ema`, when the run kept an EMA).
     Returns:
         (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
-        config's model, or hold NaN or inf, is a PonderError.
+        config's model, or hold NaN or inf, is a PonderError. With halt.threshold=auto (saved or
+        given as an override, e.g. on a run trained with a fixed threshold) the model comes back
+        calibrated (ponder.calibrate), on cfg.train.device with cfg.train.threads set.
     """
     ckpt_dir = resolve_checkpoint(Path(path))
-    cfg = apply_overrides(read_run_config(ckpt_dir), overrides or [])
+    saved = read_run_config(ckpt_dir)
+    cfg = apply_overrides(saved, overrides or [])
     weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
     task = build_task(cfg.task)
     model = build_model(cfg, task)
     load_weights(model, weights, source)
+    if wants_calibration(cfg):
+        device = resolve_device(cfg.train.device)
+        set_threads(cfg.train.threads)
+        calibrate(model.to(device), task, cfg, device=device, held_out=wants_calibration(saved))
     return model, task, cfg, ckpt_dir
 
 

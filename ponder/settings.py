@@ -2,9 +2,10 @@
 
 A config field is declared with `setting(default, ...)`, which records its allowed range or
 choices next to it. `check(obj, where)` then refuses, in one line, a value of the wrong type
-(typed by the field's annotation: bool, int, float, str, or `X | None`), a non-finite float or
-a value outside the declared range, so every section is validated the same way. Cross-field
-rules stay in each section's own `validate()`.
+(typed by the field's annotation: bool, int, float, str, `X | None`, or `X | Literal[words]` for a
+value that is either an X or one of a few words, e.g. a threshold `float | Literal["auto"]`), a
+non-finite float or a value outside the declared range (a word is not range-checked), so every
+section is validated the same way. Cross-field rules stay in each section's own `validate()`.
 
 A section may also say which of its fields do nothing under its current values
 (`inactive() -> {field: why}`, e.g. adapter settings with the adapter off): `check` refuses such a
@@ -21,7 +22,7 @@ import math
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, fields
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Union
 
 from ponder.errors import PonderError
 
@@ -79,27 +80,38 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in fields(cls) if f.init}
 
 
-def _optional(tp: Any) -> tuple[Any, bool]:
-    """(inner type, allows None) for `X | None` / Optional[X]; (tp, False) otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
+def _shape(tp: Any) -> tuple[Any, bool, tuple[str, ...]]:
+    """(inner type, allows None, words) of `X`, `X | None` and `X | Literal[words]` (with or
+    without None); an unsupported union is returned whole (then `coerce` raises TypeError)."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return tp, False, ()
+    args = typing.get_args(tp)
+    words = tuple(w for a in args if typing.get_origin(a) is Literal for w in typing.get_args(a))
+    rest = [a for a in args if a is not type(None) and typing.get_origin(a) is not Literal]
+    if len(rest) != 1 or not all(isinstance(w, str) for w in words):
+        return tp, False, ()
+    return rest[0], type(None) in args, words
+
+
+def words_of(tp: Any) -> tuple[str, ...]:
+    """The words a field of type `X | Literal[words]` accepts besides an X (() for other types)."""
+    return _shape(tp)[2]
 
 
 def type_name(tp: Any) -> str:
-    inner, opt = _optional(tp)
+    inner, opt, words = _shape(tp)
     name = getattr(inner, "__name__", str(inner))
-    return f"{name} or none" if opt else name
+    return " or ".join([name, *(repr(w) for w in words), *(["none"] if opt else [])])
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
-    """`value` as type `tp` (an int is accepted for a float), or a one-line PonderError."""
-    inner, opt = _optional(tp)
+    """`value` as type `tp` (an int is accepted for a float; one of its words for `X | Literal[words]`),
+    or a one-line PonderError."""
+    inner, opt, words = _shape(tp)
     if value is None and opt:
         return None
+    if isinstance(value, str) and value in words:
+        return value
     if inner is bool:
         if isinstance(value, bool):
             return value
@@ -122,10 +134,13 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def parse(text: str, tp: Any, where: str) -> Any:
-    """A command-line string as type `tp` ("none" for an optional setting), or a PonderError."""
-    inner, opt = _optional(tp)
+    """A command-line string as type `tp` ("none" for an optional setting, a word of `X | Literal[words]`),
+    or a PonderError."""
+    inner, opt, words = _shape(tp)
     if opt and text.lower() in ("none", "null"):
         return None
+    if text in words:
+        return text
     try:
         if inner is bool:
             low = text.lower()
@@ -154,9 +169,10 @@ def check(obj: Any, where: str) -> None:
         value = coerce(getattr(obj, f.name), tp, name)
         if isinstance(value, float) and not math.isfinite(value):
             raise PonderError(f"{name} must be a finite number, got {value}")
-        why = bounds_of(f).refusal(value)
+        words = words_of(tp)
+        why = None if isinstance(value, str) and value in words else bounds_of(f).refusal(value)
         if why:
-            raise PonderError(f"{name} {why}")
+            raise PonderError(f"{name} {why}" + "".join(f" (or {w!r})" for w in words))
         setattr(obj, f.name, value)
     inactive = getattr(obj, "inactive", None)
     if inactive is not None:
@@ -172,9 +188,10 @@ def bad_values(cls: type, name: str) -> list[tuple[str, Any]]:
     one outside the declared bounds, a non-finite one (for the config fuzz tests)."""
     f = next(x for x in fields(cls) if x.name == name)
     tp = field_types(cls)[name]
-    inner, _ = _optional(tp)
+    inner, _, words = _shape(tp)
     b = bounds_of(f)
     out: list[tuple[str, Any]] = [("wrong type", [1] if inner is str else "abc")]
+    out += [("wrong word", w + "x") for w in words[:1]]
     if inner is int:
         out.append(("wrong type", 1.5))
     if inner in (int, float):

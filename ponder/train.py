@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ponder.calibrate import calibrate
 from ponder.callbacks import Callbacks, MetricsLog
 from ponder.carry import SampleStream
 from ponder.checkpoint import save_checkpoint
@@ -260,11 +261,16 @@ EVAL_KEYS = ("mean_steps", "halt_first_frac", "halt_max_frac", "wrong_halt_frac"
 
 def evaluate_during_training(run: Run, step: int, seconds: float | None = None) -> dict:
     """Score fixed subsets of the held-out and training splits with adaptive halting; log the
-    record (with `time_since_start`, the wall time of this session's loop so far, when given)."""
+    record (with `time_since_start`, the wall time of this session's loop so far, when given).
+    With halt.threshold=auto the threshold is calibrated on these weights first and logged as
+    `halt_threshold`."""
     cfg, task = run.cfg, run.task
     model = run.eval_model()
+    calibration = calibrate(model, task, cfg, device=run.device, shard=run.shard)
     rng = np.random.default_rng(0)  # fixed subsets: comparable across evaluations and runs
     record: dict[str, Any] = {"step": step, "kind": "eval"}
+    if calibration is not None:
+        record["halt_threshold"] = calibration["threshold"]
     for name, split, k in (("test", task.test, cfg.eval.during_training_samples),
                            ("train", task.train, cfg.eval.train_samples)):
         sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))

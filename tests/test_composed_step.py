@@ -50,6 +50,17 @@ def applies(estimator: str, head: str) -> bool:
     return HALTING.get(head).trains_on == "step"
 
 
+def refused(args: list[str], estimator: str, head: str, counts: dict) -> bool:
+    """For a combination that does not apply: check it is refused in one line naming the estimator."""
+    if applies(estimator, head):
+        return False
+    with pytest.raises(PonderError) as e:
+        apply_overrides(get_config("debug"), args)
+    assert "\n" not in str(e.value) and estimator in str(e.value)
+    counts["refused"] += 1
+    return True
+
+
 @pytest.fixture(scope="module")
 def counts():
     seen = {"stepped": 0, "refused": 0}
@@ -63,11 +74,7 @@ def counts():
 @pytest.mark.parametrize("style,mixer,adapter,clamp", MODELS)
 def test_every_combination_steps_or_is_refused(style, mixer, adapter, clamp, estimator, head, tmp_path, counts):
     args = overrides(style, mixer, adapter, clamp, estimator, head)
-    if not applies(estimator, head):
-        with pytest.raises(PonderError) as e:
-            apply_overrides(get_config("debug"), args)
-        assert "\n" not in str(e.value) and estimator in str(e.value)
-        counts["refused"] += 1
+    if refused(args, estimator, head, counts):
         return
     cfg = apply_overrides(get_config("debug"), args)
     run = open_run(cfg, tmp_path / "run")
@@ -91,4 +98,28 @@ def test_every_combination_steps_or_is_refused(style, mixer, adapter, clamp, est
     run.objective.commit(True)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed
+    counts["stepped"] += 1
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("cell", ["lstm"])
+def test_the_recurrent_cell_steps_with_every_estimator_and_head_or_is_refused(cell, estimator, head, tmp_path, counts):
+    """The recurrent-cell reasoner has the same parts: the same matrix, one optimizer step each."""
+    args = ["--model.kind=cell", f"--model.cell={cell}", "--model.d_model=8", "--model.embed_dim=4",
+            "--model.h_cycles=2", "--train.batch_size=3", "--train.eval_every=0", "--train.log_every=0",
+            "--train.checkpoint_every=0", f"--halt.kind={head}", "--halt.max_steps=2", f"--estimator.kind={estimator}",
+            *ESTIMATOR_SETTINGS_FOR_TEST.get(estimator, [])]
+    if refused(args, estimator, head, counts):
+        return
+    run = open_run(apply_overrides(get_config("debug"), args), tmp_path / "run")
+    model = run.model
+    loss, metrics = run.objective.forward(0)
+    assert torch.isfinite(loss), metrics
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.recursion_parameters())
+    assert model.read.weight.grad is not None and model.read.weight.grad.abs().sum() > 0  # through the context
+    run.optimizer.step()
+    run.objective.commit(True)
     counts["stepped"] += 1

@@ -77,6 +77,7 @@ def test_persistent_nan_rolls_back_to_a_good_snapshot_with_a_lower_lr(tmp_path):
     assert rollback["detail"]["lr_mult"] == 0.5
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lrs[30] == pytest.approx(0.5 * 3e-3)  # debug LR 3e-3 halved after the rollback
+    assert lrs[40] == pytest.approx(0.5 * 3e-3)  # and never given back above that safe level
     _intact(tmp_path, records)
 
 

@@ -43,14 +43,23 @@ class TrainingHealthConfig:
             adapter_scale, adapter_reg (empty = none).
         ramp_steps: steps over which the ramp goes from base to target; ramp_shape: linear|cosine.
         recovery: after a pause, the fraction of the gap to the schedule closed per clean window.
-        lr_backoff: LR multiplier on an explosion, collapse or critical norm; cooldown_windows:
-            windows before another backoff; restore_windows: clean windows to undo one backoff.
+        lr_backoff: on an explosion, collapse or critical norm the LR is limited to lr_backoff x
+            the LR in use (an absolute limit: a decaying schedule that falls below it is no longer
+            held down); cooldown_windows: windows before another backoff; restore_windows: clean
+            windows to give back one backoff (the limit rises by (1/lr_backoff)^(1/restore_windows)
+            per clean window and is lifted once it reaches the scheduled LR).
         backoff_on_acc_drop: an accuracy-EMA drop beyond acc_drop also backs off the LR (REFERENCE
             only pauses on it; on this project's tasks a too-high LR shows first as such a drop).
         aux_cap: most the auxiliary terms may make of the total loss (REFERENCE: 25%).
         hard_nan: non-finite steps in a window that make it a hard failure.
+        rollback_drop: an accuracy-EMA fall of more than this below its best makes the window a
+            hard failure, like hard_nan non-finite steps: the run has lost what it learned, which a
+            lower LR alone does not bring back (0 = off).
         rollback_after: consecutive hard-failure windows before a rollback to the last good
-            snapshot; rollback_lr: extra LR multiplier after a rollback; max_rollbacks: then abort.
+            snapshot; rollback_lr: the LR after a rollback is rollback_lr x the LR that failed (the
+            highest used since that snapshot, or an earlier rollback's safe level where lower), and
+            the LR is never given back above that safe level (a schedule below it is followed; a
+            later backoff lowers it); max_rollbacks: then abort.
         snapshot_every: clean windows between good-state snapshots (RUN_DIR/health/).
     """
 
@@ -82,6 +91,7 @@ class TrainingHealthConfig:
     backoff_on_acc_drop: bool = True
     aux_cap: float = setting(0.25, gt=0, le=1)
     hard_nan: int = setting(3, ge=1)
+    rollback_drop: float = setting(0.15, ge=0, le=1)
     rollback_after: int = setting(2, ge=1)
     rollback_lr: float = setting(0.5, gt=0, le=1)
     max_rollbacks: int = setting(3, ge=0)
@@ -98,8 +108,8 @@ class TrainingHealthConfig:
         if not self.controller:
             out.update({k: "the stability controller is off (health.controller=false)" for k in (
                 "window", "ramp", "ramp_steps", "ramp_shape", "recovery", "lr_backoff", "cooldown_windows",
-                "restore_windows", "backoff_on_acc_drop", "aux_cap", "hard_nan", "rollback_after", "rollback_lr",
-                "max_rollbacks", "snapshot_every")})
+                "restore_windows", "backoff_on_acc_drop", "aux_cap", "hard_nan", "rollback_drop", "rollback_after",
+                "rollback_lr", "max_rollbacks", "snapshot_every")})
         elif not self.ramp:
             out.update({k: "no weights are ramped (health.ramp is empty)" for k in ("ramp_steps", "ramp_shape",
                                                                                      "recovery")})

@@ -4,14 +4,23 @@ At the end of every window of `health.window` steps it reads the HealthMonitor's
 events and decides, in this order (REFERENCE section 4, "meta-escalation"):
 
 1. rollback: an adapter delta norm at the kill level, or `rollback_after` consecutive windows of
-   hard failure (>= hard_nan non-finite steps) restore the last good snapshot (weights,
-   optimizer, EMA; taken after clean windows in RUN_DIR/health/) and multiply the LR by
-   rollback_lr. The step counter, data stream and log go on: the run is never lost. After
-   max_rollbacks the run stops with an emergency checkpoint and a one-line error.
+   hard failure (>= hard_nan non-finite steps, or an accuracy-EMA fall beyond rollback_drop: a
+   divergence) restore the last good snapshot (weights, optimizer, EMA; taken after clean
+   windows in RUN_DIR/health/) and limit the LR to rollback_lr x the LR that failed (the highest
+   used since that snapshot, or an earlier rollback's safe level where lower). That safe level
+   is remembered: later give-backs stop there, and a backoff while running at it lowers it. The monitors' running means restart from the restored weights once
+   the carry has refilled (halt.max_steps steps), and no snapshot is taken before the accuracy
+   has been judged again for a whole window. The step counter, data stream and log go on:
+   the run is never lost. After max_rollbacks the run stops with an emergency checkpoint and a
+   one-line error.
 2. LR backoff: gradient explosions, attention collapses, a critical adapter norm or (with
-   backoff_on_acc_drop, an accuracy collapse) an accuracy-EMA drop beyond acc_drop multiply the
-   LR by lr_backoff (once per cooldown_windows); clean windows restore it gradually
-   (restore_windows clean windows undo one backoff).
+   backoff_on_acc_drop, an accuracy collapse) an accuracy-EMA drop beyond acc_drop limit the LR
+   to lr_backoff x the LR in use (once per cooldown_windows; a drop smaller than the last
+   window's is a recovery under way and backs off nothing, and so does a critical adapter norm no
+   higher than one already answered: the per-sample norm does not fall with the LR). The limit is an absolute LR, not a
+   multiplier of the schedule: a schedule that decays below it is followed. Clean windows give
+   it back gradually (restore_windows clean windows undo one backoff) and it is lifted once it
+   reaches the scheduled LR, so a run in which nothing more goes wrong ends on its schedule.
 3. gate: any NaN step, explosion, loss spike, collapse, critical norm, accuracy-EMA drop beyond
    acc_drop, backoff or rollback in the window pauses the auxiliary-weight ramp: the weights
    are held, not lowered.
@@ -69,11 +78,21 @@ class StabilityController:
         self.ramp = parse_ramp(cfg.ramp)
         self.values: dict[str, float] = {k: base for k, (base, _) in self.ramp.items()}
         self.mode = "track"  # track | paused | recovering
-        self.lr_mult, self.aux_mult = 1.0, 1.0
+        self.aux_mult = 1.0
+        # LR limits, as base LRs (a group's LR over its lr_scale): the limit in force (None = the
+        # schedule's LR) and the level a rollback found safe (None = no rollback yet)
+        self.lr_limit: float | None = None
+        self.lr_safe: float | None = None
+        self.sched_lr = self.used_lr = 0.0  # this step's scheduled and applied base LR
         self.cooldown = 0
         self.clean_windows = self.hard_windows = self.rollbacks = 0
         self.clean_since_snapshot = 0
         self.good_step: int | None = None
+        self.peak_lr = 0.0  # the highest base LR used since the last good snapshot (or rollback)
+        self.refill = 0  # steps after a rollback whose training accuracy is not judged (the carry refills)
+        self.settle = 0  # steps after a rollback before a window may count as good again (snapshots)
+        self.last_fall = 0.0  # the accuracy EMA's fall below its best at the end of the last window
+        self.norm_backed = 0.0  # the highest critical adapter norm a backoff has answered
         self.actions: list[Action] = []
 
     # ------------------------------------------------------------------ knobs
@@ -99,9 +118,28 @@ class StabilityController:
 
     def on_step_start(self, run, step: int) -> None:
         self._apply(step)
-        if self.lr_mult != 1.0:
-            for g in run.optimizer.param_groups:
-                g["lr"] *= self.lr_mult
+        if self.refill > 0:  # the carry is refilling after a rollback: its early answers are not judged
+            self.refill -= 1
+            self.monitor.acc_ema = self.monitor.loss_ema = None
+            self.monitor.acc_steps = 0
+        self.settle = max(0, self.settle - 1)
+        groups = run.optimizer.param_groups
+        self.sched_lr = groups[0]["lr"] / groups[0].get("lr_scale", 1.0)  # the loop has just set it
+        mult = self.lr_mult
+        if mult != 1.0:
+            for g in groups:
+                g["lr"] *= mult
+        self.used_lr = self.sched_lr * mult
+        self.peak_lr = max(self.peak_lr, self.used_lr)
+
+    @property
+    def lr_mult(self) -> float:
+        """The applied LR over the scheduled one: the lower of the backoff limit and a rollback's
+        safe level, where it is below the schedule; else 1."""
+        caps = [x for x in (self.lr_limit, self.lr_safe) if x is not None]
+        if not caps or self.sched_lr <= 0 or min(caps) >= self.sched_lr:
+            return 1.0
+        return min(caps) / self.sched_lr
 
     # ------------------------------------------------------------------ decisions
 
@@ -154,19 +192,35 @@ class StabilityController:
             reasons.append(f"accuracy EMA {ema:.3f} is {best - ema:.3f} below its best {best:.3f}")
             causes.append(Cause.ACCURACY_DROP)
 
-        hard = nonfinite >= c.hard_nan or level == "kill"
+        fall = max((best - ema for ema, best in drops), default=0.0)
+        diverged = c.rollback_drop > 0 and fall > c.rollback_drop
+        # a fall smaller than the last window's is a recovery under way: it holds the ramp but backs off
+        # nothing more (else a run recovering at a good LR would be slowed down window after window)
+        recovering = bool(drops) and drops[-1][1] - drops[-1][0] < self.last_fall
+        if recovering:
+            reasons[-1] += f" (recovering: {self.last_fall:.3f} below at the last window)"
+        self.last_fall = drops[-1][1] - drops[-1][0] if drops else 0.0
+        hard = nonfinite >= c.hard_nan or level == "kill" or diverged
         self.hard_windows = self.hard_windows + 1 if hard else 0
         self.cooldown = max(0, self.cooldown - 1)
         acted = False
         if level == "kill" or self.hard_windows >= c.rollback_after:
             acted = self._rollback(step, causes + [Cause.REPEATED_FAILURE], "; ".join(reasons))
-        backoff = explosions or collapses or level in ("critical", "kill") or (drops and c.backoff_on_acc_drop)
+        # a critical adapter norm no higher than one already answered backs off nothing more: the
+        # per-sample norm does not fall with the LR (the clamp and the regulariser hold it)
+        norm_new = level in ("critical", "kill") and norm_max > self.norm_backed
+        backoff = (explosions or collapses or norm_new
+                   or (drops and c.backoff_on_acc_drop and not recovering))
         if not acted and backoff and self.cooldown == 0:
-            self.lr_mult *= c.lr_backoff
+            self.lr_limit = c.lr_backoff * self.used_lr
+            if norm_new:
+                self.norm_backed = norm_max
+            if self.lr_safe is not None:  # trouble at a rollback's safe level: it was not safe
+                self.lr_safe, self.lr_limit = min(self.lr_safe, self.lr_limit), None
             self.cooldown = c.cooldown_windows
             acted = True
-            self._act(step, ActionKind.LR_BACKOFF, causes, "; ".join(reasons), lr_mult=self.lr_mult,
-                      cooldown_windows=c.cooldown_windows)
+            self._act(step, ActionKind.LR_BACKOFF, causes, "; ".join(reasons), lr_limit=self.lr_limit,
+                      lr_safe=self.lr_safe, lr_mult=self.lr_mult, cooldown_windows=c.cooldown_windows)
 
         if reasons or acted:
             self.clean_windows = self.clean_since_snapshot = 0
@@ -182,8 +236,9 @@ class StabilityController:
                 self.aux_mult *= factor
                 self._act(step, ActionKind.AUX_CAP, [Cause.AUX_SHARE],
                           f"auxiliary terms were {share:.1%} of the loss (cap {c.aux_cap:.0%})", aux_mult=self.aux_mult)
-        self.run.log.write({"step": step, "kind": "controller", "lr_mult": self.lr_mult, "aux_mult": self.aux_mult,
-                        "mode": self.mode, **{f"ramp_{k}": v for k, v in self.values.items()}})
+        self.run.log.write({"step": step, "kind": "controller", "lr_mult": self.lr_mult, "lr_limit": self.lr_limit,
+                            "lr_safe": self.lr_safe, "aux_mult": self.aux_mult, "mode": self.mode,
+                            **{f"ramp_{k}": v for k, v in self.values.items()}})
 
     def _clean_window(self, step: int) -> None:
         c = self.cfg
@@ -202,14 +257,31 @@ class StabilityController:
                 self.mode = "track"
             self._act(step, ActionKind.RECOVER, [Cause.CLEAN_WINDOW], f"closing {c.recovery:.0%} of the gap to the "
                       f"schedule" + ("; back on schedule" if done else ""), values=dict(self.values))
-        if self.lr_mult < 1.0 and self.cooldown == 0:
-            self.lr_mult = min(1.0, self.lr_mult * (1 / c.lr_backoff) ** (1 / c.restore_windows))
-            self._act(step, ActionKind.LR_RESTORE, [Cause.CLEAN_WINDOW], "a clean window after a backoff",
-                      lr_mult=self.lr_mult)
+        if self.lr_limit is not None and self.cooldown == 0:
+            self._give_back(step)
+        if self.settle > 0:  # after a rollback, no snapshot until the accuracy has been judged a full window
+            return
         self.clean_since_snapshot += 1
         if self.clean_since_snapshot >= c.snapshot_every:
             self._snapshot(step)
             self.clean_since_snapshot = 0
+
+    def _give_back(self, step: int) -> None:
+        """One clean window's share of the LR back: the backoff limit rises by
+        (1/lr_backoff)^(1/restore_windows) and is lifted once it reaches the scheduled LR or a
+        rollback's safe level (which stays)."""
+        c = self.cfg
+        # (1 + 1e-9): restore_windows rises of a rounded factor land a hair below the level they undo
+        raised = self.lr_limit * (1 / c.lr_backoff) ** (1 / c.restore_windows) * (1 + 1e-9)
+        if raised >= self.sched_lr or (self.lr_safe is not None and raised >= self.lr_safe):
+            self.lr_limit = None
+            reason = ("a clean window after a backoff; the LR is back on its schedule" if self.lr_mult == 1.0 else
+                      "a clean window after a backoff; the LR is back at the level a rollback found safe")
+        else:
+            self.lr_limit = raised
+            reason = "a clean window after a backoff"
+        self._act(step, ActionKind.LR_RESTORE, [Cause.CLEAN_WINDOW], reason, lr_limit=self.lr_limit,
+                  lr_mult=self.lr_mult)
 
     # ------------------------------------------------------------------ snapshots and rollback
 
@@ -225,7 +297,7 @@ class StabilityController:
                     "optimizer": self.run.optimizer.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None}, buf)
         atomic_write_bytes(self._snapshot_dir() / f"good-step-{step:07d}.pt", buf.getvalue())
-        self.good_step = step
+        self.good_step, self.peak_lr = step, 0.0
         for old in sorted(self._snapshot_dir().glob("good-step-*.pt"))[:-KEEP_SNAPSHOTS]:
             old.unlink(missing_ok=True)
 
@@ -249,24 +321,44 @@ class StabilityController:
         self.run.objective.commit(False)  # latents computed by the bad weights are dropped
         self.rollbacks += 1
         self.hard_windows = 0
-        self.lr_mult *= c.rollback_lr
+        # the LR that failed: the highest used since the good snapshot (a backoff since may have lowered
+        # it), or an earlier rollback's safe level where that is lower (it failed too)
+        failed = self.peak_lr if self.lr_safe is None else min(self.peak_lr, self.lr_safe)
+        self.lr_safe, self.peak_lr = c.rollback_lr * failed, 0.0
+        self.lr_limit = None  # the safe level is the limit now
         self.cooldown = c.cooldown_windows
-        self._act(step, ActionKind.ROLLBACK, causes, reason, to_step=int(snap["step"]), lr_mult=self.lr_mult,
-                  rollbacks=self.rollbacks)
+        # the running means restart from the restored weights once the carry has refilled (its slots
+        # restart at their first ACT step, whose answers are worse than the mix the best was taken
+        # on): for halt.max_steps steps they are cleared. The best stays: the restored weights reached it.
+        self.refill = self.run.cfg.halt.max_steps
+        # a window is "clean" only once the accuracy is judged again: refill, the EMA's warm-up
+        # (1 / (1 - ema_beta) steps) and a whole judged window; till then no snapshot is taken
+        self.settle = self.refill + round(1 / (1 - c.ema_beta)) + c.window
+        self.last_fall = 0.0  # a fall after the restore is new trouble, not a recovery
+        self._act(step, ActionKind.ROLLBACK, causes, reason, to_step=int(snap["step"]), lr_safe=self.lr_safe,
+                  lr_mult=self.lr_mult, rollbacks=self.rollbacks)
         return True
 
     # ------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict:
-        return {"values": dict(self.values), "mode": self.mode, "lr_mult": self.lr_mult, "aux_mult": self.aux_mult,
+        return {"values": dict(self.values), "mode": self.mode, "lr_limit": self.lr_limit, "lr_safe": self.lr_safe,
+                "peak_lr": self.peak_lr, "refill": self.refill, "settle": self.settle,
+                "last_fall": self.last_fall, "norm_backed": self.norm_backed, "aux_mult": self.aux_mult,
                 "cooldown": self.cooldown, "clean_windows": self.clean_windows, "hard_windows": self.hard_windows,
                 "rollbacks": self.rollbacks, "clean_since_snapshot": self.clean_since_snapshot,
                 "good_step": self.good_step, "actions": [a.to_record() for a in self.actions]}
 
     def load_state_dict(self, s: dict) -> None:
-        for k in ("mode", "lr_mult", "aux_mult", "cooldown", "clean_windows", "hard_windows", "rollbacks",
+        for k in ("mode", "aux_mult", "cooldown", "clean_windows", "hard_windows", "rollbacks",
                   "clean_since_snapshot", "good_step"):
             setattr(self, k, s[k])
+        if "lr_limit" not in s and s.get("lr_mult", 1.0) != 1.0:
+            raise PonderError("this checkpoint's stability-controller state holds an LR multiplier from before "
+                              "LR limits; resume it with the ponder version that wrote it")
+        self.lr_limit, self.lr_safe, self.peak_lr = s.get("lr_limit"), s.get("lr_safe"), s.get("peak_lr", 0.0)
+        self.refill, self.settle, self.last_fall = s.get("refill", 0), s.get("settle", 0), s.get("last_fall", 0.0)
+        self.norm_backed = s.get("norm_backed", 0.0)
         self.values = dict(s["values"])
         self.actions = [Action.from_record(r) if "action" in r else
                         Action.from_record({**r, "action": r["kind"]}) for r in s["actions"]]

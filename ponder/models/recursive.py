@@ -373,17 +373,22 @@ class RecursiveReasoner(nn.Module):
         halt_logits, aux = self.halting.logits(y)  # (b,), per-sample extras
         return StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
 
-    def step(self, state: State, ctx: StepContext) -> tuple[State, StepOutput]:
+    # TRM and HRM train each ACT step on its own (deep supervision): the carried state never keeps
+    # its graph between steps, also under trajectory-trained heads (ponder.objectives.Trajectory)
+    through_steps = False
+
+    def step(self, state: State, ctx: StepContext, *, detach: bool = True) -> tuple[State, StepOutput]:
         """One ACT step: the recursion, then the output read from the non-detached answer state.
 
         Args:
             state: carry with y, z (b, n, d) (from init_state / reset_state / a previous step).
             ctx: the batch's StepContext (`prepare`).
+            detach: return the new state detached (False only for a model whose `through_steps`).
         Returns:
-            new state (detached) and StepOutput(logits (b, n, v), halt_logits (b,)).
+            new state and StepOutput(logits (b, n, v), halt_logits (b,)).
         """
         y, z = self.recursion(state.y, state.z, ctx)
-        return State(y.detach(), z.detach()), self.output(y)
+        return (State(y.detach(), z.detach()) if detach else State(y, z)), self.output(y)
 
     def forward(self, state: State, ctx: StepContext) -> tuple[State, StepOutput]:
         """Same as `step`."""
@@ -392,6 +397,10 @@ class RecursiveReasoner(nn.Module):
     def networks(self) -> tuple[nn.Module, ...]:
         """The recursion's networks: TRM's one net, HRM's low- and high-level nets."""
         return (self.net,) if self.cfg.style == "trm" else (self.l_net, self.h_net)
+
+    def cycle_description(self) -> str:
+        """What one cycle of the recursion does (for the gradient diagnostics' header)."""
+        return f"{self.cfg.l_cycles} latent updates + 1 answer update"
 
     def recursion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the recursion's step map (the net or nets; not embedding, readout, head)."""

@@ -3,6 +3,8 @@ ponder.models.halting says how the family trains and decides):
 
 - `HaltingHead`: the one protocol every head implements;
 - `HaltSettings`: the settings every head has (each head adds its own in its module);
+- `ThresholdSettings` and `ThresholdRule`: the settings and the runtime value of a head that halts
+  at a threshold (Q-halt, PonderNet), including `threshold="auto"` (calibrated: ponder.calibrate);
 - `Segment`: consecutive steps of the same samples, what `HaltingHead.loss` is given;
 - `HaltProbe` and `ProbeHead`: the linear probe with its stabilisers, and what heads share;
 - `HALTING` (head classes) and `HALT_SETTINGS` (their settings dataclasses), filled by `register_head`.
@@ -10,7 +12,7 @@ ponder.models.halting says how the family trains and decides):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional, Protocol
+from typing import Callable, ClassVar, Literal, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +62,57 @@ class HaltSettings:
 
 
 HALT_SETTINGS = KindRegistry("halt")  # kind -> settings dataclass
+
+AUTO = "auto"
+TRAINING_THRESHOLD = 0.5  # what a head under threshold="auto" halts at while the model trains
+
+
+@dataclass(kw_only=True)
+class ThresholdSettings:
+    """The settings of a head that halts at a threshold (mixed into its settings dataclass).
+
+    Attributes:
+        threshold: the head's halting threshold in [0, 1] (what it thresholds: the head's own
+            docstring), or "auto": at every evaluation the threshold is calibrated
+            (ponder.calibrate) as the lowest of a fixed grid whose solved fraction on a
+            validation slice of the training split (its last `calibration_samples` samples, which
+            a run trained with "auto" never trains on) is within `auto_margin` of always running
+            max_steps. Training's own halting (deep supervision) keeps 0.5 under "auto".
+        auto_margin: with threshold "auto", the largest drop of the task's headline metric (the
+            fraction it counts as solved; 0.01 = 1 point) allowed against always running M steps.
+        calibration_samples: with threshold "auto", the size of that slice (at most a quarter of
+            the training split).
+    """
+
+    threshold: float | Literal["auto"] = setting(0.5, ge=0, le=1)
+    auto_margin: float = setting(0.01, ge=0, le=1)
+    calibration_samples: int = setting(512, ge=1)
+
+    def inactive(self) -> dict[str, str]:
+        if self.threshold == AUTO:
+            return {}
+        return {name: f"halt.threshold is {self.threshold!r}, not 'auto'" for name in ("auto_margin",
+                                                                                       "calibration_samples")}
+
+
+class ThresholdRule:
+    """Mixed into a head class whose settings are `ThresholdSettings`: the threshold its `decide`
+    uses now (`threshold_in_use`). Under threshold "auto": 0.5 while the module trains, else
+    `calibrated` (set by ponder.calibrate, with its record in `calibration`)."""
+
+    calibrated: float | None = None  # the threshold chosen by the last calibration ("auto")
+    calibration: dict | None = None  # that calibration's record
+
+    def threshold_in_use(self) -> float:
+        t = self.cfg.threshold  # type: ignore[attr-defined]
+        if t != AUTO:
+            return t
+        if self.training:  # type: ignore[attr-defined]
+            return TRAINING_THRESHOLD
+        if self.calibrated is None:
+            raise PonderError("halt.threshold=auto: the model is evaluated before its threshold was calibrated "
+                              "(ponder.calibrate.calibrate must run first)")
+        return self.calibrated
 
 
 @dataclass

@@ -30,40 +30,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ponder.models.halting.base import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.models.halting.base import (HaltSettings, Memo, ProbeHead, Segment, ThresholdRule, ThresholdSettings,
+                                        register_head)
 from ponder.models.halting.act import step_grid
 from ponder.settings import setting
 from ponder.types import StepOutput
 
 
 @dataclass(kw_only=True)
-class PonderNetSettings(HaltSettings):
+class PonderNetSettings(ThresholdSettings, HaltSettings):
     """PonderNet.
 
     Attributes:
         prior_lambda: lambda_p of the geometric prior.
         kl_weight: beta, weight of KL(p || prior); the controller's "halt_weight".
         eval_rule: at inference, "threshold" (cumulative halt mass >= threshold) or "sample".
-        threshold: the cumulative halting mass at which the "threshold" rule halts.
+        threshold: the cumulative halting mass at which the "threshold" rule halts (1: never
+            before max_steps). "auto", auto_margin, calibration_samples: `ThresholdSettings`.
     """
 
     kind = "pondernet"
     prior_lambda: float = setting(0.2, gt=0, lt=1)
     kl_weight: float = setting(0.01, ge=0)
     eval_rule: str = setting("threshold", choices=("threshold", "sample"))
-    threshold: float = setting(0.5, ge=0, le=1)
 
     def inactive(self) -> dict[str, str]:
-        return {"threshold": "halt.eval_rule=sample draws each halt"} if self.eval_rule == "sample" else {}
+        if self.eval_rule == "sample":
+            why = "halt.eval_rule=sample draws each halt"
+            return {"threshold": why, "auto_margin": why, "calibration_samples": why}
+        return super().inactive()
 
 
 @register_head(PonderNetSettings)
-class PonderNetHead(ProbeHead):
+class PonderNetHead(ThresholdRule, ProbeHead):
     """PonderNet: halting distribution p_n = lambda_n prod_{j<n}(1 - lambda_j), expected task
     loss under p plus beta * KL(p || truncated geometric prior).
 
     Inference memo (batch-first): log_remaining (b,) = sum_{j<=t} log(1 - lambda_j), the log of
-    the probability mass not yet halted after the steps decided so far.
+    the probability mass not yet halted after the steps decided so far. Under threshold "auto":
+    0.5 in training, the calibrated value in evaluation (`ThresholdRule`).
     """
 
     trains_on = "trajectory"
@@ -164,7 +169,8 @@ class PonderNetHead(ProbeHead):
         _, allowed, _, log_go_on = self._log_lambdas(raw, steps)
         log_remaining = memo["log_remaining"].to(log_go_on.dtype) + log_go_on
         # cumulative mass 1 - exp(log_remaining) >= threshold  <=>  log_remaining <= log(1 - threshold)
-        bound = math.log1p(-self.cfg.threshold) if self.cfg.threshold < 1 else -math.inf
+        t = self.threshold_in_use()
+        bound = math.log1p(-t) if t < 1 else -math.inf
         return (allowed & (log_remaining <= bound)) | last, {"log_remaining": log_remaining}
 
     def decide(self, out: StepOutput, steps: Tensor, memo: Memo) -> tuple[Tensor, Memo]:

@@ -21,27 +21,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ponder.models.halting.base import HaltSettings, Memo, ProbeHead, Segment, register_head
+from ponder.models.halting.base import (HaltSettings, Memo, ProbeHead, Segment, ThresholdRule, ThresholdSettings,
+                                        register_head)
 from ponder.settings import setting
 from ponder.types import StepOutput
 
 
 @dataclass(kw_only=True)
-class QHaltSettings(HaltSettings):
+class QHaltSettings(ThresholdSettings, HaltSettings):
     """TRM's Q-halt.
 
     Attributes:
         explore_prob: with this probability a fresh sample must run at least U{2..M} steps before
             it may halt (TRM's exploration during deep supervision).
         loss_weight: weight of the BCE halting term (TRM: 0.5); the controller's "halt_weight".
-        threshold: halt when sigmoid(q_halt) > threshold (0.5, i.e. q > 0, is TRM's rule); a higher
-            threshold at evaluation trades compute for accuracy without retraining.
+        threshold: halt when sigmoid(q_halt) > threshold (0.5, i.e. q > 0, is TRM's rule; 1 never
+            halts before max_steps); a higher threshold at evaluation trades compute for accuracy
+            without retraining. "auto", auto_margin, calibration_samples: `ThresholdSettings`.
     """
 
     kind = "q_halt"
     explore_prob: float = setting(0.1, ge=0, le=1)
     loss_weight: float = setting(0.5, ge=0)
-    threshold: float = setting(0.5, ge=0, le=1)
 
 
 @dataclass(kw_only=True)
@@ -93,9 +94,10 @@ def q_loss(head: ProbeHead, segment: Segment,
 
 
 @register_head(QHaltSettings)
-class QHaltHead(ProbeHead):
+class QHaltHead(ThresholdRule, ProbeHead):
     """TRM's Q-halt: BCE(q, exact-correct); halt when sigmoid(q) > halt.threshold, at max_steps,
-    never before min_steps."""
+    never before min_steps. Under threshold "auto": 0.5 in training, the calibrated value in
+    evaluation (`ThresholdRule`)."""
 
     trains_on = "step"
     needs_next_step = False
@@ -108,9 +110,10 @@ class QHaltHead(ProbeHead):
         return self.probe.shape(out.halt_logits, steps)  # (b,)
 
     def decide(self, out: StepOutput, steps: Tensor, memo: Memo) -> tuple[Tensor, Memo]:
-        # halt when the predicted probability of "exactly right" exceeds the threshold (0.5: q > 0)
-        t = min(max(self.cfg.threshold, 1e-6), 1 - 1e-6)
-        cut = math.log(t / (1 - t))
+        # halt when the predicted probability of "exactly right" exceeds the threshold (0.5: q > 0;
+        # 1: never, as no probability exceeds 1; 0: any finite logit)
+        t = self.threshold_in_use()
+        cut = math.inf if t >= 1 else -math.inf if t <= 0 else math.log(t / (1 - t))
         halt = (self._halt_logit(out, steps) > cut) & (steps >= self.cfg.min_steps)
         return halt | (steps >= self.cfg.max_steps), memo
 

@@ -1,0 +1,253 @@
+"""Parity with PonderNet's own step function: a recurrent cell reading the whole vector each step.
+
+PonderNet (Banino et al. 2021) trains an RNN of 128 units on parity of 64 entries (interpolation:
+1-64 non-zeros in training and test) and of 96 entries (extrapolation: train 1-48, test 49-96),
+with N = 20 steps, beta = 0.01, and ACT on the same splits. This script trains the presets
+`parity64-rnn` and `parity96-rnn-extrapolation` with PonderNet's head and ACT's (ACT at each
+ponder cost of ACT_TAUS), SEEDS seeds each, for STEPS optimizer steps (at most MAX_MINUTES per
+run), two runs at a time with one thread each, and writes the section: held-out accuracy with
+adaptive halting per seed, mean steps, Spearman(steps, number of non-zeros), the paper's figures
+beside them, the issue's goals checked, and the learning curves (docs/parity_cell.png).
+
+Settings (environment): PONDER_BENCH_PARITY_CELL_LENGTHS (the two splits' vector lengths,
+default "8,8": the paper's "64,96" did not leave chance within the CPU budget, see the section),
+PONDER_BENCH_PARITY_CELL_STEPS (2500; the presets' 20000 for the paper's sizes),
+PONDER_BENCH_PARITY_CELL_SEEDS (3), PONDER_BENCH_PARITY_CELL_MINUTES (per run, default 20),
+PONDER_BENCH_PARITY_CELL_JOBS (runs at a time, 3), PONDER_BENCH_PARITY_CELL_TAUS (ACT's, "0.01").
+`--from-runs RUN_DIR ...` rebuilds the section from finished runs without training;
+`--probes RUN_DIR ...` adds runs on longer vectors that were stopped before the end (the paper's
+sizes, one seed): their held-out accuracy at each evaluation, to show how far they got.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean, pstdev
+
+import numpy as np
+
+from benchmarks.common import ROOT, write_fragment
+from ponder.data.parity import count_vectors, k_range
+
+STEPS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_STEPS", "2500"))
+SEEDS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_SEEDS", "3"))
+MINUTES = float(os.environ.get("PONDER_BENCH_PARITY_CELL_MINUTES", "20"))
+LENGTHS = [int(x) for x in os.environ.get("PONDER_BENCH_PARITY_CELL_LENGTHS", "8,8").split(",")]
+JOBS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_JOBS", "3"))
+ACT_TAUS = tuple(float(x) for x in os.environ.get("PONDER_BENCH_PARITY_CELL_TAUS", "0.01").split(","))
+PRESETS = {"interpolation": "parity64-rnn", "extrapolation": "parity96-rnn-extrapolation"}
+PAPER = {  # what the PonderNet paper reports (REFERENCE.md section 2); no exact figures are given there
+    ("pondernet", "interpolation"): "almost perfect; settles near 3 steps",
+    ("pondernet", "extrapolation"): "almost perfect; near 5 steps",
+    ("act", "interpolation"): "solves it (tau <= 0.03)",
+    ("act", "extrapolation"): "at chance",
+}
+PLOT = ROOT / "docs" / "parity_cell.png"
+
+
+def sizes(length: int, split: str) -> list[str]:
+    """The presets' 200000 training and 1000 held-out vectors, or as many as `length` entries allow."""
+    test = min(1000, count_vectors(length, *k_range(length, split, "test")) // 5)
+    room = count_vectors(length, *k_range(length, split, "train")) - (test if split == "interpolation" else 0)
+    return [f"--task.length={length}", f"--task.n_train={min(200000, room)}", f"--task.n_test={test}"]
+
+
+def jobs() -> list[tuple[str, list[str], str]]:
+    """(label, overrides, split) for every run: PonderNet first, then ACT at each tau."""
+    out = []
+    for split, length in zip(PRESETS, LENGTHS):
+        heads = [("pondernet", [])] + [(f"act-tau{tau:g}", ["--halt.kind=act", f"--halt.act_tau={tau}"])
+                                       for tau in ACT_TAUS]
+        for head, extra in heads:
+            for seed in range(SEEDS):
+                out.append((f"{split}-L{length}-{head}-s{seed}",
+                            [*sizes(length, split), *extra, f"--train.seed={seed}"], split))
+    return out
+
+
+def train_all() -> list[Path]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done, running = [], []
+
+    def finish(name, proc, run_dir):
+        if proc.wait() != 0:
+            sys.exit(f"bench_parity_cell: {name} failed: {proc.stderr.read()[-500:]}")
+        done.append(run_dir)
+
+    for name, overrides, split in jobs():  # JOBS at a time, one thread each
+        run_dir = ROOT / "runs" / f"bench-parity-cell-{stamp}-{name}"
+        cmd = [sys.executable, "-m", "ponder", "train", PRESETS[split], "--run-dir", str(run_dir), *overrides,
+               f"--train.steps={STEPS}", f"--train.max_minutes={MINUTES}", "--train.threads=1",
+               "--train.progress=false"]
+        running.append((name, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                               text=True), run_dir))
+        if len(running) == JOBS:
+            finish(*running.pop(0))
+    for r in running:
+        finish(*r)
+    return done
+
+
+def row(run_dir: Path) -> dict:
+    """One run's figures from its config, metrics log and final report."""
+    report = run_dir / "eval" / "report.json"
+    if not report.exists():
+        sys.exit(f"bench_parity_cell: {run_dir} is not a finished run (no eval/report.json)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    if cfg["model"].get("kind") != "cell":
+        sys.exit(f"bench_parity_cell: {run_dir} is not a run of a recurrent-cell reasoner")
+    held = json.loads(report.read_text())["held_out"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("kind") == "eval" and "test_exact" in r]
+    trains = [r for r in records if r.get("kind") == "train"]
+    halt = cfg["halt"]
+    head = halt["kind"]
+    label = head if head == "pondernet" else f"act (tau {halt['act_tau']:g})"
+    task = cfg["task"]
+    return {"run": run_dir.name, "head": head, "label": label, "split": task["split"], "length": task["length"],
+            "seed": cfg["train"]["seed"], "steps_trained": trains[-1]["step"] if trains else 0,
+            "exact": held["exact"], "mean_steps": held["mean_steps"], "spearman": held["spearman_steps_difficulty"],
+            "best_fixed": max(held["exact_by_budget"]), "test_k": list(k_range(task["length"], task["split"], "test")),
+            "curve": [(r["step"], r["test_exact"]) for r in evals],
+            "minutes": trains[-1].get("time_since_start", 0) / 60 if trains else 0.0}
+
+
+def fmt(values, pct=True) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    scale = 100 if pct else 1
+    spread = f" ± {scale * pstdev(vals):.2f}" if len(vals) > 1 else ""
+    return f"{scale * mean(vals):.1f}{'%' if pct else ''}{spread}" if pct else f"{mean(vals):.2f}{spread}"
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """The issue's goals, each checked against the PonderNet rows."""
+    pn = {s: [r for r in rows if r["head"] == "pondernet" and r["split"] == s] for s in PRESETS}
+    out = []
+    for split, bar in (("interpolation", 0.99), ("extrapolation", 0.95)):
+        cell = pn[split]
+        if not cell:
+            out.append(f"PonderNet {split} >= {100 * bar:.0f}% in every seed: not run")
+            continue
+        ok = all(r["exact"] >= bar for r in cell)
+        out.append(f"PonderNet {split} >= {100 * bar:.0f}% in every seed: {'met' if ok else 'NOT met'} "
+                   "(seeds: " + ", ".join(f"{100 * r['exact']:.1f}%" for r in sorted(cell, key=lambda r: r["seed"])) + ")")
+    rho = [r["spearman"] for s in PRESETS for r in pn[s] if r["spearman"] is not None]
+    out.append("steps rising with the number of non-zeros (Spearman > 0 in every PonderNet run): "
+               + ("met" if rho and all(x > 0 for x in rho) and len(rho) == sum(map(len, pn.values())) else "NOT met")
+               + " (Spearman " + (", ".join(f"{x:+.2f}" for x in rho) or "undefined") + ")")
+    if pn["interpolation"] and pn["extrapolation"]:
+        a, b = (mean(r["mean_steps"] for r in pn[s]) for s in ("interpolation", "extrapolation"))
+        out.append(f"extrapolation pondering longer than interpolation: {'met' if b > a else 'NOT met'} "
+                   f"({b:.2f} against {a:.2f} mean steps)")
+    return out
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    labels = sorted({r["label"] for r in rows})
+    colours = {lab: plt.cm.tab10(i) for i, lab in enumerate(labels)}
+    for ax, split in zip(axes, PRESETS):
+        for r in (r for r in rows if r["split"] == split):
+            if r["curve"]:
+                steps, acc = zip(*r["curve"])
+                ax.plot(steps, np.array(acc) * 100, color=colours[r["label"]], alpha=0.8,
+                        label=f"{r['label']} s{r['seed']}")
+        lengths = sorted({r["length"] for r in rows if r["split"] == split})
+        ax.set_title(f"{split}, {'/'.join(map(str, lengths))} entries")
+        ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out exact (%)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=90)
+    plt.close(fig)
+
+
+def probe_row(run_dir: Path) -> dict:
+    """A run stopped before its end: its settings and the held-out accuracy at each evaluation."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("kind") == "eval" and "test_exact" in r]
+    trains = [r for r in records if r.get("kind") == "train"]
+    return {"run": run_dir.name, "length": cfg["task"]["length"], "split": cfg["task"]["split"],
+            "cell": cfg["model"]["cell"], "lr": cfg["train"]["lr"], "head": cfg["halt"]["kind"],
+            "steps_trained": trains[-1]["step"] if trains else 0,
+            "best_exact": max((r["test_exact"] for r in evals), default=None),
+            "last_exact": evals[-1]["test_exact"] if evals else None,
+            "seconds_per_step": trains[-1].get("time_sec_per_step") if trains else None,
+            "lowest_train_loss": min((r["loss"] for r in trains), default=None)}
+
+
+def probe_lines(probes: list[dict]) -> list[str]:
+    if not probes:
+        return []
+    md = ["", "Longer vectors (one seed each, stopped by hand when the budget ran out): held-out exact at the "
+          "evaluations they reached, and the lowest logged training loss (ln 2 = 0.693 is chance).", "",
+          "| split | entries | cell | LR | head | steps trained | best held-out exact | last | lowest training loss "
+          "| seconds per step (shared machine) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(probes, key=lambda p: (p["split"], p["length"], p["lr"])):
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        sps = "n/a" if p["seconds_per_step"] is None else f"{p['seconds_per_step']:.2f}"
+        md.append(f"| {p['split']} | {p['length']} | {p['cell']} | {p['lr']:g} | {p['head']} | {p['steps_trained']} | "
+                  f"{pct(p['best_exact'])} | {pct(p['last_exact'])} | {p['lowest_train_loss']:.3f} | {sps} |")
+    return md
+
+
+def render(rows: list[dict], probes: list[dict]) -> None:
+    md = ["## Parity with PonderNet's step function (a recurrent cell)", "",
+          "`parity64-rnn` / `parity96-rnn-extrapolation` (`model.kind=cell`): a tanh RNN of 128 units reading the "
+          "whole one-hot vector at every step, gradient through the whole unrolled trajectory, N = 20, batch 128, "
+          "Adam at LR 1e-3, PonderNet with beta = 0.01 and lambda_p = 0.1, ACT with epsilon = 0.01 at the ponder "
+          "costs tau listed; one thread per run. Held-out exact = the parity is right on 1000 "
+          "held-out vectors (chance 50%). The paper's column is what REFERENCE.md records of the PonderNet paper "
+          "(it gives curves, not a table).", "",
+          "| split | entries (test non-zeros) | head | steps trained | held-out exact, adaptive | per seed | "
+          "best fixed budget | mean steps | Spearman(steps, non-zeros) | paper |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["split"], r["length"], r["label"]) for r in rows)
+    for split, length, label in keys:
+        cell = sorted((r for r in rows if (r["split"], r["length"], r["label"]) == (split, length, label)),
+                      key=lambda r: r["seed"])
+        k = cell[0]["test_k"]
+        trained = sorted({r["steps_trained"] for r in cell})
+        md.append(f"| {split} | {length} ({k[0]}-{k[1]}) | {label} | {'/'.join(map(str, trained))} | "
+                  f"{fmt([r['exact'] for r in cell])} | " + ", ".join(f"{100 * r['exact']:.1f}" for r in cell) + " | "
+                  f"{fmt([r['best_fixed'] for r in cell])} | {fmt([r['mean_steps'] for r in cell], pct=False)} | "
+                  f"{fmt([r['spearman'] for r in cell], pct=False)} | {PAPER[(cell[0]['head'], split)]} |")
+    md += probe_lines(probes)
+    md += ["", "Goals (issue):", *[f"- {g}" for g in goals(rows)], "",
+           "![held-out exact during training, every run](docs/parity_cell.png)", "",
+           "Runs: " + ", ".join(f"`{r['run']}`" for r in rows) + "."]
+    plot(rows)
+    write_fragment("parity_cell", "\n".join(md), {"runs": rows, "probes": probes, "steps": STEPS, "seeds": SEEDS})
+
+
+def _values_after(flag: str) -> list[Path]:
+    """The command-line arguments after `flag`, up to the next option."""
+    rest = sys.argv[sys.argv.index(flag) + 1:]
+    values = rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+    if not values:
+        sys.exit(f"bench_parity_cell: {flag} needs run directories")
+    return [Path(v) for v in values]
+
+
+def main() -> None:
+    dirs = _values_after("--from-runs") if "--from-runs" in sys.argv else train_all()
+    probes = _values_after("--probes") if "--probes" in sys.argv else []
+    render([row(d) for d in dirs], [probe_row(d) for d in probes])
+
+
+if __name__ == "__main__":
+    main()
