@@ -210,13 +210,15 @@ def render(rows: list[dict], probes: list[dict]) -> None:
           "`parity64-rnn` / `parity96-rnn-extrapolation` (`model.kind=cell`): a tanh RNN of 128 units reading the "
           "whole one-hot vector at every step, gradient through the whole unrolled trajectory, N = 20, batch 128, "
           "Adam at LR 1e-3, PonderNet with beta = 0.01 and lambda_p = 0.1, ACT with epsilon = 0.01 at the ponder "
-          "costs tau listed; one thread per run. Held-out exact = the parity is right on 1000 "
+          "costs tau listed (the per-seed column shows the seeds each ran); one thread per run. Held-out exact = the "
+          "parity is right on 1000 "
           "held-out vectors (chance 50%). The paper's column is what REFERENCE.md records of the PonderNet paper "
           "(it gives curves, not a table).", "",
           "| split | entries (test non-zeros) | head | steps trained | held-out exact, adaptive | per seed | "
           "best fixed budget | mean steps | Spearman(steps, non-zeros) | paper |",
           "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = dict.fromkeys((r["split"], r["length"], r["label"]) for r in rows)
+    order = lambda r: (list(PRESETS).index(r["split"]), r["length"], r["head"] != "pondernet", r["label"])  # noqa: E731
+    keys = dict.fromkeys((r["split"], r["length"], r["label"]) for r in sorted(rows, key=order))
     for split, length, label in keys:
         cell = sorted((r for r in rows if (r["split"], r["length"], r["label"]) == (split, length, label)),
                       key=lambda r: r["seed"])

@@ -144,6 +144,8 @@ class Config:
                          "per-token halting reads one position, the token's own"),
                         (self.halt.min_steps != default.min_steps, f"halt.min_steps={self.halt.min_steps}",
                          "the recursive LM halts by the head's rule alone"),
+                        (getattr(self.halt, "threshold", None) == "auto", "halt.threshold=auto",
+                         "the threshold is calibrated per sample, and the recursive LM halts per token"),
                         (getattr(self.halt, "explore_prob", None) != getattr(default, "explore_prob", None),
                          f"halt.explore_prob={getattr(self.halt, 'explore_prob', None)}",
                          "the recursive LM trains on whole trajectories from fresh, with no exploration")]

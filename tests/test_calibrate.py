@@ -235,3 +235,8 @@ def test_a_run_with_auto_never_trains_on_its_calibration_slice(tmp_path):
                  resume=True)
     big = open_run(debug("--halt.threshold=auto", f"--halt.calibration_samples={n}"), tmp_path / "big")
     assert len(big.stream.split) == n - n // 4  # at most a quarter of the split is kept out
+
+
+def test_auto_is_refused_up_front_for_the_per_token_recursive_lm():
+    with pytest.raises(PonderError, match="halt.threshold=auto does not apply to model.kind=recursive_lm"):
+        apply_overrides(get_config("lm-small-recursive"), ["--halt.threshold=auto"])
