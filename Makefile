@@ -1,7 +1,7 @@
 # ponder: two commands set up a fresh machine.
 #   make demo   create .venv if missing, install, train the default preset on the CPU
 #   make test   same set-up, then the test suite
-#   make bench  measure and write BENCHMARKS.md (about 2 hours on 2 CPU cores)
+#   make bench  measure and write BENCHMARKS.md (several hours on 2 CPU cores)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
