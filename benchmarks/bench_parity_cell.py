@@ -15,8 +15,8 @@ PONDER_BENCH_PARITY_CELL_STEPS (2500; the presets' 20000 for the paper's sizes),
 PONDER_BENCH_PARITY_CELL_SEEDS (3), PONDER_BENCH_PARITY_CELL_MINUTES (per run, default 20),
 PONDER_BENCH_PARITY_CELL_JOBS (runs at a time, 3), PONDER_BENCH_PARITY_CELL_TAUS (ACT's, "0.01").
 `--from-runs RUN_DIR ...` rebuilds the section from finished runs without training;
-`--probes RUN_DIR ...` adds runs on longer vectors that were stopped before the end (the paper's
-sizes, one seed): their held-out accuracy at each evaluation, to show how far they got.
+`--probes RUN_DIR ...` adds single-seed runs stopped before the end (the paper's sizes, learning-
+rate probes): their held-out accuracy at each evaluation, to show how far they got.
 """
 from __future__ import annotations
 
@@ -192,8 +192,9 @@ def probe_row(run_dir: Path) -> dict:
 def probe_lines(probes: list[dict]) -> list[str]:
     if not probes:
         return []
-    md = ["", "Longer vectors (one seed each, stopped by hand when the budget ran out): held-out exact at the "
-          "evaluations they reached, and the lowest logged training loss (ln 2 = 0.693 is chance).", "",
+    md = ["", "Single-seed probes stopped by hand when the budget ran out (the longer vectors, and the learning-rate "
+          "probes on 8 entries with 5000 training vectors): held-out exact at the evaluations they reached, and the "
+          "lowest logged training loss (ln 2 = 0.693 is chance).", "",
           "| split | entries | cell | LR | head | steps trained | best held-out exact | last | lowest training loss "
           "| seconds per step (shared machine) |",
           "|---|---|---|---|---|---|---|---|---|---|"]
