@@ -67,6 +67,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_eval_report(run_dir: Path, report: dict, markdown: str) -> Path:
+    """RUN_DIR/eval/report.json and report.md, each written atomically; returns RUN_DIR/eval."""
+    out_dir = Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out_dir / "report.md", markdown)
+    return out_dir
+
+
 def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 

@@ -14,7 +14,7 @@ import torch
 from ponder.arc.evaluation import evaluate_arc, write_arc_eval
 from ponder.calibrate import describe as describe_calibration, wants_calibration
 from ponder.carry import batch_of
-from ponder.checkpoint import atomic_write_text
+from ponder.checkpoint import atomic_write_text, write_eval_report
 from ponder.data.base import TaskData
 from ponder.distributed import SINGLE, Shard
 from ponder.evaluate import adaptive_inference, evaluate_split
@@ -57,11 +57,8 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
         report["halt_calibration"] = model.halting.calibration
     if not shard.main:
         return report
-    out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     text = format_report(report)
-    atomic_write_text(out_dir / "report.md", text)
+    out_dir = write_eval_report(run_dir, report, text)
     plot_budget_curve(report, out_dir / "accuracy_vs_steps.png")
     if task.render is not None and ec.samples_drawn > 0:
         draw_samples(model, task, held_out, ec.samples_drawn, m, out_dir / "samples.html", device=device)

@@ -12,7 +12,6 @@ about (highest mean depth). `write_lm_report` is the task-owned `ponder eval` re
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ponder.checkpoint import atomic_write_text
+from ponder.checkpoint import atomic_write_text, write_eval_report
 from ponder.data.base import Split
 from ponder.distributed import SINGLE, Shard
 from ponder.render import samples_html
@@ -245,11 +244,8 @@ def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, sp
     }
     if not shard.main:
         return report
-    out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     text = format_lm_report(report)
-    atomic_write_text(out_dir / "report.md", text)
+    out_dir = write_eval_report(run_dir, report, text)
     if ec.samples_drawn > 0:
         atomic_write_text(out_dir / "samples.html", depth_samples_html(
             model, held_out, task.tokenizer, ec.samples_drawn, device=device,
