@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from benchmarks.common import ORDER, assemble
 
@@ -15,6 +16,7 @@ def main() -> None:
         if name not in ORDER:
             parser.error(f"unknown benchmark {name!r}; valid: {', '.join(ORDER)}")
         print(f"== benchmark {name}", flush=True)
+        sys.argv = [f"bench_{name}"]  # each script runs with its defaults, never with run_all's arguments
         importlib.import_module(f"benchmarks.bench_{name}").main()
     print(f"wrote {assemble()}")
 

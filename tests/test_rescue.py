@@ -10,6 +10,7 @@ from ponder.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.controller import StabilityController
 from ponder.health.events import StepEvent
+from ponder.health.monitors import HealthMonitor
 
 
 class _Log:
@@ -55,6 +56,8 @@ class _Monitor:
     def take_events(self):
         out, self.queue = self.queue, []
         return out
+
+    restart_running_means = HealthMonitor.restart_running_means
 
 
 class _Run:

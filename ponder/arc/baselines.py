@@ -12,6 +12,12 @@
   Programs are tried in that order (dihedral 0..7, resize, identity map before a fitted one); the
   predictions of the first two programs consistent with every demonstration whose predictions on
   the test input differ are the two attempts.
+- local rule: for tasks whose outputs have their inputs' shapes, a lookup table from each input
+  cell's 3x3 neighbourhood (outside the grid counts as its own value) to the output cell's colour,
+  fitted on the demonstrations; it answers only when no neighbourhood of the demonstrations asks
+  for two colours, and a neighbourhood never seen keeps the input cell's colour. Attempt 2 is the
+  same with a 1x1 neighbourhood (the cell's own colour). It stands for what a model that learns
+  local rules from a task's demonstrations could solve without any knowledge of other tasks.
 """
 from __future__ import annotations
 
@@ -22,8 +28,8 @@ import numpy as np
 from ponder.arc.augment import N_DIHEDRAL, dihedral
 from ponder.arc.data import MAX_SIDE, ArcTask
 
-__all__ = ["BASELINES", "all_zeros", "copy_input", "most_common_colour", "program_search", "run_baseline",
-           "Program", "consistent_programs"]
+__all__ = ["BASELINES", "all_zeros", "copy_input", "most_common_colour", "program_search", "local_rule",
+           "run_baseline", "Program", "consistent_programs"]
 
 Attempts = dict[str, list[list[np.ndarray]]]
 
@@ -138,11 +144,53 @@ def program_search(task: ArcTask, attempts: int = 2) -> list[list[np.ndarray]]:
     return out
 
 
+# ----------------------------------------------------------------------------- local rule
+
+_OUTSIDE = 10  # the value of cells beyond the grid's edge in a neighbourhood
+
+
+def _neighbourhoods(x: np.ndarray, radius: int) -> list[bytes]:
+    """One key per cell (row-major): the colours of its (2 radius + 1)^2 neighbourhood."""
+    side = 2 * radius + 1
+    padded = np.pad(x.astype(np.uint8), radius, constant_values=_OUTSIDE)
+    h, w = x.shape
+    stack = np.stack([padded[i:i + h, j:j + w] for i in range(side) for j in range(side)], axis=-1)
+    return [row.tobytes() for row in stack.reshape(h * w, side * side)]
+
+
+def _fit_local(pairs: Sequence[tuple[np.ndarray, np.ndarray]], radius: int) -> dict[bytes, int] | None:
+    """The neighbourhood -> colour table of the pairs, or None (a shape changes, or a conflict)."""
+    table: dict[bytes, int] = {}
+    for x, y in pairs:
+        if x.shape != y.shape:
+            return None
+        for key, colour in zip(_neighbourhoods(x, radius), y.ravel().tolist()):
+            if table.setdefault(key, colour) != colour:
+                return None
+    return table
+
+
+def local_rule(task: ArcTask) -> list[list[np.ndarray]]:
+    """Attempt 1 from the 3x3 table, attempt 2 from the 1x1 table (when they fit and differ)."""
+    fitted = [(r, table) for r in (1, 0) if (table := _fit_local(task.train, r)) is not None]
+    out = []
+    for x, _ in task.test:
+        preds: list[np.ndarray] = []
+        for r, table in fitted:
+            flat = [table.get(key, int(c)) for key, c in zip(_neighbourhoods(x, r), x.ravel().tolist())]
+            y = np.array(flat, dtype=np.uint8).reshape(x.shape)
+            if not any(np.array_equal(q, y) for q in preds):
+                preds.append(y)
+        out.append(preds)
+    return out
+
+
 BASELINES: dict[str, Callable[[ArcTask], list[list[np.ndarray]]]] = {
     "all zeros": all_zeros,
     "copy input": copy_input,
     "most common output colour": most_common_colour,
     "program search (dihedral x colour map x tiling/scaling)": program_search,
+    "local rule (3x3 neighbourhood lookup)": local_rule,
 }
 
 

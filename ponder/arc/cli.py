@@ -41,7 +41,7 @@ def add_arc_parser(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--only-submitted", action="store_true",
                    help="score only the tasks the submission names (e.g. the file of `ponder arc eval --max-tasks`)")
     s.add_argument("--out", help="write the full report (per task) as JSON here")
-    b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search; both rules")
+    b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search, local rule; both rules")
     b.add_argument("--split", default="all", help=f"one of {', '.join(SPLITS)} or all (default)")
     b.add_argument("--max-side", default=None, help="only the tasks whose grids all fit N x N")
     b.add_argument("--out", help="write the figures as JSON here")
@@ -165,8 +165,9 @@ def _cmd_baselines(args) -> int:
         n = len(next(iter(reports.values())).tasks)
         print(f"\n{_scope(split, side, n)}:")
         print(format_score_table(list(reports.items())))
-        ps = reports[next(k for k in BASELINES if k.startswith("program search"))]
-        print(f"program search solves (all test inputs, pass@2): {_ids(ps.solved_ids(2))}")
+        for name, r in reports.items():
+            if r.solved_ids(2):
+                print(f"{name} solves (all test inputs, pass@2): {_ids(r.solved_ids(2))}")
         out["splits"][split] = {name: {"summary": r.summary, "solved_all_tests_at_2": r.solved_ids(2),
                                        "n_tasks": len(r.tasks)} for name, r in reports.items()}
     if args.out:

@@ -34,8 +34,9 @@ from ponder.checkpoint import atomic_write_text
 from ponder.data.arc import ArcConfig
 from ponder.errors import PonderError
 from ponder.metrics import Metric
+from ponder.types import IGNORE
 
-__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command"]
+__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy"]
 
 
 @dataclass
@@ -112,8 +113,18 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
             "n_samples": len(samples.split), "rules": RULES,
             "seconds": {a.name: a.predictions.seconds for a in answers},
             "seconds_per_task": {a.name: a.predictions.seconds / n_tasks for a in answers},
-            "mean_steps": {a.name: float(a.predictions.steps.mean()) for a in answers}}
+            "mean_steps": {a.name: float(a.predictions.steps.mean()) for a in answers},
+            "view_accuracy": {a.name: view_accuracy(samples, a.predictions, tc.max_side) for a in answers}}
     return ArcEval(split, label, run, m, samples, answers, baselines, [asdict(x) for x in logs], info)
+
+
+def view_accuracy(samples: ViewSamples, pred: Predictions, side: int) -> dict[str, float]:
+    """Per-sample accuracy of the answered canvases before voting (a signal below exact match):
+    `cell`, the share of the query canvas's cells (PAD and EOS included) that are right, averaged
+    over views; `exact`, the share of views whose whole canvas is right."""
+    labels = samples.split.labels[:, -side * side:]
+    right = (pred.tokens[:, -side * side:] == labels) | (labels == IGNORE)
+    return {"cell": float(right.mean()), "exact": float(right.all(axis=1).mean())}
 
 
 def _ttft_predictions(model, cfg, samples: ViewSamples, settings: TTFTSettings, device, bs: int, logs: list,
@@ -203,10 +214,12 @@ def _markdown(result: ArcEval, sub_cmd: str) -> str:
                                 + [(f"baseline: {n}", r) for n, r in result.baselines.items()]), ""]
     for rule, text in RULES.items():
         lines.append(f"- {rule}: {text}")
-    lines += ["", "| answers | seconds | seconds per task | mean steps |", "|---|---|---|---|"]
+    lines += ["", "| answers | seconds | seconds per task | mean steps | cells right per view | views exact |",
+              "|---|---|---|---|---|---|"]
     for a in result.answers:
+        acc = info["view_accuracy"][a.name]
         lines.append(f"| {a.name} | {a.predictions.seconds:.2f} | {info['seconds_per_task'][a.name]:.3f} | "
-                     f"{info['mean_steps'][a.name]:.2f} |")
+                     f"{info['mean_steps'][a.name]:.2f} | {_pct(acc['cell'])} | {_pct(acc['exact'])} |")
     lines.append("")
     for a in result.answers:
         ids = a.report.solved_ids(2)

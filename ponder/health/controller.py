@@ -120,8 +120,7 @@ class StabilityController:
         self._apply(step)
         if self.refill > 0:  # the carry is refilling after a rollback: its early answers are not judged
             self.refill -= 1
-            self.monitor.acc_ema = self.monitor.loss_ema = None
-            self.monitor.acc_steps = 0
+            self.monitor.restart_running_means()
         self.settle = max(0, self.settle - 1)
         groups = run.optimizer.param_groups
         self.sched_lr = groups[0]["lr"] / groups[0].get("lr_scale", 1.0)  # the loop has just set it

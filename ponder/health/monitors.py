@@ -306,6 +306,12 @@ class HealthMonitor:
                           f"(health.abort_streak); emergency checkpoint in {self.run_dir}/checkpoints, "
                           f"health report in {self.run_dir}/health.md")
 
+    def restart_running_means(self) -> None:
+        """Forget the loss and accuracy EMAs (not the best accuracy): the steps that follow, e.g. a
+        carry refilling after a rollback, start them afresh instead of being judged against them."""
+        self.acc_ema = self.loss_ema = None
+        self.acc_steps = 0
+
     def take_events(self) -> list[StepEvent]:
         """Events of the steps since the last call (for the stability controller)."""
         out, self.events = self.events, []
