@@ -98,7 +98,7 @@ def _split_section(data: dict, split: str) -> list[str]:
     first = next(e["evals"][split] for e in runs if split in e["evals"])
     md = [f"### {split}: {first['n_tasks']} tasks whose grids all fit {first['max_side']}x{first['max_side']}", "",
           "| mode (what it saw of these tasks) | seed | answers | fractional pass@1 | fractional pass@2 | "
-          "all-or-nothing pass@1 | all-or-nothing pass@2 | tasks solved (pass@2) | cells right per view | "
+          "all-or-nothing pass@1 | all-or-nothing pass@2 | tasks solved (pass@2) | target cells right per view | "
           "mean steps | seconds per task |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     solved: list[str] = []
     for e in runs:
@@ -217,8 +217,8 @@ def main(argv=None) -> None:
         for split, max_tasks, ttft in wanted:
             out = d / "arc-eval" / (f"{split}-ttft" if ttft else split)
             if not (out / "report.json").exists():
-                (finetuned if ttft else evals).append(_me("--root", root, "--eval-one", d, "--split", split, "--max-tasks", max_tasks,
-                                 "--ttft", ttft, "--out", out))
+                (finetuned if ttft else evals).append(_me("--root", root, "--eval-one", d, "--split", split,
+                                                          "--max-tasks", max_tasks, "--ttft", ttft, "--out", out))
     _pool(evals + finetuned, args.jobs)  # the long ones last
     data = {"machine_load": {**machine, "loadavg_end": os.getloadavg()}, "minutes": args.minutes,
             "jobs": args.jobs, "train_tasks": args.train_tasks, "ttft_seconds": args.ttft_seconds,

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ponder.calibrate import calibrate
 from ponder.carry import SampleStream
 from ponder.config import apply_overrides
 from ponder.data import build_task
@@ -154,3 +155,19 @@ def train_weights(shard: Shard, overrides: list[str], steps: int, run_dir: str) 
         metrics = train_step(run)
     return {"weights": {k: v.clone() for k, v in run.model.state_dict().items()},
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
+
+
+def calibration_records(shard: Shard) -> dict:
+    """Calibrate a debug model with halt.threshold=auto on this rank, alone and then across the
+    process group. Rank 1's halting bias is raised so that its untrained model halts early where
+    rank 0's never halts: the ranks' own records differ."""
+    cfg = apply_overrides(get_config("debug"), ["--halt.threshold=auto", "--train.tensorboard=off"])
+    task = build_task(cfg.task)
+    model = build_model(cfg, task)
+    if shard.rank:
+        with torch.no_grad():
+            model.halting.probe.linear.bias.fill_(2.0)
+    cpu = torch.device("cpu")
+    own = calibrate(model, task, cfg, device=cpu)
+    adopted = calibrate(model, task, cfg, device=cpu, shard=shard)
+    return {"own": own, "adopted": adopted, "halts_at": model.halting.calibrated}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.arc.canvas import decode, encode
+from ponder.arc.canvas import COLOUR0, decode, encode
 from ponder.arc.evaluation import ArcEval, _answers, view_accuracy, write_arc_eval
 from ponder.arc.inference import Predictions, predict, view_samples
 from ponder.arc.ttft import TTFTSettings, finetuned, loo_split
@@ -97,8 +97,9 @@ def test_planted_answers_score_as_expected_in_eval_and_in_arc_score(runs, capsys
                            "conditioning": "demonstrations", "seconds_per_task": {ans.name: 0.0},
                            "mean_steps": {ans.name: 2.0},
                            "view_accuracy": {ans.name: view_accuracy(samples, pred, 10)}})
-    # 3 of the 6 views are wrong, each in one cell of its 10x10 canvas
-    assert result.info["view_accuracy"][ans.name] == pytest.approx({"cell": 1 - 3 / 600, "exact": 0.5})
+    # 3 of the 6 views are wrong, each in one cell of its target grid
+    grid_cells = int((samples.split.labels[:, -100:] >= COLOUR0).sum())
+    assert result.info["view_accuracy"][ans.name] == pytest.approx({"cell": 1 - 3 / grid_cells, "exact": 0.5})
     assert ans.report.solved_ids(1) == ids[:2] and ans.report.solved_ids(2) == ids[:2]  # ties: confidence
     assert [len(ans.voted[(i, 0)]) for i in ids] == [1, 2, 2]
     paths = write_arc_eval(result, tmp_path / "p")

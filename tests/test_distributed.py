@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from ponder.cli import main
 from ponder.distributed import SINGLE, Shard
-from dist_support import carry_samples, evaluate_halves, evaluate_scripted, spawn, train_weights
+from dist_support import calibration_records, carry_samples, evaluate_halves, evaluate_scripted, spawn, train_weights
 
 # Two processes sum their halves of the gradient in another order than one process sums the
 # whole batch; everything else is the same arithmetic. Measured: weights within 2e-7, losses
@@ -164,3 +164,12 @@ def test_whole_trajectories_and_estimators_equal_one_process(tmp_path, overrides
     _assert_same_weights(two[0]["weights"], two[1]["weights"])  # the ranks never drift apart
     for k, v in one["metrics"].items():
         assert two[0]["metrics"][k] == pytest.approx(v, rel=RECORD_RTOL, abs=1e-6), k
+
+
+def test_every_rank_halts_at_the_threshold_rank_0_calibrated():
+    ranks = spawn(calibration_records)
+    mine = [{k: v for k, v in r["own"].items() if k != "seconds"} for r in ranks]
+    assert mine[0] != mine[1]  # alone, the ranks' differently seeded models would calibrate differently
+    for r in ranks:
+        assert {k: v for k, v in r["adopted"].items() if k != "seconds"} == mine[0]
+        assert r["halts_at"] == mine[0]["threshold"]

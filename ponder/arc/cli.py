@@ -41,7 +41,8 @@ def add_arc_parser(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--only-submitted", action="store_true",
                    help="score only the tasks the submission names (e.g. the file of `ponder arc eval --max-tasks`)")
     s.add_argument("--out", help="write the full report (per task) as JSON here")
-    b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search, local rule; both rules")
+    b = arc.add_parser("baselines", help="all-zeros, copy-input, most common colour, program search, local rule; "
+                                          "both rules")
     b.add_argument("--split", default="all", help=f"one of {', '.join(SPLITS)} or all (default)")
     b.add_argument("--max-side", default=None, help="only the tasks whose grids all fit N x N")
     b.add_argument("--out", help="write the figures as JSON here")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ponder.arc.baselines import BASELINES, run_baseline
+from ponder.arc.canvas import COLOUR0
 from ponder.arc.data import DATA_VERSION, ArcTask
 from ponder.arc.gallery import draw_gallery
 from ponder.arc.inference import Predictions, ViewSamples, predict, split_label, view_samples
@@ -119,12 +120,13 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
 
 
 def view_accuracy(samples: ViewSamples, pred: Predictions, side: int) -> dict[str, float]:
-    """Per-sample accuracy of the answered canvases before voting (a signal below exact match):
-    `cell`, the share of the query canvas's cells (PAD and EOS included) that are right, averaged
-    over views; `exact`, the share of views whose whole canvas is right."""
+    """Per-view accuracy of the answers before voting (a signal below ARC's exact match): `cell`, the
+    share of the target grids' cells (PAD and the EOS border left out) answered right, over all
+    views; `exact`, the share of views whose whole canvas is right."""
     labels = samples.split.labels[:, -side * side:]
-    right = (pred.tokens[:, -side * side:] == labels) | (labels == IGNORE)
-    return {"cell": float(right.mean()), "exact": float(right.all(axis=1).mean())}
+    right = pred.tokens[:, -side * side:] == labels
+    grid = labels >= COLOUR0
+    return {"cell": float(right[grid].mean()), "exact": float((right | (labels == IGNORE)).all(axis=1).mean())}
 
 
 def _ttft_predictions(model, cfg, samples: ViewSamples, settings: TTFTSettings, device, bs: int, logs: list,
@@ -214,7 +216,7 @@ def _markdown(result: ArcEval, sub_cmd: str) -> str:
                                 + [(f"baseline: {n}", r) for n, r in result.baselines.items()]), ""]
     for rule, text in RULES.items():
         lines.append(f"- {rule}: {text}")
-    lines += ["", "| answers | seconds | seconds per task | mean steps | cells right per view | views exact |",
+    lines += ["", "| answers | seconds | seconds per task | mean steps | target cells right per view | views exact |",
               "|---|---|---|---|---|---|"]
     for a in result.answers:
         acc = info["view_accuracy"][a.name]
