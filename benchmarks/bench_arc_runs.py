@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from ponder.run import load_trained, train_run
 
 MODES = {"arc-small-demos": "(b) demonstrations", "arc-small-embedding": "(a) per-task embedding"}
 EVAL_SPLIT, TRAIN_SPLIT = "arc1-eval", "arc1-train"
+GALLERY = ROOT / "docs" / "arc_gallery.png"  # the first demonstrations run's gallery on the evaluation tasks
 
 
 def _train_one(preset: str, run_dir: Path, minutes: float, seed: int) -> None:
@@ -121,14 +123,17 @@ def _split_section(data: dict, split: str) -> list[str]:
         if ids:
             solved.append(f"- baseline {name}: {', '.join(ids)}")
     md += ["", "Tasks solved (every test input, pass@2):", ""] + (solved or ["- none"])
-    ratio = []
+    ratio, early = [], False
     for e in runs:
         r = e["evals"].get(split)
         if r:
-            sec = list(r["seconds"].values())
+            sec, steps = list(r["seconds"].values()), list(r["mean_steps"].values())
             ratio.append(sec[0] / sec[1])
+            early = early or steps[0] < steps[1]
     md += ["", f"Inference time with adaptive halting over always M steps, same process: median "
-               f"{np.median(ratio):.2f} (range {min(ratio):.2f}-{max(ratio):.2f}) over the {len(ratio)} runs.", ""]
+               f"{np.median(ratio):.2f} (range {min(ratio):.2f}-{max(ratio):.2f}) over the {len(ratio)} runs."
+           + ("" if early else " No run halted any view before M here (mean steps equal M in both rows), so both "
+              "ran the same computation and the ratio measures only the load of the shared machine."), ""]
     return md
 
 
@@ -162,6 +167,8 @@ def markdown(data: dict) -> str:
     best = max(len(s["solved_all_tests_at_2"]) for e in demos for k, r in e["evals"].items()
                if k.startswith(EVAL_SPLIT) for s in r["scores"].values())
     n_eval = demos[0]["evals"][EVAL_SPLIT]["n_tasks"]
+    md += [f"What the first demonstrations run answers on evaluation tasks (demonstrations, test input, target, "
+           f"both attempts; solved tasks first when there are any): ![ARC gallery](docs/{GALLERY.name})", ""]
     md += [f"Goal (the issue): mode (b) solves at least 3 of the {n_eval} evaluation tasks. Measured: at most "
            f"{best} of {n_eval} in any run and way of answering here.", ""]
     return "\n".join(md)
@@ -231,6 +238,7 @@ def main(argv=None) -> None:
             "last_train": _last_train_log(d),
             "evals": {o.name: json.loads((o / "report.json").read_text())
                       for o in sorted((d / "arc-eval").iterdir()) if (o / "report.json").exists()}})
+    shutil.copyfile(runs[0][2] / "arc-eval" / EVAL_SPLIT / "gallery.png", GALLERY)
     write_fragment("arc_runs", markdown(data), data)
     print(markdown(data))
 
