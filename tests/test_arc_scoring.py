@@ -9,7 +9,8 @@ from ponder.arc.augment import Transform
 from ponder.arc.baselines import BASELINES, Program, consistent_programs, local_rule, program_search, run_baseline
 from ponder.arc.canvas import encode
 from ponder.arc.data import SPLITS, ArcTask, load_split
-from ponder.arc.scoring import check_grid, InvalidGrid, parse_submission, read_submission, score_attempts
+from ponder.arc.scoring import (check_grid, first_attempt_cells, InvalidGrid, parse_submission, read_submission,
+                                score_attempts)
 from ponder.arc.vote import View, attempts_from_views, to_kaggle, vote
 from ponder.errors import PonderError
 
@@ -198,3 +199,14 @@ def test_local_rule_learns_a_planted_neighbourhood_rule_and_refuses_conflicts_an
     test = np.array([[3, 3, 1], [2, 1, 1]], np.uint8)
     attempts = local_rule(ArcTask("map", ((demo, swap[demo]),), ((test, swap[test]),)))[0]
     assert not np.array_equal(attempts[0], swap[test]) and np.array_equal(attempts[1], swap[test])
+
+
+def test_first_attempt_cells_counts_target_cells_and_nothing_for_a_wrong_shape_or_a_missing_attempt():
+    a, b = np.array([[1, 2], [3, 4]], np.uint8), np.array([[5, 5, 5]], np.uint8)
+    task = ArcTask("t", ((a, a),), ((a, a), (b, b)))
+    half = np.array([[1, 2], [0, 0]], np.uint8)
+    assert first_attempt_cells([task], {"t": [[half, a], [b]]}) == pytest.approx((2 + 3) / 7)
+    assert first_attempt_cells([task], {"t": [[b], []]}) == 0.0  # wrong shape; missing
+    assert first_attempt_cells([task], {}) == 0.0
+    assert first_attempt_cells([task], run_baseline("all zeros", [task])) == 0.0
+    assert first_attempt_cells([task], run_baseline("copy input", [task])) == 1.0

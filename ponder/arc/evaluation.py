@@ -28,7 +28,7 @@ from ponder.arc.canvas import COLOUR0
 from ponder.arc.data import DATA_VERSION, ArcTask
 from ponder.arc.gallery import draw_gallery
 from ponder.arc.inference import Predictions, ViewSamples, predict, split_label, view_samples
-from ponder.arc.scoring import RULES, ScoreReport, format_score_table, score_attempts
+from ponder.arc.scoring import RULES, ScoreReport, first_attempt_cells, format_score_table, score_attempts
 from ponder.arc.ttft import TTFTSettings, finetuned
 from ponder.arc.vote import Candidate, to_kaggle, vote_views
 from ponder.checkpoint import atomic_write_text
@@ -37,7 +37,7 @@ from ponder.errors import PonderError
 from ponder.metrics import Metric
 from ponder.types import IGNORE
 
-__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy"]
+__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy", "baseline_scores"]
 
 
 @dataclass
@@ -106,8 +106,7 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
         answers.append(_answers(f"model + test-time fine-tuning ({ttft.seconds:g} s/task), adaptive", samples,
                                 _ttft_predictions(model, cfg, samples, ttft, device, bs, logs, metric), scored,
                                 tc.max_side))
-    baselines = {name: score_attempts(samples.tasks, run_baseline(name, samples.tasks), split=scored)
-                 for name in BASELINES}
+    baselines, baseline_cells = baseline_scores(samples.tasks, scored)
     n_tasks = len(samples.tasks)
     info = {"data_version": DATA_VERSION, "split": split, "label": label, "run": run, "max_steps": m,
             "views": tc.views, "conditioning": tc.conditioning, "max_side": tc.max_side, "n_tasks": n_tasks,
@@ -115,8 +114,17 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
             "seconds": {a.name: a.predictions.seconds for a in answers},
             "seconds_per_task": {a.name: a.predictions.seconds / n_tasks for a in answers},
             "mean_steps": {a.name: float(a.predictions.steps.mean()) for a in answers},
-            "view_accuracy": {a.name: view_accuracy(samples, a.predictions, tc.max_side) for a in answers}}
+            "view_accuracy": {a.name: view_accuracy(samples, a.predictions, tc.max_side) for a in answers},
+            "baseline_cells": baseline_cells}
     return ArcEval(split, label, run, m, samples, answers, baselines, [asdict(x) for x in logs], info)
+
+
+def baseline_scores(tasks: tuple[ArcTask, ...], split: str) -> tuple[dict[str, ScoreReport], dict[str, float]]:
+    """Every baseline on `tasks`: its ARC scores and the share of target cells its first attempts get
+    right (beside the model's cells right per view)."""
+    attempts = {name: run_baseline(name, tasks) for name in BASELINES}
+    return ({name: score_attempts(tasks, a, split=split) for name, a in attempts.items()},
+            {name: first_attempt_cells(tasks, a) for name, a in attempts.items()})
 
 
 def view_accuracy(samples: ViewSamples, pred: Predictions, side: int) -> dict[str, float]:
@@ -228,7 +236,9 @@ def _markdown(result: ArcEval, sub_cmd: str) -> str:
         lines.append(f"- solved by {a.name} (all test inputs, pass@2): {', '.join(ids) if ids else 'none'}")
     for n, r in result.baselines.items():
         ids = r.solved_ids(2)
-        lines.append(f"- solved by baseline {n}: {', '.join(ids) if ids else 'none'}")
+        cells = info.get("baseline_cells", {}).get(n)
+        lines.append(f"- solved by baseline {n}: {', '.join(ids) if ids else 'none'}"
+                     + (f"; target cells right in its first attempts: {_pct(cells)}" if cells is not None else ""))
     if result.ttft:
         upd = [x["updates"] for x in result.ttft]
         sec = [x["seconds"] for x in result.ttft]

@@ -117,6 +117,20 @@ def score_attempts(tasks: Sequence[ArcTask], attempts: Attempts, *, split: str =
     return report
 
 
+def first_attempt_cells(tasks: Sequence[ArcTask], attempts: Attempts) -> float:
+    """The share of the target grids' cells (every test input of `tasks`) that attempt 1 gets right;
+    a missing attempt or one of the wrong shape gets none of its target's cells."""
+    right = total = 0
+    for t in tasks:
+        for i, (_, target) in enumerate(t.test):
+            total += target.size
+            tries = attempts.get(t.id, [])
+            first = tries[i][0] if i < len(tries) and tries[i] else None
+            if first is not None and np.shape(first) == target.shape:
+                right += int((np.asarray(first) == target).sum())
+    return right / total if total else 0.0
+
+
 def _summarize(scores: list[TaskScore], k: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {"fractional": {}, "all_or_nothing": {}}
     m = len(scores)
