@@ -64,8 +64,10 @@ def markdown(data: dict) -> str:
           f"machine), scored on {SPLIT} by ARC's rules ({data['data_version']}). Fine-tunes: `--init-from` the run, "
           f"{data['minutes']:g} minutes each, both at once with one torch thread each, the run's own settings "
           f"otherwise (the long arm's load report: {data['load_report']}). fp32 1024 matmul "
-          f"{data['matmul_gflops_1_thread']:.1f} GFLOP/s on one thread; load average before: "
-          f"{', '.join(f'{x:.1f}' for x in data['loadavg_before'])}.", "",
+          f"{data['matmul_gflops_1_thread']:.1f} GFLOP/s on one thread; load average when they started: "
+          f"{', '.join(f'{x:.1f}' for x in data['loadavg_before'])}"
+          + (" (other jobs shared the 2 cores, so each fine-tune had less than a core)"
+             if data["loadavg_before"][0] > 0.5 else "") + ". Evaluation: 2 threads, adaptive halting and always M in the same process.", "",
           "| arm | fine-tuning steps | answers | fractional pass@2 | all-or-nothing pass@2 | tasks solved "
           "(pass@2) | target cells right per view | views exact | mean steps | seconds per task |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -78,6 +80,14 @@ def markdown(data: dict) -> str:
                       f"{r['n_tasks']} | {_pct(acc['cell'])} | {_pct(acc['exact'])} | "
                       f"{r['mean_steps'][answers]:.2f} | {r['seconds_per_task'][answers]:.2f} |")
     by = {a["name"]: a["report"] for a in data["arms"]}
+    partly = []  # test inputs right (pass@2) in tasks not solved as a whole
+    for arm in data["arms"]:
+        for answers, s in arm["report"]["scores"].items():
+            for t in s["tasks"]:
+                right = [i for i, at in enumerate(t["solved_at"]) if at is not None and at <= 2]
+                if right and len(right) < t["tests"]:
+                    partly.append(f"{arm['name']}, {answers}: task {t['task']}, test input(s) "
+                                  f"{', '.join(map(str, right))} of {t['tests']}")
 
     def cell(name: str) -> float:
         r = by[name]
@@ -87,7 +97,9 @@ def markdown(data: dict) -> str:
     md += ["", f"Target cells right per view, always M: fine-tuned at M = {LONG} {long_arm}, "
                f"its control at M = 6 {_pct(cell('fine-tuned at M = 6 (control)'))}, the run at M = 6 "
                f"{_pct(cell('the run, M = 6'))} and run on to M = {LONG} without training "
-               f"{_pct(cell(f'the run, M = {LONG} (no training)'))}.", ""]
+               f"{_pct(cell(f'the run, M = {LONG} (no training)'))}.", "",
+           "Test inputs answered right (pass@2, counting from 0) in tasks not solved as a whole: "
+           + ("; ".join(partly) if partly else "none") + ".", ""]
     return "\n".join(md)
 
 
@@ -106,13 +118,18 @@ def main(argv=None) -> None:
     if args.finetune_one:
         _finetune(base, arms[args.finetune_one], args.finetune_one, args.minutes)
         return
-    data = {"base": base.name, "minutes": args.minutes, "data_version": DATA_VERSION,
-            "loadavg_before": os.getloadavg(), "matmul_gflops_1_thread": matmul_gflops(threads=1)}
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_arc_cycles", "--root", str(root), "--base",
-                               str(base), "--minutes", str(args.minutes), "--finetune-one", str(m)])
-             for m, d in arms.items() if not (d / "bench_train.json").exists()]
-    if any(p.wait() != 0 for p in procs):
-        raise SystemExit("a fine-tune failed")
+    data = {"base": base.name, "minutes": args.minutes, "data_version": DATA_VERSION}
+    todo = [m for m, d in arms.items() if not (d / "bench_train.json").exists()]
+    machine_file = root / f"cycles-{base.name}-machine.json"  # the machine as the fine-tunes found it
+    if todo or not machine_file.exists():
+        machine = {"loadavg_before": os.getloadavg(), "matmul_gflops_1_thread": matmul_gflops(threads=1)}
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_arc_cycles", "--root", str(root),
+                                   "--base", str(base), "--minutes", str(args.minutes), "--finetune-one", str(m)])
+                 for m in todo]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a fine-tune failed")
+        machine_file.write_text(json.dumps(machine))
+    data.update(json.loads(machine_file.read_text()))
     report = json.loads((arms[LONG] / "init_from.json").read_text())
     data["load_report"] = (f"{len(report['loaded'])} tensors loaded, {len(report['newly_initialised'])} newly "
                            f"initialised, {len(report['shape_mismatched'])} shape-mismatched, "
