@@ -126,6 +126,12 @@ def _split_section(data: dict, split: str) -> list[str]:
                   f"(attempt 1) | | |")
         if ids:
             solved.append(f"- baseline {name}: {', '.join(ids)}")
+    for e in runs:
+        logs = e["evals"].get(f"{split}-ttft", {}).get("ttft")
+        if logs:
+            upd, sec = [x["updates"] for x in logs], [x["seconds"] for x in logs]
+            md += ["", f"Test-time fine-tuning, {MODES[e['preset']]} seed {e['seed']}: {np.mean(upd):.1f} updates per "
+                       f"task (min {min(upd)}, max {max(upd)}), {np.mean(sec):.1f} s per task (max {max(sec):.1f})."]
     md += ["", "Tasks solved (every test input, pass@2):", ""] + (solved or ["- none"])
     ratio, early = [], False
     for e in runs:
@@ -155,7 +161,9 @@ def markdown(data: dict) -> str:
           f"{', '.join(f'{x:.1f}' for x in m['loadavg_after_training'])}; fp32 1024 matmul "
           f"{m['matmul_gflops_1_thread']:.1f} GFLOP/s on one thread. Evaluation ran {data['jobs']} runs at once, "
           f"one thread each; test-time fine-tuning: {data['ttft_seconds']:g} s per task with the default settings "
-          f"(LR 1e-4, batch 8), on the demonstrations runs of seed(s) {', '.join(map(str, data['ttft_seeds']))}.",
+          f"(LR 1e-4, batch 8), on the demonstrations runs of seed(s) {', '.join(map(str, data['ttft_seeds']))}. "
+          "Target cells right: the share of the target grids' cells that each view's answer gets right before "
+          "voting (PAD and border left out); for a baseline, its first attempts.",
           "", "| mode | seed | optimizer steps | wall time (data + training) | last training log |",
           "|---|---|---|---|---|"]
     for e in runs:

@@ -46,7 +46,7 @@ def draw_gallery(tasks: tuple[ArcTask, ...], report: ScoreReport, voted: dict[tu
     rows = _pick(tasks, report, per_group)
     n_demo = min(MAX_DEMOS_DRAWN, max((len(t.train) for t, _ in rows), default=1))
     cols = 2 * n_demo + 4
-    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.3 * cols, 1.45 * max(1, len(rows)) + 0.4),
+    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.3 * cols, 1.45 * max(1, len(rows)) + 0.8),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -74,7 +74,7 @@ def draw_gallery(tasks: tuple[ArcTask, ...], report: ScoreReport, voted: dict[tu
     n_ok = sum(s for _, s in rows)
     fig.suptitle(f"{title}\n{n_ok} solved and {len(rows) - n_ok} failed tasks shown (test input 1 of each)",
                  fontsize=8)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.02, top=1 - 0.5 / fig.get_figheight(), wspace=0.15,
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.02, top=1 - 0.8 / fig.get_figheight(), wspace=0.15,
                         hspace=0.35)
     fig.savefig(path, dpi=90)
     plt.close(fig)
