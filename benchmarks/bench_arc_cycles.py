@@ -105,7 +105,7 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--root", default=str(ROOT / "runs" / "bench-arc"))
+    ap.add_argument("--root", default=os.path.relpath(ROOT / "runs" / "bench-arc"))
     ap.add_argument("--base", default=None)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--finetune-one", type=int, help=argparse.SUPPRESS)

@@ -191,7 +191,7 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--root", default=str(ROOT / "runs" / "bench-arc"))
+    ap.add_argument("--root", default=os.path.relpath(ROOT / "runs" / "bench-arc"))
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)

@@ -92,7 +92,8 @@ def main() -> None:
 
     tables = []
     for T in (2, 8):
-        result = diagnose_gradients(str(run_dir), steps=T, ref_steps=32, batch=32, repeats=3, progress=False)
+        result = diagnose_gradients(os.path.relpath(run_dir), steps=T, ref_steps=32, batch=32, repeats=3,
+                                    progress=False)
         tables.append(result)
         print(format_table(result), flush=True)
     load1 = os.getloadavg()

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                  "of this many steps")
     ap.add_argument("--seconds", type=float, default=150.0, help="the wall-clock budget per run")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-lm-compare-{time.strftime('%Y%m%d-%H%M%S')}"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ap.add_argument("--out", default=os.path.relpath(ROOT / "runs" / f"bench-lm-compare-{stamp}"))
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.hybrid_steps < 1 or args.seconds <= 0 or args.threads < 1:
         ap.error("--seeds, --hybrid-steps, --threads must be >= 1 and --seconds > 0")
