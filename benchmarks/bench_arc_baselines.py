@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmarks.common import write_fragment
-from ponder.arc.baselines import BASELINES, run_baseline
+from ponder.arc.baselines import BASELINES, score_baselines
 from ponder.arc.data import DATA_VERSION, SPLITS, load_split, small_tasks
 from ponder.arc.scoring import RULES, format_score_table, parse_submission, score_attempts
 
@@ -67,7 +67,7 @@ def baselines() -> tuple[list[str], dict]:
         tasks = load_split(split) if side == 30 else small_tasks(load_split(split), side)
         label = f"{split} ({len(tasks)} tasks)" if side == 30 else f"{split}, grids within {side}x{side} ({len(tasks)} tasks)"
         t0 = time.perf_counter()
-        reports = {name: score_attempts(tasks, run_baseline(name, tasks), split=split) for name in BASELINES}
+        reports = score_baselines(tasks, split)[0]
         secs = time.perf_counter() - t0
         solved = {name: r.solved_ids(2) for name, r in reports.items() if r.solved_ids(2)}
         md += [f"**{label}** (all {len(BASELINES)} baselines in {secs:.1f} s):", "",

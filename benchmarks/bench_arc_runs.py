@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, RESULTS, matmul_gflops, write_fragment
+from benchmarks.common import ROOT, RESULTS, matmul_gflops, run_jobs, write_fragment
 from ponder.arc.data import DATA_VERSION
-from ponder.arc.evaluation import baseline_scores, evaluate_arc, write_arc_eval
+from ponder.arc.baselines import score_baselines
+from ponder.arc.evaluation import evaluate_arc, write_arc_eval
 from ponder.arc.inference import view_samples
 from ponder.checkpoint import resolve_checkpoint
 from ponder.arc.ttft import TTFTSettings
@@ -60,19 +60,6 @@ def _eval_one(run_dir: Path, split: str, max_tasks: int, ttft_seconds: float, ou
     result = evaluate_arc(model, cfg, split, metric=task.metric, device=torch.device("cpu"),
                           run=f"{run_dir.name}/checkpoints/{ckpt.name}", max_tasks=max_tasks, ttft=ttft)
     write_arc_eval(result, out)
-
-
-def _pool(commands: list[list[str]], jobs: int) -> None:
-    """Run the commands, at most `jobs` at once; any failure stops the benchmark."""
-    pending, running = list(commands), []
-    while pending or running:
-        while pending and len(running) < jobs:
-            running.append(subprocess.Popen(pending.pop(0)))
-        time.sleep(2)
-        for p in [p for p in running if p.poll() is not None]:
-            running.remove(p)
-            if p.returncode != 0:
-                raise SystemExit(f"failed: {' '.join(p.args)}")
 
 
 def _me(*args) -> list[str]:
@@ -229,7 +216,7 @@ def main(argv=None) -> None:
     machine_file = root / "machine.json"  # the machine as training found it, kept for a later resume
     if todo or not machine_file.exists():
         machine = {"loadavg_before": os.getloadavg(), "matmul_gflops_1_thread": matmul_gflops(threads=1)}
-        _pool(todo, args.jobs)
+        run_jobs(todo, args.jobs)
         machine["loadavg_after_training"] = os.getloadavg()
         machine_file.write_text(json.dumps(machine))
     machine = json.loads(machine_file.read_text())
@@ -243,7 +230,7 @@ def main(argv=None) -> None:
             if not (out / "report.json").exists():
                 (finetuned if ttft else evals).append(_me("--root", root, "--eval-one", d, "--split", split,
                                                           "--max-tasks", max_tasks, "--ttft", ttft, "--out", out))
-    _pool(evals + finetuned, args.jobs)  # the long ones last
+    run_jobs(evals + finetuned, args.jobs)  # the long ones last
     data = {"machine_load": {**machine, "loadavg_end": os.getloadavg()}, "minutes": args.minutes,
             "jobs": args.jobs, "train_tasks": args.train_tasks, "ttft_seconds": args.ttft_seconds,
             "ttft_seeds": ttft_seeds, "data_version": DATA_VERSION, "runs": []}
@@ -259,7 +246,7 @@ def main(argv=None) -> None:
         for split, max_tasks in ((EVAL_SPLIT, 0), (TRAIN_SPLIT, args.train_tasks)):
             report = data["runs"][-1]["evals"][split]
             if "baseline_cells" not in report:  # written by an older `ponder arc eval`
-                report["baseline_cells"] = baseline_scores(view_samples(cfg.task, split, max_tasks).tasks, split)[1]
+                report["baseline_cells"] = score_baselines(view_samples(cfg.task, split, max_tasks).tasks, split)[1]
     shutil.copyfile(runs[0][2] / "arc-eval" / EVAL_SPLIT / "gallery.png", GALLERY)
     write_fragment("arc_runs", markdown(data), data)
     print(markdown(data))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from statistics import mean, pstdev
 
 import numpy as np
 
-from benchmarks.common import ROOT, write_fragment
+from benchmarks.common import ROOT, run_jobs, write_fragment
 from ponder.data.parity import count_vectors, k_range
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_STEPS", "2500"))
@@ -71,26 +70,14 @@ def jobs() -> list[tuple[str, list[str], str]]:
 
 def train_all() -> list[Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done, running = [], []
-
-    def finish(name, proc, run_dir):
-        if proc.wait() != 0:
-            sys.exit(f"bench_parity_cell: {name} failed: {proc.stderr.read()[-500:]}")
-        done.append(run_dir)
-
+    run_dirs, commands = [], []
     for name, overrides, split in jobs():  # JOBS at a time, one thread each
-        run_dir = ROOT / "runs" / f"bench-parity-cell-{stamp}-{name}"
-        cmd = [sys.executable, "-m", "ponder", "train", PRESETS[split], "--run-dir", str(run_dir), *overrides,
-               f"--train.steps={STEPS}", f"--train.max_minutes={MINUTES}", "--train.threads=1",
-               "--train.progress=false"]
-        running.append((name, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                               text=True), run_dir))
-        if len(running) == JOBS:
-            finish(*running.pop(0))
-    for r in running:
-        finish(*r)
-    return done
+        run_dirs.append(ROOT / "runs" / f"bench-parity-cell-{stamp}-{name}")
+        commands.append([sys.executable, "-m", "ponder", "train", PRESETS[split], "--run-dir", str(run_dirs[-1]),
+                         *overrides, f"--train.steps={STEPS}", f"--train.max_minutes={MINUTES}", "--train.threads=1",
+                         "--train.progress=false"])
+    run_jobs(commands, JOBS, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return run_dirs
 
 
 def row(run_dir: Path) -> dict:

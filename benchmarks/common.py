@@ -1,4 +1,5 @@
-"""Shared helpers: machine description, result fragments, assembling BENCHMARKS.md.
+"""Shared helpers: machine description, running jobs side by side, result fragments, assembling
+BENCHMARKS.md.
 
 Each benchmark writes `benchmarks/results/NAME.md` (a Markdown section) and `NAME.json` (the
 raw figures). `assemble()` joins the sections in a fixed order under a header naming the
@@ -10,6 +11,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +58,25 @@ def matmul_gflops(threads: int | None = None, size: int = 1024, repeats: int = 7
     finally:
         torch.set_num_threads(old)
     return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def run_jobs(commands: list[list[str]], jobs: int, *, env: dict | None = None) -> None:
+    """Run the commands, at most `jobs` at once, each starting as soon as a slot frees; the first
+    failure ends the benchmark with its command and the end of its stderr."""
+    pending, running = list(commands), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            log = tempfile.TemporaryFile(mode="w+")
+            running.append((subprocess.Popen(pending.pop(0), env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                             text=True), log))
+        time.sleep(1)
+        for proc, log in [r for r in running if r[0].poll() is not None]:
+            running.remove((proc, log))
+            log.seek(0)
+            tail = log.read()[-800:]
+            log.close()
+            if proc.returncode != 0:
+                sys.exit(f"failed: {' '.join(map(str, proc.args))}\n{tail}")
 
 
 def write_fragment(name: str, markdown: str, data: dict) -> None:

@@ -27,9 +27,10 @@ import numpy as np
 
 from ponder.arc.augment import N_DIHEDRAL, dihedral
 from ponder.arc.data import MAX_SIDE, ArcTask
+from ponder.arc.scoring import ScoreReport, first_attempt_cells, score_attempts
 
 __all__ = ["BASELINES", "all_zeros", "copy_input", "most_common_colour", "program_search", "local_rule",
-           "run_baseline", "Program", "consistent_programs"]
+           "run_baseline", "score_baselines", "Program", "consistent_programs"]
 
 Attempts = dict[str, list[list[np.ndarray]]]
 
@@ -197,3 +198,11 @@ BASELINES: dict[str, Callable[[ArcTask], list[list[np.ndarray]]]] = {
 def run_baseline(name: str, tasks: Sequence[ArcTask]) -> Attempts:
     fn = BASELINES[name]
     return {t.id: fn(t) for t in tasks}
+
+
+def score_baselines(tasks: Sequence[ArcTask], split: str = "") -> tuple[dict[str, ScoreReport], dict[str, float]]:
+    """Every baseline on `tasks`: its ARC scores and the share of target cells its first attempts get
+    right (ponder.arc.scoring.first_attempt_cells)."""
+    attempts = {name: run_baseline(name, tasks) for name in BASELINES}
+    return ({name: score_attempts(tasks, a, split=split) for name, a in attempts.items()},
+            {name: first_attempt_cells(tasks, a) for name, a in attempts.items()})

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ponder.arc.baselines import BASELINES, run_baseline
+from ponder.arc.baselines import score_baselines
 from ponder.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
 from ponder.arc.evaluation import evaluate_arc, score_command, write_arc_eval
 from ponder.arc.leakage import dumps, format_leakage, leakage_report
@@ -153,7 +153,7 @@ def _ids(ids: list[str], k: int = 24) -> str:
 def baseline_reports(split: str, side: int = MAX_SIDE) -> dict:
     """Every baseline on one split (tasks fitting side x side), scored under both rules."""
     tasks = _tasks(split, side)
-    return {name: score_attempts(tasks, run_baseline(name, tasks), split=split) for name in BASELINES}
+    return score_baselines(tasks, split)[0]
 
 
 def _cmd_baselines(args) -> int:

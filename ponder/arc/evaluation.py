@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ponder.arc.baselines import BASELINES, run_baseline
+from ponder.arc.baselines import score_baselines
 from ponder.arc.canvas import COLOUR0
 from ponder.arc.data import DATA_VERSION, ArcTask
 from ponder.arc.gallery import draw_gallery
 from ponder.arc.inference import Predictions, ViewSamples, predict, split_label, view_samples
-from ponder.arc.scoring import RULES, ScoreReport, first_attempt_cells, format_score_table, score_attempts
+from ponder.arc.scoring import RULES, ScoreReport, format_score_table, score_attempts
 from ponder.arc.ttft import TTFTSettings, finetuned
 from ponder.arc.vote import Candidate, to_kaggle, vote_views
 from ponder.checkpoint import atomic_write_text
@@ -37,7 +37,7 @@ from ponder.errors import PonderError
 from ponder.metrics import Metric
 from ponder.types import IGNORE
 
-__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy", "baseline_scores"]
+__all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy"]
 
 
 @dataclass
@@ -106,7 +106,7 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
         answers.append(_answers(f"model + test-time fine-tuning ({ttft.seconds:g} s/task), adaptive", samples,
                                 _ttft_predictions(model, cfg, samples, ttft, device, bs, logs, metric), scored,
                                 tc.max_side))
-    baselines, baseline_cells = baseline_scores(samples.tasks, scored)
+    baselines, baseline_cells = score_baselines(samples.tasks, scored)
     n_tasks = len(samples.tasks)
     info = {"data_version": DATA_VERSION, "split": split, "label": label, "run": run, "max_steps": m,
             "views": tc.views, "conditioning": tc.conditioning, "max_side": tc.max_side, "n_tasks": n_tasks,
@@ -117,14 +117,6 @@ def evaluate_arc(model, cfg, split: str, *, metric: Metric, device: torch.device
             "view_accuracy": {a.name: view_accuracy(samples, a.predictions, tc.max_side) for a in answers},
             "baseline_cells": baseline_cells}
     return ArcEval(split, label, run, m, samples, answers, baselines, [asdict(x) for x in logs], info)
-
-
-def baseline_scores(tasks: tuple[ArcTask, ...], split: str) -> tuple[dict[str, ScoreReport], dict[str, float]]:
-    """Every baseline on `tasks`: its ARC scores and the share of target cells its first attempts get
-    right (beside the model's cells right per view)."""
-    attempts = {name: run_baseline(name, tasks) for name in BASELINES}
-    return ({name: score_attempts(tasks, a, split=split) for name, a in attempts.items()},
-            {name: first_attempt_cells(tasks, a) for name, a in attempts.items()})
 
 
 def view_accuracy(samples: ViewSamples, pred: Predictions, side: int) -> dict[str, float]:
