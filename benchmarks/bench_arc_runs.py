@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, RESULTS, matmul_gflops, run_jobs, write_fragment
-from ponder.arc.data import DATA_VERSION
-from ponder.arc.baselines import score_baselines
-from ponder.arc.evaluation import evaluate_arc, write_arc_eval
-from ponder.arc.inference import view_samples
-from ponder.checkpoint import resolve_checkpoint
-from ponder.arc.ttft import TTFTSettings
-from ponder.config import apply_overrides
+from benchmarks.common import RESULTS, ROOT, matmul_gflops, run_jobs, write_fragment
 from ponder.presets import PRESETS
-from ponder.run import load_trained, read_run_config, train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import load_trained, read_run_config, train_run
+from ponder.tasks.arc.baselines import score_baselines
+from ponder.tasks.arc.data import DATA_VERSION
+from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.tasks.arc.inference import view_samples
+from ponder.tasks.arc.ttft import TTFTSettings
+from ponder.training.checkpoint import resolve_checkpoint
 
 MODES = {"arc-small-demos": "(b) demonstrations", "arc-small-embedding": "(a) per-task embedding"}
 EVAL_SPLIT, TRAIN_SPLIT = "arc1-eval", "arc1-train"

@@ -4,7 +4,7 @@ with one competing CPU-bound process (a single-threaded Python busy loop).
 Each wait policy runs in its own process (OpenMP reads OMP_WAIT_POLICY when torch loads); inside
 it, thread counts and competitor on/off are interleaved within every repeat, so slow drifts of
 the machine hit all conditions alike. A phase = 1 discarded step, then timed optimizer steps
-(`ponder.train.train_step`, the loop's own body) for at least `--seconds`. The fp32 matmul rate
+(`ponder.training.loop.train_step`, the loop's own body) for at least `--seconds`. The fp32 matmul rate
 of the same process is measured at every repeat, and the CPU used by OTHER processes during each
 phase (from /proc/stat, minus this process and its competitor) is recorded, so a phase that
 shared the machine with someone else's job is visible in the table.
@@ -41,10 +41,10 @@ def measure(args) -> None:
     import torch
 
     from benchmarks.common import matmul_gflops
-    from ponder.config import apply_overrides
     from ponder.presets import get_config
-    from ponder.run import open_run
-    from ponder.train import train_step
+    from ponder.runs.config import apply_overrides
+    from ponder.runs.run import open_run
+    from ponder.training.loop import train_step
 
     cfg = apply_overrides(get_config("demo"), ["--train.progress=false", "--health.monitors=false",
                                                "--train.threads=1"])
@@ -128,7 +128,7 @@ def main() -> None:
         measure(args)
         return
     from benchmarks.common import write_fragment
-    from ponder.train import auto_threads
+    from ponder.training.loop import auto_threads
 
     t0 = time.perf_counter()
     rows = run_all(args.repeats, args.seconds)
@@ -139,7 +139,7 @@ def main() -> None:
     loads = [r["loadavg"] for r in rows]
     chosen = auto_threads()
     md = ["## Busy machines: threads, wait policy and one competing process", "",
-          f"Demo preset training step (`ponder.train.train_step`: forward, backward, AdamW, EMA), median over "
+          f"Demo preset training step (`ponder.training.loop.train_step`: forward, backward, AdamW, EMA), median over "
           f"{args.repeats} repeats of >= {args.seconds:g} s each (min-max in brackets); each repeat is one process per "
           f"wait policy, the policies alternating, and thread counts and competitor on/off interleave inside it. "
           f"Competitor: one "

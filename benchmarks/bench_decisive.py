@@ -11,7 +11,7 @@ import time
 import torch
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
-from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
+from ponder.experiments.equilibrium import DecisiveConfig, report_markdown, run_decisive, write_report
 
 THREADS = 1
 SEEDS = [0, 1, 2]

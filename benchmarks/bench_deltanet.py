@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import matmul_gflops, write_fragment
-from ponder.diagnose import peak_torch_bytes
-from ponder.lm.deltanet import GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_recurrent
-from ponder.lm.layers import CausalAttention
+from ponder.experiments.diagnose import peak_torch_bytes
 from ponder.models.blocks import Rotary
+from ponder.models.lm.deltanet import GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_recurrent
+from ponder.models.lm.layers import CausalAttention
 
 B, H, DK, DV, CHUNK = 1, 4, 64, 64, 64  # one sequence, 4 heads of 64: a d=256 layer
 D_MODEL = 256
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     memory = memory_rows(mem_lengths)
     rate = statistics.median([rate_before, rate_after])
     load_after = os.getloadavg()[0]
-    md = ["## Gated DeltaNet on CPU (`ponder.lm.deltanet`)", "",
+    md = ["## Gated DeltaNet on CPU (`ponder.models.lm.deltanet`)", "",
           f"The gated delta rule alone, forward, {H} heads with d_k = d_v = {DK}, one sequence, chunk {CHUNK}, "
           f"{args.threads} thread(s); median of {args.repeats} runs after a warm-up. The fp32 1024² matmul "
           f"rate measured in the same run (before and after the timings) was {rate_before:.0f} and "

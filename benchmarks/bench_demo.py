@@ -17,8 +17,8 @@ import torch
 
 from benchmarks.common import ROOT, machine, matmul_gflops, write_fragment
 from ponder.presets import get_config
-from ponder.report import format_report
-from ponder.train import auto_threads
+from ponder.runs.report import format_report
+from ponder.training.loop import auto_threads
 
 START, END = "<!-- {0} -->", "<!-- /{0} -->"
 

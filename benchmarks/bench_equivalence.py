@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
-from ponder.checkpoint import read_weights, resolve_checkpoint
-from ponder.config import apply_overrides
 from ponder.presets import get_config
-from ponder.run import train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import train_run
+from ponder.training.checkpoint import read_weights, resolve_checkpoint
 
 
 def _records(run_dir: Path) -> list[dict]:

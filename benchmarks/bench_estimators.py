@@ -3,7 +3,7 @@ the number of cycles T (BPTT, truncated-1, implicit), and the `ponder diagnose g
 
 The model is the `demo` preset (6x6 Sudoku TRM-mlp) trained by this script with one thread, or
 the run given with `--from-run RUN_DIR`. One estimator step is one full outer cycle (2 latent
-updates + 1 answer update) of the model's own composed step (ponder.estimator_hook).
+updates + 1 answer update) of the model's own composed step (ponder.training.estimator_hook).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ BATCH = 16
 def _trained_run() -> tuple[Path, float | None]:
     if len(sys.argv) > 2 and sys.argv[1] == "--from-run":
         return Path(sys.argv[2]), None
-    from ponder.config import apply_overrides
     from ponder.presets import get_config
-    from ponder.run import train_run
+    from ponder.runs.config import apply_overrides
+    from ponder.runs.run import train_run
 
     cfg = apply_overrides(get_config("demo"), ["--train.progress=false", f"--train.threads={THREADS}"])
     run_dir = ROOT / "runs" / f"bench-estimators-demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -41,10 +41,10 @@ def _trained_run() -> tuple[Path, float | None]:
 
 def memory_scan(run_dir: Path) -> list[dict]:
     """Median time and peak torch bytes per gradient for each estimator and T."""
-    from ponder.diagnose import load_model_and_batch, peak_torch_bytes
-    from ponder.estimator_hook import recursion_problem
     from ponder.estimators import BPTT, Implicit, Truncated
-    from ponder.objectives import task_loss
+    from ponder.experiments.diagnose import load_model_and_batch, peak_torch_bytes
+    from ponder.training.estimator_hook import recursion_problem
+    from ponder.training.objectives import task_loss
 
     model, b, cfg, _ = load_model_and_batch(str(run_dir), BATCH)
     prob = recursion_problem(model, model.init_state(len(b)), model.prepare(b),
@@ -88,7 +88,7 @@ def main() -> None:
     load0 = os.getloadavg()
     rows = memory_scan(run_dir)
     fit = slopes(rows)
-    from ponder.diagnose import diagnose_gradients, format_table
+    from ponder.experiments.diagnose import diagnose_gradients, format_table
 
     tables = []
     for T in (2, 8):
@@ -107,7 +107,7 @@ def main() -> None:
              f"from run `{run_dir.name}` (`ponder train demo --train.threads=1`)") + quality
           + f"; {THREADS} thread; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
           "(the machine is shared: times are noisy, memory is not). One estimator step = one full cycle "
-          "of the model's own composed step (`ponder.estimator_hook`). Peak memory = peak live bytes of PyTorch's CPU "
+          "of the model's own composed step (`ponder.training.estimator_hook`). Peak memory = peak live bytes of PyTorch's CPU "
           "allocator during one gradient, from torch.profiler allocation events (tracemalloc does not see them).", "",
           f"### Peak memory and time per gradient against T (batch {BATCH}, median of {REPEATS})", "",
           "| T | " + " | ".join(f"{n} MiB | {n} ms" for n in fit) + " | implicit forward iterations (mean / max) |",

@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
-from ponder.config import apply_overrides
-from ponder.data import build_task
-from ponder.data.mazes import generate_maze
-from ponder.data.sources import SUDOKU_EXTREME, read_rows, resolve
-from ponder.data.sudoku import generate_puzzle
-from ponder.data.sudoku_hard import minimal_puzzle
-from ponder.data.sudoku_search import search_stats
 from ponder.presets import get_config
-from ponder.run import train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import train_run
+from ponder.tasks import build_task
+from ponder.tasks.common.published import read_rows, resolve
+from ponder.tasks.mazes.task import generate_maze
+from ponder.tasks.sudoku.hard import minimal_puzzle
+from ponder.tasks.sudoku.published import SUDOKU_EXTREME
+from ponder.tasks.sudoku.search import search_stats
+from ponder.tasks.sudoku.task import generate_puzzle
 
 NAME = "hard_data"
 PUBLISHED_MEAN_BACKTRACKS = 22  # Sudoku-Extreme, HRM paper (backtracks of the tdoku solver)

@@ -27,12 +27,12 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, write_fragment
-from ponder.config import apply_overrides
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.stats import largest_drop
 from ponder.health.monitors import HealthMonitor
 from ponder.presets import get_config
-from ponder.stats import largest_drop
-from ponder.run import train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import train_run
 
 OVERHEAD_STEPS = int(os.environ.get("PONDER_BENCH_HEALTH_STEPS", "4"))  # attention stats on steps 2 and 4
 OVERHEAD_THREADS = 2

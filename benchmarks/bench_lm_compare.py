@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, machine, matmul_gflops, write_fragment
-from ponder.callbacks import MetricsLog
-from ponder.compare import compare, training_flops_per_step
-from ponder.data import build_task
+from ponder.experiments.compare import compare, training_flops_per_step
 from ponder.presets import get_config
-from ponder.run import build_model
+from ponder.runs.run import build_model
+from ponder.tasks import build_task
+from ponder.training.callbacks import MetricsLog
 
 A, B = "lm-small-hybrid", "lm-small-recursive"
 

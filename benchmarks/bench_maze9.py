@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, threshold_table, write_fragment
-from ponder.config import apply_overrides
 from ponder.presets import get_config
-from ponder.report import evaluate_run, format_report
+from ponder.runs.config import apply_overrides
+from ponder.runs.report import evaluate_run, format_report
 
 THREADS = 2
 
@@ -21,7 +21,7 @@ def main() -> None:
     else:
         cfg = apply_overrides(get_config("maze9"), ["--train.progress=false", f"--train.threads={THREADS}"])
         run_dir = ROOT / "runs" / f"bench-maze9-{time.strftime('%Y%m%d-%H%M%S')}"
-        from ponder.run import train_run
+        from ponder.runs.run import train_run
 
         t0 = time.perf_counter()
         report = train_run(cfg, run_dir)
@@ -39,7 +39,7 @@ def main() -> None:
 def _evaluate(run_dir: Path) -> dict:
     import torch
 
-    from ponder.run import load_trained
+    from ponder.runs.run import load_trained
 
     model, task, cfg, _ = load_trained(run_dir)
     torch.set_num_threads(THREADS)

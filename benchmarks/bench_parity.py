@@ -14,8 +14,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from statistics import mean, pstdev
 
 import numpy as np
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
-from ponder.data import build_task
 from ponder.presets import get_config
+from ponder.tasks import build_task
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_STEPS", "2500"))
 SEEDS = int(os.environ.get("PONDER_BENCH_PARITY_SEEDS", "3"))

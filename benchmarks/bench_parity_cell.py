@@ -30,7 +30,7 @@ from statistics import mean, pstdev
 import numpy as np
 
 from benchmarks.common import ROOT, run_jobs, write_fragment
-from ponder.data.parity import count_vectors, k_range
+from ponder.tasks.parity.task import count_vectors, k_range
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_STEPS", "2500"))
 SEEDS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_SEEDS", "3"))

@@ -25,10 +25,10 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks.common import RESULTS, ROOT, matmul_gflops, write_fragment
-from ponder.config import apply_overrides
 from ponder.presets import get_config
-from ponder.run import open_run
-from ponder.train import train_step
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import open_run
+from ponder.training.loop import train_step
 
 PY = sys.executable
 

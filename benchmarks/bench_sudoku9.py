@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT, threshold_table, write_fragment
-from ponder.config import apply_overrides
 from ponder.presets import get_config
-from ponder.report import format_report
-from ponder.run import train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.report import format_report
+from ponder.runs.run import train_run
 
 MINUTES = float(os.environ.get("PONDER_BENCH_MINUTES", "30"))
 THREADS = int(os.environ.get("PONDER_BENCH_THREADS", "1"))  # one thread: steady under other load

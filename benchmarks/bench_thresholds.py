@@ -12,10 +12,10 @@ one; trained with a fixed threshold) and a `demo` run trained here with halt.thr
 benchmarks/results/thresholds.json that are not measured again (to add one run at a time).
 
 Per run: `load_trained(RUN, ["--halt.threshold=auto"])` calibrates exactly as `ponder eval RUN
---halt.threshold=auto` does (ponder.calibrate). The held-out split is then rolled out once at M
-steps and the head's own rule replayed for every threshold (ponder.calibrate.replay: the step each
+--halt.threshold=auto` does (ponder.training.calibrate). The held-out split is then rolled out once at M
+steps and the head's own rule replayed for every threshold (ponder.training.calibrate.replay: the step each
 sample halts at and whether its answer there is right); the auto choice is also evaluated with
-real early exit (ponder.evaluate.evaluate_split), whose figures the table shows and which must
+real early exit (ponder.training.evaluate.evaluate_split), whose figures the table shows and which must
 agree with the replay.
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, ROOT, write_fragment
-from ponder.calibrate import replay, trace
-from ponder.config import apply_overrides
-from ponder.evaluate import evaluate_split
 from ponder.presets import get_config
-from ponder.run import load_trained, train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import load_trained, train_run
+from ponder.training.calibrate import replay, trace
+from ponder.training.evaluate import evaluate_split
 
 FIXED = (0.5, 0.9, 0.95, 0.99)
 PRESET_ORDER = ("sudoku9", "maze9", "demo")

@@ -9,14 +9,14 @@ import time
 import torch
 
 from benchmarks.common import matmul_gflops, write_fragment
-from ponder.config import apply_overrides
+from ponder.core.types import Batch
 from ponder.models.flops import step_flops
 from ponder.models.halting import Segment
-from ponder.objectives import per_sample_task_loss
-from ponder.optim import AdamWSettings, build_optimizer
 from ponder.presets import get_config
-from ponder.run import build_model
-from ponder.types import Batch
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model
+from ponder.training.objectives import per_sample_task_loss
+from ponder.training.optim import AdamWSettings, build_optimizer
 
 THREADS = 2
 

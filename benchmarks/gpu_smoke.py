@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ponder.config import apply_overrides
 from ponder.models.flops import step_flops
 from ponder.presets import get_config
-from ponder.run import open_run
-from ponder.train import train_step
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import open_run
+from ponder.training.loop import train_step
 
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by a substring of the name
 PEAK_BF16 = {"H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0,

@@ -2,11 +2,11 @@
 
 Re-exported here: the core records `Batch`, `State`, `StepOutput` and `PonderError`. The rest is
 imported from its module (kept out of this file so `import ponder` stays light):
-- ponder.config: `Config`, `apply_overrides`, `load_config`
+- ponder.runs.config: `Config`, `apply_overrides`, `load_config`
 - ponder.presets: `get_config`, `PRESETS`
-- ponder.run: `train_run`, `open_run`, `build_model`, `load_trained` (the run layer);
-  ponder.train: `train` (the loop over a built `Run`)
-- ponder.evaluate: `evaluate_split`, `adaptive_inference`
+- ponder.runs.run: `train_run`, `open_run`, `build_model`, `load_trained` (the run layer);
+  ponder.training.loop: `train` (the loop over a built `Run`)
+- ponder.training.evaluate: `evaluate_split`, `adaptive_inference`
 - ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `halt_config`, `HALTING`
 """
 import os
@@ -15,8 +15,8 @@ import os
 # preempted (BENCHMARKS.md, busy machines); passive waiting must be chosen before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ponder.types import Batch, State, StepOutput  # noqa: E402
-from ponder.errors import PonderError  # noqa: E402
+from ponder.core.errors import PonderError  # noqa: E402
+from ponder.core.types import Batch, State, StepOutput  # noqa: E402
 
 __all__ = ["Batch", "State", "StepOutput", "PonderError"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: `ponder train | eval | health | diagnose | presets`.
+"""Command line: `ponder train | eval | health | report | diagnose | compare | generate | arc | presets`.
 
 Every user error (unknown preset or key, wrong type, missing or corrupt file, impossible task)
 prints one line `ponder: error: ...` and exits with status 2; never a traceback.
@@ -12,16 +12,17 @@ from pathlib import Path
 
 import torch
 
-from ponder.arc.cli import add_arc_parser
-from ponder.checkpoint import read_training_state, resolve_checkpoint
-from ponder.config import apply_overrides, load_config
-from ponder.diagnose import diagnose_gradients, format_table, write_json
-from ponder.equilibrium_experiment import DecisiveConfig, report_markdown, run_decisive, write_report
-from ponder.errors import PonderError
-from ponder.html_report import write_page
-from ponder.lm.cli import add_lm_parsers
+from ponder.core.errors import PonderError
+from ponder.experiments.compare import compare
+from ponder.experiments.diagnose import diagnose_gradients, format_table, write_json
+from ponder.experiments.equilibrium import DecisiveConfig, report_markdown, run_decisive, write_report
 from ponder.presets import DEFAULT_PRESET, PRESETS, get_config
-from ponder.run import evaluate_checkpoint, health_report, train_run
+from ponder.reports.page import write_page
+from ponder.runs.config import apply_overrides, load_config
+from ponder.runs.run import evaluate_checkpoint, health_report, load_trained, load_trained_lm, train_run
+from ponder.tasks.arc.cli import add_arc_parser
+from ponder.tasks.lm.cli import add_generate_parser
+from ponder.training.checkpoint import read_training_state, resolve_checkpoint
 
 
 def _cmd_presets(args, extra) -> int:
@@ -101,6 +102,16 @@ def _cmd_diagnose(args, extra) -> int:
     return 0
 
 
+def _cmd_compare(args, extra) -> int:
+    result = compare(args.preset_a, args.preset_b, seeds=args.seeds, budget=args.budget, resume=args.resume,
+                     extend_steps=args.extend_steps, out=Path(args.out) if args.out else None, overrides=extra,
+                     quiet=args.quiet)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{args.preset_a}-vs-{args.preset_b}"
+    print((out / "compare.md").read_text(), end="")
+    print(f"wrote {out / 'compare.json'}, compare.md, compare.png, halting.png", file=sys.stderr)
+    return 0 if result else 1
+
+
 def _cmd_health(args, extra) -> int:
     if extra:
         raise PonderError("`ponder health` takes no overrides")
@@ -158,8 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the HTML file (default RUN_DIR/report.html; several runs: ponder-report.html)")
     p.add_argument("--samples", type=int, default=6, help="held-out samples drawn per run (0 = none)")
     p.set_defaults(fn=_cmd_report)
-    add_arc_parser(sub)
-    add_lm_parsers(sub)
+    add_arc_parser(sub, load_trained)
+    p = sub.add_parser("compare", help="train two presets on the same task, seeds and budget; compare them")
+    p.add_argument("preset_a")
+    p.add_argument("preset_b")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for each preset (default 3)")
+    p.add_argument("--budget", help="the same budget for both: steps:N, tokens:N, flops:N (training) or seconds:N")
+    p.add_argument("--resume", action="store_true", help="continue unfinished runs in --out, skip finished ones")
+    p.add_argument("--extend-steps", type=int, metavar="K", help="train every run of --out K more steps")
+    p.add_argument("--out", help="directory of the runs and results (default runs/compare-A-vs-B)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_cmd_compare)
+    add_generate_parser(sub, load_trained_lm)
     p = sub.add_parser("presets", help="list presets: task, model size, expected time")
     p.set_defaults(fn=_cmd_presets)
     return parser

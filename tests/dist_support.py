@@ -14,17 +14,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ponder.calibrate import calibrate
-from ponder.carry import SampleStream
-from ponder.config import apply_overrides
-from ponder.data import build_task
-from ponder.data.base import Split
-from ponder.distributed import SINGLE, Shard
-from ponder.evaluate import evaluate_split
-from ponder.objectives import DeepSupervision
+from ponder.core.task import Split
 from ponder.presets import get_config
-from ponder.run import build_model, open_run
-from ponder.train import train_step
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model, open_run
+from ponder.tasks import build_task
+from ponder.training.calibrate import calibrate
+from ponder.training.carry import SampleStream
+from ponder.training.distributed import SINGLE, Shard
+from ponder.training.evaluate import evaluate_split
+from ponder.training.loop import train_step
+from ponder.training.objectives import DeepSupervision
 
 TIMEOUT = datetime.timedelta(seconds=60)
 

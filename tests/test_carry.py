@@ -1,10 +1,10 @@
 import numpy as np
 import torch
 
-from ponder.run import build_model
-from ponder.carry import Carry, SampleStream
-from ponder.data.base import Split, token_augment
+from ponder.core.task import Split, token_augment
 from ponder.presets import get_config
+from ponder.runs.run import build_model
+from ponder.training.carry import Carry, SampleStream
 
 
 def _split(n=10, seq=4):

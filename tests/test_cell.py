@@ -8,23 +8,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ponder.carry import SampleStream, batch_of
-from ponder.config import apply_overrides
-from ponder.data import build_task
-from ponder.diagnose import diagnose_gradients
-from ponder.errors import PonderError
-from ponder.evaluate import evaluate_split
-from ponder.models.cell import CellConfig, CellReasoner
-from ponder.models.halting import build_halting, halt_config
-from ponder.models.halting import Segment
-from ponder.objectives import build_objective, per_sample_task_loss
-from ponder.types import StepOutput
-from ponder.presets import get_config
-from ponder.run import build_model, train_run
-from ponder.checkpoint import load_checkpoint, resolve_checkpoint
-
 from run_support import CrashAt, records
+
+from ponder.core.errors import PonderError
+from ponder.core.types import StepOutput
+from ponder.experiments.diagnose import diagnose_gradients
+from ponder.models.cell import CellConfig, CellReasoner
+from ponder.models.halting import Segment, build_halting, halt_config
+from ponder.presets import get_config
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model, train_run
+from ponder.tasks import build_task
+from ponder.training.carry import SampleStream, batch_of
+from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
+from ponder.training.evaluate import evaluate_split
+from ponder.training.objectives import build_objective, per_sample_task_loss
 
 SMALL = ["--model.kind=cell", "--model.d_model=16", "--model.embed_dim=8", "--task.length=8", "--task.n_train=400",
          "--task.n_test=64", "--halt.max_steps=4", "--train.batch_size=16", "--train.steps=8",

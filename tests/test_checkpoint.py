@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from ponder.checkpoint import atomic_write_text, load_checkpoint, resolve_checkpoint, run_dir_of, save_checkpoint
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.training.checkpoint import (atomic_write_text, load_checkpoint, resolve_checkpoint, run_dir_of,
+                                        save_checkpoint)
 
 
 def _save(run, step, keep=2):

@@ -7,15 +7,15 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import SUMMARY
-from ponder.config import apply_overrides
-from ponder.errors import PonderError
-from ponder.estimator_hook import ESTIMATOR_SETTINGS
+
+from ponder.core.errors import PonderError
 from ponder.estimators import EquilibriumPropagation
 from ponder.models.halting import HALTING
 from ponder.presets import get_config
-from ponder.run import open_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import open_run
+from ponder.training.estimator_hook import ESTIMATOR_SETTINGS
 
 CLAMP_MAX = 1.0
 MODELS = list(itertools.product(["trm", "hrm"], ["attention", "mlp"], [False, True], [False, True]))

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.carry import Carry, SampleStream, batch_of
-from ponder.data.base import Split
-from ponder.errors import PonderError
-from ponder.metrics import ExactMatch
+from ponder.core.errors import PonderError
+from ponder.core.metrics import ExactMatch
+from ponder.core.task import Split
 from ponder.models.halting import build_halting, halt_config
 from ponder.models.recursive import ModelConfig, RecursiveReasoner
-from ponder.objectives import DeepSupervision
-from ponder.optim import AdamWSettings, build_optimizer
+from ponder.training.carry import Carry, SampleStream, batch_of
+from ponder.training.objectives import DeepSupervision
+from ponder.training.optim import AdamWSettings, build_optimizer
 
 IDS, N, V = 4, 8, 5
 

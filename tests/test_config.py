@@ -1,8 +1,8 @@
 import pytest
 
-from ponder.config import apply_overrides, from_dict, load_config, save_config, to_dict
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.presets import PRESETS, get_config
+from ponder.runs.config import apply_overrides, from_dict, load_config, save_config, to_dict
 
 
 def test_overrides_are_typed_by_default():

@@ -1,4 +1,4 @@
-"""The decisive experiment (ponder.equilibrium_experiment) on a tiny configuration: same starting
+"""The decisive experiment (ponder.experiments.equilibrium) on a tiny configuration: same starting
 weights for every method, the measurements it reports, and the report files."""
 import json
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ponder.cli import main
-from ponder.equilibrium_experiment import (METHODS, DecisiveConfig, FixedPointNet, make_task, measure, run_decisive,
-                                           summarize, train_one, verdict, write_report)
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.experiments.equilibrium import (METHODS, DecisiveConfig, FixedPointNet, make_task, measure, run_decisive,
+                                            summarize, train_one, verdict, write_report)
 
 TINY = dict(d=8, d_in=3, d_out=2, n_train=64, n_val=32, batch_size=32, train_steps=6, record_every=3, rho_iters=30,
             solve_max_iter=200)

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ponder.errors import PonderError
-from ponder.lm.deltanet import (FLA_AVAILABLE, GatedDeltaNet, gated_delta_rule_chunked,
-                                gated_delta_rule_recurrent)
-from ponder.lm.hybrid import HybridConfig, HybridLM
+from ponder.core.errors import PonderError
+from ponder.models.lm.deltanet import FLA_AVAILABLE, GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_recurrent
+from ponder.models.lm.hybrid import HybridConfig, HybridLM
 
 
 def reference(q, k, v, g, beta, s0):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ponder.cli import main
-from ponder.diagnose import diagnose_problem, format_table, peak_torch_bytes
 from ponder.estimators import BPTT, Truncated
+from ponder.experiments.diagnose import diagnose_problem, format_table, peak_torch_bytes
 
 
 def test_peak_torch_bytes_sees_a_known_allocation_and_its_release():

@@ -1,4 +1,4 @@
-"""Data parallelism (ponder.distributed): two processes equal one at the same global batch.
+"""Data parallelism (ponder.training.distributed): two processes equal one at the same global batch.
 
 - torchrun with 2 CPU processes (gloo) trains the debug preset to the same metric records and
   weights as one process, within float rounding (stated below); a run resumes at the other
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_support import calibration_records, carry_samples, evaluate_halves, evaluate_scripted, spawn, train_weights
 from safetensors.torch import load_file
 
 from ponder.cli import main
-from ponder.distributed import SINGLE, Shard
-from dist_support import calibration_records, carry_samples, evaluate_halves, evaluate_scripted, spawn, train_weights
+from ponder.training.distributed import SINGLE, Shard
 
 # Two processes sum their halves of the gradient in another order than one process sums the
 # whole batch; everything else is the same arithmetic. Measured: weights within 2e-7, losses

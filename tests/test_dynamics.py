@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-from ponder.dynamics import (compare_gradients, fixed_point_residual, jacobian_asymmetry, spectral_norm,
-                             spectral_radius)
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.dynamics import compare_gradients, fixed_point_residual, jacobian_asymmetry, spectral_norm, spectral_radius
 from ponder.estimators.toys import LinearMap, TanhMap
 
 

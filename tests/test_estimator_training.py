@@ -6,17 +6,17 @@ import json
 import pytest
 import torch
 
-from ponder.carry import batch_of
 from ponder.cli import main
-from ponder.config import apply_overrides
-from ponder.data import build_task
-from ponder.errors import PonderError
-from ponder.estimator_hook import CycleMap, estimated_step, recursion_problem, surrogate
+from ponder.core.errors import PonderError
 from ponder.estimators import BPTT, Truncated
 from ponder.models.recursive import pack_state, unpack_state
-from ponder.objectives import task_loss
 from ponder.presets import get_config
-from ponder.run import build_model, train_run
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model, train_run
+from ponder.tasks import build_task
+from ponder.training.carry import batch_of
+from ponder.training.estimator_hook import CycleMap, estimated_step, recursion_problem, surrogate
+from ponder.training.objectives import task_loss
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.estimators import ESTIMATORS, Implicit, gmres, solve_fixed_point
 from ponder.estimators.toys import LinearMap, TanhMap
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from ponder.errors import PonderError
-from ponder.estimators import ESTIMATORS, BPTT, Implicit
+from ponder.core.errors import PonderError
+from ponder.estimators import BPTT, ESTIMATORS, Implicit
 from ponder.estimators.ep import EnergyDescent, EquilibriumPropagation, HopfieldEnergy
 from ponder.estimators.toys import LinearMap, ScalarShrink, TanhMap
 

@@ -1,14 +1,14 @@
 import numpy as np
 import torch
 
-from ponder.run import build_model
-from ponder.config import apply_overrides
-from ponder.carry import batch_of
-from ponder.data.base import Split, grid_baselines
-from ponder.evaluate import adaptive_inference, evaluate_split, rollout_all_steps
-from ponder.metrics import ExactMatch, exact_and_cells
+from ponder.core.metrics import ExactMatch, exact_and_cells
+from ponder.core.task import Split, grid_baselines
+from ponder.core.types import IGNORE
 from ponder.presets import get_config
-from ponder.types import IGNORE
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model
+from ponder.training.carry import batch_of
+from ponder.training.evaluate import adaptive_inference, evaluate_split, rollout_all_steps
 
 
 def test_exact_and_cells_ignore_unsupervised_positions():
@@ -30,7 +30,7 @@ def test_baselines_on_a_hand_example():
 def _model_with_varied_halting():
     torch.manual_seed(0)
     cfg = apply_overrides(get_config("debug"), ["--halt.max_steps=5"])
-    from ponder.data import build_task
+    from ponder.tasks import build_task
 
     task = build_task(cfg.task)
     model = build_model(cfg, task).eval()

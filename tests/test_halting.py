@@ -3,11 +3,11 @@ The family-wide conformance suite is tests/test_halting_conformance.py."""
 import pytest
 import torch
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.types import StepOutput
 from ponder.models.halting import HALTING, Segment, build_halting, halt_config
 from ponder.models.halting.q_halt import QContinueHead, QHaltHead
-from ponder.optim import AdamWSettings, build_optimizer
-from ponder.types import StepOutput
+from ponder.training.optim import AdamWSettings, build_optimizer
 
 
 def _out(halt_logits, **aux):
@@ -110,9 +110,9 @@ def test_penalty_warmup_scales_the_halting_loss():
 
 
 def test_halting_head_gets_its_own_learning_rate_group():
-    from ponder.run import build_model
-    from ponder.config import apply_overrides
     from ponder.presets import get_config
+    from ponder.runs.config import apply_overrides
+    from ponder.runs.run import build_model
 
     cfg = apply_overrides(get_config("debug"), ["--halt.lr_scale=0.1"])
 

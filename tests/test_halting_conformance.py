@@ -23,17 +23,16 @@ import torch
 import torch.nn.functional as F
 
 import ponder.models.halting as halting
-from ponder.run import build_model
-from ponder.config import apply_overrides
-from ponder.data.base import Split
-from ponder.evaluate import adaptive_inference, rollout_all_steps
-from ponder.carry import batch_of
-from ponder.metrics import ExactMatch
+from ponder.core.metrics import ExactMatch
+from ponder.core.task import Split
+from ponder.core.types import Batch, StepOutput
 from ponder.models.halting import HALTING, Segment, build_halting, halt_config
-from ponder.objectives import Trajectory
 from ponder.presets import get_config
-from ponder.run import train_run
-from ponder.types import Batch, StepOutput
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import build_model, train_run
+from ponder.training.carry import batch_of
+from ponder.training.evaluate import adaptive_inference, rollout_all_steps
+from ponder.training.objectives import Trajectory
 
 D, M, N_POS, V = 8, 5, 3, 4  # state width, max steps, positions, vocabulary of the synthetic outputs
 

@@ -8,21 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ponder.callbacks import MetricsLog
-from ponder.errors import PonderError
-from ponder.distributed import SINGLE
+from ponder.core.errors import PonderError
 from ponder.health.config import HaltingHealthConfig
-from ponder.health.halting import (
-    SAME_STEP_OK,
-    VERDICTS,
-    HaltingMonitor,
-    check_collapse,
-    check_drift,
-    check_health,
-    check_input_agnostic,
-    check_q_miscalibration,
-    format_health,
-)
+from ponder.health.halting import (SAME_STEP_OK, VERDICTS, HaltingMonitor, check_collapse, check_drift, check_health,
+                                   check_input_agnostic, check_q_miscalibration, format_health)
+from ponder.training.callbacks import MetricsLog
+from ponder.training.distributed import SINGLE
 
 CFG = HaltingHealthConfig()
 
@@ -329,9 +320,9 @@ def test_monitor_prints_new_flags_once_logs_them_and_resumes(tmp_path, capsys):
 
 
 def test_one_health_report_holds_the_halting_verdicts(tmp_path):
-    from ponder.config import apply_overrides
     from ponder.presets import get_config
-    from ponder.run import train_run
+    from ponder.runs.config import apply_overrides
+    from ponder.runs.run import train_run
 
     cfg = apply_overrides(get_config("debug"), ["--train.progress=false"])
     train_run(cfg, tmp_path / "run", final_eval=False)

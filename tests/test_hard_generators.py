@@ -6,11 +6,11 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from ponder.data.mazes import MazeConfig, build_maze
-from ponder.data.sudoku import SudokuConfig, build_sudoku
-from ponder.data.sudoku_hard import minimal_puzzle
-from ponder.data.sudoku_search import search_stats
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.tasks.mazes.task import MazeConfig, build_maze
+from ponder.tasks.sudoku.hard import minimal_puzzle
+from ponder.tasks.sudoku.search import search_stats
+from ponder.tasks.sudoku.task import SudokuConfig, build_sudoku
 from tests.test_mazes import open_graph
 from tests.test_sudoku import naive_valid
 

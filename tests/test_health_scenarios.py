@@ -5,16 +5,16 @@ import json
 
 import pytest
 import torch
+from run_support import CrashAt
+from run_support import records as _records
 
-from ponder.checkpoint import load_checkpoint, resolve_checkpoint
 from ponder.cli import main
-from ponder.config import apply_overrides
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.health import faults
 from ponder.presets import get_config
-from ponder.run import train_run
-
-from run_support import CrashAt, records as _records
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import train_run
+from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
 
 BASE = ["--train.steps=40", "--health.controller=true", "--health.window=5", "--health.attention_every=5",
         "--health.ramp=halt_weight:0.1:0.5", "--health.ramp_steps=40", "--health.recovery=0.5"]

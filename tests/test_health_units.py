@@ -5,17 +5,17 @@ import math
 import pytest
 import torch
 
-from ponder.carry import batch_of
-from ponder.run import build_model
-from ponder.config import apply_overrides, from_dict, to_dict
-from ponder.data import build_task
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig, parse_ramp
 from ponder.health.controller import ramp_value
 from ponder.health.monitors import attention_stats
 from ponder.models.adapters import HyperLoRA, soft_clamp
 from ponder.models.blocks import Attention
 from ponder.presets import get_config
+from ponder.runs.config import apply_overrides, from_dict, to_dict
+from ponder.runs.run import build_model
+from ponder.tasks import build_task
+from ponder.training.carry import batch_of
 
 
 def test_soft_clamp_is_identity_then_smoothly_bounded():
@@ -121,7 +121,7 @@ def test_health_config_errors_and_old_configs_load():
 
 def test_adapter_run_with_ema_evaluates_and_resumes(tmp_path):
     """The EMA evaluation deep-copies the model: the adapter and the monitors' hooks must allow it."""
-    from ponder.run import train_run
+    from ponder.runs.run import train_run
 
     cfg = apply_overrides(get_config("debug"), ["--model.adapter_rank=4", "--train.ema_decay=0.9", "--train.steps=10",
                                                 "--model.logit_clamp=2", "--model.logit_clamp_max=4"])
@@ -136,8 +136,8 @@ def test_a_run_saved_before_the_new_keys_resumes(tmp_path):
     """Configs written before the adapter/clamp keys and the health section existed still resume."""
     import json
 
-    from ponder.checkpoint import resolve_checkpoint
     from ponder.cli import main
+    from ponder.training.checkpoint import resolve_checkpoint
 
     run = tmp_path / "run"
     assert main(["train", "debug", "--run-dir", str(run), "--train.steps=10"]) == 0

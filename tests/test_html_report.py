@@ -7,13 +7,12 @@ eval/report.json, and saves a screenshot.
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
+from browser_support import full_page_screenshot, open_browser, why_no_browser
 
 from ponder.cli import main
-from ponder.html_report import build_page
-from browser_support import full_page_screenshot, open_browser, why_no_browser
+from ponder.reports.page import build_page
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ponder.errors import PonderError
-from ponder.lm.corpus import SPLITS, load_corpus, path_corpus, split_of, stdlib_corpus
-from ponder.lm.tokenizer import EOS, encode_split, ngram_baselines, train_bpe
+from ponder.core.errors import PonderError
+from ponder.tasks.lm.corpus import SPLITS, load_corpus, path_corpus, split_of, stdlib_corpus
+from ponder.tasks.lm.tokenizer import EOS, encode_split, ngram_baselines, train_bpe
 
 
 @pytest.fixture(autouse=True)

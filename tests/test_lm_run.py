@@ -15,18 +15,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ponder.cli import main
-from ponder.compare import compare
-from ponder.config import apply_overrides, from_dict, to_dict
-from ponder.data import build_task
-from ponder.data.text import NextToken, ngram_figures
-from ponder.errors import PonderError
-from ponder.lm import tokenizer as lm_tokenizer
-from ponder.lm.generate import sample_next
-from ponder.lm.hybrid import HybridLM
-from ponder.lm.recursive_lm import RecursiveLM
+from ponder.core.errors import PonderError
+from ponder.experiments.compare import compare
+from ponder.models.lm.hybrid import HybridLM
+from ponder.models.lm.recursive_lm import RecursiveLM
 from ponder.models.recursive import RecursiveReasoner
 from ponder.presets import PRESETS, Preset, get_config
-from ponder.run import build_model, train_run
+from ponder.runs.config import apply_overrides, from_dict, to_dict
+from ponder.runs.run import build_model, train_run
+from ponder.tasks import build_task
+from ponder.tasks.lm import tokenizer as lm_tokenizer
+from ponder.tasks.lm.generate import sample_next
+from ponder.tasks.lm.task import NextToken, ngram_figures
 
 TINY = ["--task.max_files=0", "--task.vocab_size=300", "--task.seq_len=16", "--model.vocab_size=300",
         "--model.max_len=16", "--model.d_model=16", "--model.n_heads=2", "--train.batch_size=4", "--train.steps=5",

@@ -5,10 +5,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
-import ponder.data.mazes as mazes
-from ponder.data.base import TASKS
-from ponder.data.mazes import MazeConfig, augment, build_maze
-from ponder.errors import PonderError
+import ponder.tasks.mazes.task as mazes
+from ponder.core.errors import PonderError
+from ponder.core.task import TASKS
+from ponder.tasks.mazes.task import MazeConfig, augment, build_maze
 
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from ponder.optim import AdamATan2, ExponentialMovingAverage, lr_factor
+from ponder.training.optim import AdamATan2, ExponentialMovingAverage, lr_factor
 
 
 def test_adam_atan2_follows_its_closed_form():

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from ponder.data import build_task
-from ponder.data.base import TASKS
-from ponder.data.parity import ParityConfig, build_parity, count_vectors
-from ponder.errors import PonderError
-from ponder.types import IGNORE
+from ponder.core.errors import PonderError
+from ponder.core.task import TASKS
+from ponder.core.types import IGNORE
+from ponder.tasks import build_task
+from ponder.tasks.parity.task import ParityConfig, build_parity, count_vectors
 
 DECODE = {1: 0, 2: 1, 3: -1}  # input token -> entry value
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.types import Batch
 from ponder.models import ModelConfig, RecursiveReasoner
 from ponder.models.flops import step_flops
-from ponder.types import Batch
 
 B, N, V, D = 4, 6, 11, 16
 COMBOS = list(itertools.product(["trm", "hrm"], ["attention", "mlp"], ["rope", "learned", "none"]))

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ponder.errors import PonderError
-from ponder.lm.recursive_lm import RecursiveLM, RecursiveLMConfig
+from ponder.core.errors import PonderError
+from ponder.core.types import IGNORE
 from ponder.models.halting import HALTING, halt_config
-from ponder.types import IGNORE
+from ponder.models.lm.recursive_lm import RecursiveLM, RecursiveLMConfig
 
 KINDS = sorted(HALTING.names())
 V, M = 30, 4

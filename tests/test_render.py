@@ -2,17 +2,19 @@
 preds != labels on supervised positions, captions, escaping; samples from the real generators."""
 from __future__ import annotations
 
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ponder import render
-from ponder.data import build_task
-from ponder.data import mazes, parity, sudoku
-from ponder.data.parity import ParityConfig
-from ponder.types import IGNORE
+from ponder.core import render
+from ponder.core.types import IGNORE
+from ponder.tasks import build_task
+from ponder.tasks.mazes import task as mazes
+from ponder.tasks.parity import task as parity
+from ponder.tasks.parity.task import ParityConfig
+from ponder.tasks.sudoku import task as sudoku
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -221,11 +223,11 @@ def test_samples_html_embeds_svgs_inline(sudoku_sample, maze_sample):
 
 def test_every_task_draws_its_samples(sudoku_sample):
     """Every registered task owns a renderer; built tasks carry it."""
-    from ponder.data.base import TASKS
-    from ponder.data.mazes import MazeConfig
-    from ponder.data.sudoku import SudokuConfig
-    from ponder.data.arc import ArcConfig
-    from ponder.data.text import LMTaskConfig
+    from ponder.core.task import TASKS
+    from ponder.tasks.arc.task import ArcConfig
+    from ponder.tasks.lm.task import LMTaskConfig
+    from ponder.tasks.mazes.task import MazeConfig
+    from ponder.tasks.sudoku.task import SudokuConfig
 
     configs = {"sudoku": SudokuConfig(box_rows=2, box_cols=2, n_train=4, n_test=2, min_givens=6, max_givens=8),
                "maze": MazeConfig(size=5, n_train=4, n_test=2), "parity": ParityConfig(length=6, n_train=8, n_test=4),

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.controller import StabilityController
 from ponder.health.events import StepEvent

@@ -11,10 +11,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
-import ponder.data.sources as sources
-from ponder.data.mazes import MazeConfig, build_maze, generate_maze
-from ponder.data.sudoku import SudokuConfig, build_sudoku, generate_puzzle
-from ponder.errors import PonderError
+import ponder.tasks.common.published as sources
+from ponder.core.errors import PonderError
+from ponder.tasks.mazes.task import MazeConfig, build_maze, generate_maze
+from ponder.tasks.sudoku.task import SudokuConfig, build_sudoku, generate_puzzle
 from tests.test_mazes import open_graph
 from tests.test_sudoku import naive_valid
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ponder.stats import largest_drop, spearman_or_none
+from ponder.core.stats import largest_drop, spearman_or_none
 
 
 def test_spearman_is_rank_based_and_undefined_when_constant():

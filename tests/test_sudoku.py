@@ -6,19 +6,11 @@ import itertools
 import numpy as np
 import pytest
 
-import ponder.data.sudoku as sudoku
-from ponder.data.base import TASKS
-from ponder.data.sudoku import (
-    SudokuConfig,
-    augment,
-    build_sudoku,
-    count_solutions,
-    hardness,
-    is_valid_solution,
-    puzzle_key,
-    solve,
-)
-from ponder.errors import PonderError
+import ponder.tasks.sudoku.task as sudoku
+from ponder.core.errors import PonderError
+from ponder.core.task import TASKS
+from ponder.tasks.sudoku.task import (SudokuConfig, augment, build_sudoku, count_solutions, hardness, is_valid_solution,
+                                      puzzle_key, solve)
 
 
 @pytest.fixture(autouse=True)

@@ -4,14 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from ponder.callbacks import MetricsLog
-from ponder.config import apply_overrides
-from ponder.errors import PonderError
-from ponder.presets import get_config
-from ponder.run import train_run
-from ponder.tensorboard_log import TensorBoardMirror, tensorboard_available
 from run_support import CrashAt
+
+from ponder.core.errors import PonderError
+from ponder.presets import get_config
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import train_run
+from ponder.training.callbacks import MetricsLog
+from ponder.training.tensorboard import TensorBoardMirror, tensorboard_available
 
 pytestmark = pytest.mark.skipif(not tensorboard_available(), reason="the tensorboard extra is not installed")
 if tensorboard_available():
@@ -65,6 +65,6 @@ def test_resume_purges_events_after_the_checkpoint(tmp_path):
 
 
 def test_on_without_the_package_is_refused(monkeypatch):
-    monkeypatch.setattr("ponder.train.tensorboard_available", lambda: False)
+    monkeypatch.setattr("ponder.training.loop.tensorboard_available", lambda: False)
     with pytest.raises(PonderError, match="tensorboard package is not installed"):
         apply_overrides(get_config("debug"), ["--train.tensorboard=on"]).validate()

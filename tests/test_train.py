@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_support import CrashAt
+from run_support import records as _records
 
-import ponder.objectives as objectives
-from ponder.checkpoint import load_checkpoint, resolve_checkpoint
-from ponder.config import apply_overrides
-from ponder.errors import PonderError
+import ponder.training.objectives as objectives
+from ponder.core.errors import PonderError
 from ponder.presets import get_config
-from ponder.run import open_run, train_run
-
-from run_support import CrashAt, records as _records
+from ponder.runs.config import apply_overrides
+from ponder.runs.run import open_run, train_run
+from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 
 
 @dataclass

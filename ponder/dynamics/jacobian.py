@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.estimators.solvers import flat_rows
 
 StepFn = Callable[[Tensor, Tensor], Tensor]

@@ -7,7 +7,7 @@ forward_gradient.
 from ponder.estimators.base import BPTT, ESTIMATORS, GradientEstimator, NotApplicable, Rollout, grads_or_zeros
 from ponder.estimators.ep import (EnergyDescent, EnergyModel, EPHolomorphic, EPOneSided, EPSymmetric,
                                   EquilibriumPropagation, HopfieldEnergy)
-from ponder.estimators.forward import ForwardGradient, RTRL, bind_params, directional_derivative
+from ponder.estimators.forward import RTRL, ForwardGradient, bind_params, directional_derivative
 from ponder.estimators.implicit import Implicit
 from ponder.estimators.solvers import SolveResult, gmres, solve_fixed_point
 from ponder.estimators.truncated import Phantom, Truncated

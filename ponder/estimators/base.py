@@ -27,8 +27,8 @@ from typing import Callable, ClassVar, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
-from ponder.registry import Registry
+from ponder.core.errors import PonderError
+from ponder.core.registry import Registry
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
 LossFn = Callable[[Tensor], Tensor]
@@ -53,7 +53,7 @@ class Rollout:
 
 class GradientEstimator(Protocol):
     """An estimator is a dataclass whose fields are its settings (declared with
-    ponder.settings.setting, so they are range-checked) and whose class attribute `name` is its
+    ponder.core.settings.setting, so they are range-checked) and whose class attribute `name` is its
     registry key."""
 
     name: ClassVar[str]

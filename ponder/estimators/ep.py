@@ -25,10 +25,10 @@ from typing import Callable, ClassVar, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.settings import setting
 from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, grads_or_zeros
 from ponder.estimators.solvers import dtype_floor, solve_fixed_point
-from ponder.settings import setting
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,  # holomorphic away from its poles at i pi (k + 1/2)

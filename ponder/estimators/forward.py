@@ -24,10 +24,10 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.settings import setting
 from ponder.estimators.base import ESTIMATORS, LossFn, NotApplicable, Rollout, StepFn
 from ponder.models.blocks import plain_ops
-from ponder.settings import setting
 
 
 class _Thunk(nn.Module):

@@ -19,11 +19,10 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.settings import setting
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn
-from ponder.settings import setting
-from ponder.estimators.solvers import (FIXED_POINT_METHODS, SolveResult, dtype_floor, flat_rows, gmres,
-                                      solve_fixed_point)
+from ponder.estimators.solvers import FIXED_POINT_METHODS, SolveResult, dtype_floor, flat_rows, gmres, solve_fixed_point
 
 ADJOINT_METHODS = ("fixed_point", "anderson", "gmres")
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 
 FIXED_POINT_METHODS = ("fixed_point", "anderson")
 _TINY = 1e-30

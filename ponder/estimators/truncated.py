@@ -11,9 +11,9 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.settings import setting
 from ponder.estimators.base import ESTIMATORS, LossFn, Rollout, StepFn, grads_or_zeros
-from ponder.settings import setting
 
 
 def _check_positive(name: str, value: int) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ponder.errors import PonderError
-from ponder.settings import check, setting
+from ponder.core.errors import PonderError
+from ponder.core.settings import check, setting
 
 RAMP_SHAPES = ("linear", "cosine")
 

@@ -46,11 +46,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ponder.checkpoint import atomic_write_bytes
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig, parse_ramp
 from ponder.health.events import Action, ActionKind, Cause
 from ponder.health.monitors import HealthMonitor
+from ponder.training.checkpoint import atomic_write_bytes
 
 SNAPSHOTS = "health"
 KEEP_SNAPSHOTS = 2

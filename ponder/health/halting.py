@@ -29,8 +29,8 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
+from ponder.core.stats import spearman_or_none
 from ponder.health.config import HaltingHealthConfig
-from ponder.stats import spearman_or_none
 
 __all__ = ["Verdict", "VERDICTS", "check_health", "format_health", "HaltingMonitor",
            "check_drift", "check_collapse", "check_input_agnostic", "check_q_miscalibration"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.events import StepEvent
 from ponder.health.report import write_health_report

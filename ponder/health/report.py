@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ponder.checkpoint import atomic_write_text
+from ponder.core.stats import largest_drop
 from ponder.health.events import Action
 from ponder.health.halting import check_health, check_input_agnostic, format_health
-from ponder.stats import largest_drop
+from ponder.training.checkpoint import atomic_write_text
 
 
 @dataclass

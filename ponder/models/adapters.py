@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ponder.types import Knob
+from ponder.core.types import Knob
 
 
 def soft_clamp(x: Tensor, t: float, m: float) -> Tensor:

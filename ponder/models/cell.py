@@ -25,7 +25,7 @@ Q-continue) carries the state across optimizer steps and always detaches it.
 The cell is torch's own (nn.RNNCell with tanh, nn.GRUCell, nn.LSTMCell). Options: LayerNorm on
 the new hidden state (`layer_norm`), orthogonal recurrent weights (`orthogonal_init`, per gate
 block). The cell reads only the inputs: a task whose samples carry a puzzle identifier or
-context tokens for conditioning is refused when the model is built (ponder.run).
+context tokens for conditioning is refused when the model is built (ponder.runs.run).
 """
 from __future__ import annotations
 
@@ -35,18 +35,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ponder.lm.layers import LMSection
+from ponder.core.settings import check, setting
+from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.blocks import trunc_normal_
 from ponder.models.recursive import StepContext
-from ponder.settings import check, setting
-from ponder.types import Batch, Knob, State, StepOutput
+from ponder.models.sections import PlainSection
 
 CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 @dataclass(kw_only=True)
-class CellConfig(LMSection):
+class CellConfig(PlainSection):
     """A recurrent-cell reasoner (config section `model` with `model.kind=cell`).
 
     It shares the base of the language models' sections (no adapter, no logit clamp: the health
@@ -168,7 +168,7 @@ class CellReasoner(nn.Module):
 
     def step(self, state: State, ctx: StepContext, *, detach: bool = True) -> tuple[State, StepOutput]:
         """One ACT step. The new state is detached unless `detach` is False (trajectory training
-        with `through_steps`: ponder.objectives.Trajectory)."""
+        with `through_steps`: ponder.training.objectives.Trajectory)."""
         y, z = self.recursion(state.y, state.z, ctx)
         new = State(y.detach(), z.detach()) if detach else State(y, z)
         return new, self.output(y)

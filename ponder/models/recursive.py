@@ -32,19 +32,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from ponder.errors import PonderError
+from ponder.core.errors import PonderError
+from ponder.core.settings import check, setting
+from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.adapters import AdapterFactors, HyperLoRA, soft_clamp
-from ponder.models.blocks import (
-    Attention,
-    ReasoningNet,
-    Rotary,
-    SequenceMLP,
-    TransformerBlock,
-    swiglu_hidden,
-    trunc_normal_,
-)
-from ponder.settings import check, setting
-from ponder.types import Batch, Knob, State, StepOutput
+from ponder.models.blocks import (Attention, ReasoningNet, Rotary, SequenceMLP, TransformerBlock, swiglu_hidden,
+                                  trunc_normal_)
 
 STYLES = ("trm", "hrm")
 MIXERS = ("attention", "mlp")
@@ -153,7 +146,7 @@ class StepContext:
 
     def leaf(self) -> Tensor:
         """The context's tensors flattened into one (b, D) tensor (with their graph): the input
-        of the recursion's step map for the gradient estimators (ponder.estimator_hook)."""
+        of the recursion's step map for the gradient estimators (ponder.training.estimator_hook)."""
         parts = [self.x.flatten(1)]
         if self.adapter is not None:
             parts += [self.adapter.u.flatten(1), self.adapter.v.flatten(1)]
@@ -374,7 +367,7 @@ class RecursiveReasoner(nn.Module):
         return StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
 
     # TRM and HRM train each ACT step on its own (deep supervision): the carried state never keeps
-    # its graph between steps, also under trajectory-trained heads (ponder.objectives.Trajectory)
+    # its graph between steps, also under trajectory-trained heads (ponder.training.objectives.Trajectory)
     through_steps = False
 
     def step(self, state: State, ctx: StepContext, *, detach: bool = True) -> tuple[State, StepOutput]:

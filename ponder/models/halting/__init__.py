@@ -16,10 +16,11 @@ Each head has its own settings dataclass (the config section `halt`, switched by
 the settings every head shares are `HaltSettings`; a head's own are declared on its class, so a
 setting that a head does not use cannot be set for it. Heads are registered in `HALTING` by name.
 """
+from ponder.models.halting import act as _act  # noqa: E402,F401
+from ponder.models.halting import pondernet as _pondernet  # noqa: E402,F401
+from ponder.models.halting import q_halt as _q_halt  # noqa: E402,F401  (registers q_halt, q_continue)
 from ponder.models.halting.base import (HALT_SETTINGS, HALTING, HaltingHead, HaltProbe, HaltSettings, Memo, ProbeHead,
                                         Segment, TaskLoss, build_halting, halt_config, penalty_scale, register_head)
-from ponder.models.halting import q_halt as _q_halt  # noqa: E402,F401  (registers q_halt, q_continue)
-from ponder.models.halting import act as _act, pondernet as _pondernet  # noqa: E402,F401
 
 __all__ = ["HALTING", "HALT_SETTINGS", "HaltProbe", "HaltSettings", "HaltingHead", "Memo", "ProbeHead", "Segment",
            "TaskLoss", "build_halting", "halt_config", "penalty_scale", "register_head"]

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ponder.core.settings import setting
+from ponder.core.types import StepOutput
 from ponder.models.halting.base import HaltSettings, Memo, ProbeHead, Segment, register_head
-from ponder.settings import setting
-from ponder.types import StepOutput
 
 
 @dataclass(kw_only=True)

@@ -4,7 +4,7 @@ ponder.models.halting says how the family trains and decides):
 - `HaltingHead`: the one protocol every head implements;
 - `HaltSettings`: the settings every head has (each head adds its own in its module);
 - `ThresholdSettings` and `ThresholdRule`: the settings and the runtime value of a head that halts
-  at a threshold (Q-halt, PonderNet), including `threshold="auto"` (calibrated: ponder.calibrate);
+  at a threshold (Q-halt, PonderNet), including `threshold="auto"` (calibrated: ponder.training.calibrate);
 - `Segment`: consecutive steps of the same samples, what `HaltingHead.loss` is given;
 - `HaltProbe` and `ProbeHead`: the linear probe with its stabilisers, and what heads share;
 - `HALTING` (head classes) and `HALT_SETTINGS` (their settings dataclasses), filled by `register_head`.
@@ -17,10 +17,10 @@ from typing import Callable, ClassVar, Literal, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
-from ponder.errors import PonderError
-from ponder.registry import Registry
-from ponder.settings import KindRegistry, check, setting
-from ponder.types import Knob, StepOutput
+from ponder.core.errors import PonderError
+from ponder.core.registry import Registry
+from ponder.core.settings import KindRegistry, check, setting
+from ponder.core.types import Knob, StepOutput
 
 Memo = dict[str, Tensor]  # per-sample running halting state; every tensor is batch-first
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (logits (b, n, v), labels (b, n)) -> (b,) per-sample loss
@@ -74,7 +74,7 @@ class ThresholdSettings:
     Attributes:
         threshold: the head's halting threshold in [0, 1] (what it thresholds: the head's own
             docstring), or "auto": at every evaluation the threshold is calibrated
-            (ponder.calibrate) as the lowest of a fixed grid whose solved fraction on a
+            (ponder.training.calibrate) as the lowest of a fixed grid whose solved fraction on a
             validation slice of the training split (its last `calibration_samples` samples, which
             a run trained with "auto" never trains on) is within `auto_margin` of always running
             max_steps. Training's own halting (deep supervision) keeps 0.5 under "auto".
@@ -98,7 +98,7 @@ class ThresholdSettings:
 class ThresholdRule:
     """Mixed into a head class whose settings are `ThresholdSettings`: the threshold its `decide`
     uses now (`threshold_in_use`). Under threshold "auto": 0.5 while the module trains, else
-    `calibrated` (set by ponder.calibrate, with its record in `calibration`)."""
+    `calibrated` (set by ponder.training.calibrate, with its record in `calibration`)."""
 
     calibrated: float | None = None  # the threshold chosen by the last calibration ("auto")
     calibration: dict | None = None  # that calibration's record
@@ -111,7 +111,7 @@ class ThresholdRule:
             return TRAINING_THRESHOLD
         if self.calibrated is None:
             raise PonderError("halt.threshold=auto: the model is evaluated before its threshold was calibrated "
-                              "(ponder.calibrate.calibrate must run first)")
+                              "(ponder.training.calibrate.calibrate must run first)")
         return self.calibrated
 
 

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ponder.core.settings import setting
+from ponder.core.types import StepOutput
+from ponder.models.halting.act import step_grid
 from ponder.models.halting.base import (HaltSettings, Memo, ProbeHead, Segment, ThresholdRule, ThresholdSettings,
                                         register_head)
-from ponder.models.halting.act import step_grid
-from ponder.settings import setting
-from ponder.types import StepOutput
 
 
 @dataclass(kw_only=True)

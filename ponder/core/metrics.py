@@ -1,0 +1,77 @@
+"""How a task scores predictions: the `Metric` protocol and the exact-match metric of puzzles.
+
+A task owns its metric (ponder.core.task.TaskData.metric); the training objectives, the
+evaluator and the reports ask it rather than assuming a grid of tokens. A metric scores one
+batch per sample (`score`), says which samples count as solved (`correct`: the target of
+Q-halting and of "halted on a wrong answer"), and reduces the per-sample scores of a whole split
+to named figures (`summarize`), listed in `columns` with the headline first.
+
+`ExactMatch` is the rule of TRM and HRM: a sample is *exact* when every supervised position's
+argmax equals its label; *cell* accuracy is correct supervised positions / all supervised
+positions (not a per-sample mean).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ponder.core.types import IGNORE
+
+
+class Metric(Protocol):
+    columns: tuple[str, ...]  # keys of `summarize`, headline first
+
+    def score(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """(b, n, v) logits and (b, n) labels -> per-sample scores, each (b,)."""
+
+    def correct(self, scores: dict[str, Tensor]) -> Tensor:
+        """(b,) bool: the samples that count as solved."""
+
+    def summarize(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
+        """Per-sample scores of a whole split (arrays (N,)) -> the figures named in `columns`."""
+
+    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
+        """The same figures of one batch's score tensors (the training objectives log them per step)."""
+
+
+def exact_and_cells(preds: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(b, n) predictions and labels -> (b,) exact, (b,) correct cells, (b,) supervised cells."""
+    mask = labels != IGNORE  # (b, n)
+    hit = (preds == labels) & mask
+    correct = hit.sum(1)
+    total = mask.sum(1)
+    return correct == total, correct, total
+
+
+class ExactMatch:
+    """Whole-answer exact match and cell accuracy over the supervised positions."""
+
+    columns = ("exact", "cell")
+
+    def score(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        exact, correct, total = exact_and_cells(logits.argmax(-1), labels)
+        return {"exact": exact, "correct_cells": correct, "cells": total}
+
+    def correct(self, scores: dict[str, Tensor]) -> Tensor:
+        return scores["exact"]
+
+    def summarize(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
+        exact = np.asarray(scores["exact"], dtype=bool)
+        cells = float(np.sum(scores["cells"]))
+        return {"exact": float(exact.mean()) if exact.size else float("nan"),
+                "cell": float(np.sum(scores["correct_cells"]) / cells) if cells else float("nan")}
+
+    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
+        """`summarize` of one batch's tensors, without leaving the device until the end."""
+        total = scores["cells"].sum().clamp(min=1)
+        return {"exact": scores["exact"].float().mean().item(), "cell": (scores["correct_cells"].sum() / total).item()}
+
+
+def concat_scores(parts: list[dict[str, Tensor]]) -> dict[str, np.ndarray]:
+    """Per-batch score dicts -> one dict of (N,) numpy arrays."""
+    if not parts:
+        return {}
+    return {k: torch.cat([p[k].cpu() for p in parts]).numpy() for k in parts[0]}

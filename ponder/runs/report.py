@@ -1,0 +1,169 @@
+"""The evaluation report of a run: held-out and training scores with adaptive halting, scores
+per step budget, steps histogram, rank correlation with difficulty, the task's trivial
+baselines; written as JSON, Markdown, a PNG plot and pictures of held-out samples drawn by the
+task's renderer (samples.html) under RUN_DIR/eval/.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ponder.core.render import samples_html
+from ponder.core.task import TaskData
+from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.training.calibrate import describe as describe_calibration
+from ponder.training.calibrate import wants_calibration
+from ponder.training.carry import batch_of
+from ponder.training.checkpoint import atomic_write_text, write_eval_report
+from ponder.training.distributed import SINGLE, Shard
+from ponder.training.evaluate import adaptive_inference, evaluate_split
+
+
+def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
+                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE) -> dict:
+    """Full evaluation of `model` on the held-out split (and a training subset); writes files.
+    Across processes every rank evaluates its part of each split and rank 0 writes. A task with
+    its own `evaluate_run` (language models, ponder.tasks.lm.task) writes its own report. With
+    halt.threshold=auto the model must have been calibrated (ponder.training.calibrate.calibrate; the
+    callers in ponder.runs.run do it): its record is written as `halt_calibration`."""
+    own = getattr(task, "evaluate_run", None)
+    if own is not None:
+        return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
+    if task.name == "arc":
+        return evaluate_arc_run(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
+    ec = cfg.eval
+    held_out = task.test if split == "test" else task.train
+    if ec.max_samples > 0 and ec.max_samples < len(held_out):
+        held_out = held_out.subset(np.arange(ec.max_samples))
+    rng = np.random.default_rng(0)
+    k = min(ec.train_samples, len(task.train)) if ec.train_samples > 0 else len(task.train)
+    train_sub = task.train.subset(np.sort(rng.choice(len(task.train), k, replace=False)))
+    m = cfg.halt.max_steps
+    report = {
+        "preset": cfg.preset,
+        "task": task.name,
+        "split": split,
+        "difficulty_name": task.difficulty_name,
+        "columns": list(task.metric.columns),
+        "held_out": evaluate_split(model, held_out, task.metric, max_steps=m, batch_size=ec.batch_size, device=device,
+                                   shard=shard),
+        "train": evaluate_split(model, train_sub, task.metric, max_steps=m, batch_size=ec.batch_size,
+                                device=device, budgets=False, shard=shard),
+        "baselines": task.baselines(held_out, task.train),
+    }
+    if wants_calibration(cfg):
+        report["halt_calibration"] = model.halting.calibration
+    if not shard.main:
+        return report
+    text = format_report(report)
+    out_dir = write_eval_report(run_dir, report, text)
+    plot_budget_curve(report, out_dir / "accuracy_vs_steps.png")
+    if task.render is not None and ec.samples_drawn > 0:
+        draw_samples(model, task, held_out, ec.samples_drawn, m, out_dir / "samples.html", device=device)
+    if not quiet:
+        print(text)
+    return report
+
+
+def evaluate_arc_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
+                     quiet: bool = False, shard: Shard = SINGLE) -> dict:
+    """ARC runs are scored by ARC's rules: every view of every test input, voted, both scoring rules
+    beside the baselines (ponder.tasks.arc.evaluation), written under RUN_DIR/eval/ (report.md/.json,
+    tasks.csv, gallery.png, submission.json). Rank 0 evaluates; the other ranks return {}."""
+    if not shard.main:
+        return {}
+    arc_split = f"{cfg.task.dataset}-{'eval' if split == 'test' else 'train'}"
+    result = evaluate_arc(model, cfg, arc_split, metric=task.metric, device=device, run=str(run_dir))
+    paths = write_arc_eval(result, Path(run_dir) / "eval")
+    if not quiet:
+        print(paths["report"].read_text())
+    return json.loads(paths["json"].read_text())
+
+
+def sample_figures(model, task: TaskData, split, k: int, max_steps: int, *, device: torch.device) -> list[str]:
+    """The first `k` samples of `split` with the model's adaptive-halting answers, each drawn by
+    the task's renderer as an SVG with a caption (steps used, difficulty)."""
+    sub = split.slice(0, k)
+    batch = batch_of(sub).to(device)
+    was_training = model.training
+    model.eval()
+    answers, steps = adaptive_inference(model, batch, max_steps=max_steps)
+    model.train(was_training)
+    preds = answers.argmax(-1).cpu().numpy()
+    svgs = [task.render(sub.inputs[i], sub.labels[i], preds[i]) for i in range(len(sub))]
+    titles = [f"held-out sample {i}: {int(steps[i])} of {max_steps} steps, {task.difficulty_name.split(' (')[0]} "
+              f"{sub.difficulty[i]:g}" for i in range(len(sub))]
+    return [f"<figcaption>{t}</figcaption>{svg}" for t, svg in zip(titles, svgs)]
+
+
+def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Path, *, device: torch.device) -> None:
+    """`sample_figures` as one self-contained HTML page."""
+    figures = sample_figures(model, task, split, k, max_steps, device=device)
+    atomic_write_text(path, samples_html(figures, f"{task.name}: held-out samples"))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def format_report(r: dict) -> str:
+    """Markdown tables of a report dict (what `ponder eval` prints): one column per figure of the
+    task's metric (headline first), baselines below the model."""
+    h, t = r["held_out"], r["train"]
+    m = h["max_steps"]
+    cols = r.get("columns", ["exact", "cell"])
+    head = cols[0]
+    lines = [f"## {r['preset'] or r['task']}: {r['split']} split ({h['n']} held-out samples)", "",
+             "| model / baseline | " + " | ".join(f"{c} (held-out)" for c in cols) + f" | {head} (train) | mean steps |",
+             "|---" * (len(cols) + 3) + "|",
+             "| model, adaptive halting | " + " | ".join(_pct(h[c]) for c in cols) + f" | {_pct(t[head])} | "
+             f"{h['mean_steps']:.2f} of {m} |",
+             f"| model, always {m} steps | " + " | ".join(_pct(h[f"{c}_by_budget"][-1]) for c in cols) + f" | | {m} |"]
+    for name, b in r["baselines"].items():
+        lines.append(f"| baseline: {name} | " + " | ".join(_pct(b.get(c)) for c in cols) + " | | |")
+    corr = h["spearman_steps_difficulty"]
+    lines += ["", "| step budget | " + " | ".join(str(i + 1) for i in range(m)) + " |",
+              "|---" * (m + 1) + "|",
+              *[f"| {c} | " + " | ".join(_pct(x) for x in h[f"{c}_by_budget"]) + " |" for c in cols],
+              "| samples halting here | " + " | ".join(str(c) for c in h["steps_histogram"]) + " |", "",
+              f"Spearman rank correlation of steps used with {r['difficulty_name']}: "
+              + ("n/a (constant)" if corr is None else f"{corr:.3f}"),
+              f"Wall time: adaptive {h['seconds_adaptive']:.2f}s vs always-{m}-steps {h['seconds_all_steps']:.2f}s; "
+              f"early-exit steps agree with the full rollout's halting step for {_pct(h['halt_consistent'])} of samples.",
+              *([describe_calibration(r["halt_calibration"]) + "."] if r.get("halt_calibration") else []),
+              ""]
+    return "\n".join(lines)
+
+
+def plot_budget_curve(r: dict, path: Path) -> None:
+    """Exact accuracy against step budget (overall and per difficulty bucket), adaptive points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = r["held_out"]
+    head = r.get("columns", ["exact"])[0]
+    budgets = np.arange(1, h["max_steps"] + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(budgets, h[f"{head}_by_budget"], "k-o", label="all")
+    ax.plot([h["mean_steps"]], [h[head]], "k*", markersize=14, label="adaptive halting")
+    short = r["difficulty_name"].split(" (")[0]  # e.g. "solver hardness", "path length"
+    for b in h.get("by_difficulty", []):
+        line, = ax.plot(budgets, b[f"{head}_by_budget"], "--", alpha=0.8,
+                        label=f"{short} {b['lo']:g}-{b['hi']:g} (n={b['n']})")
+        ax.plot([b["mean_steps"]], [b[head]], "*", color=line.get_color(), markersize=10)
+    ax.set_xlabel("step budget (ACT steps)")
+    ax.set_ylabel(f"{head} (held-out)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{r['preset'] or r['task']}: accuracy vs compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

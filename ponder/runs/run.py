@@ -1,0 +1,322 @@
+"""The run layer: run directories, building the parts, resume, init-from, loading trained runs.
+
+- `build_model(cfg, task)`: the model of `cfg.model`'s kind (the recursive reasoner or the
+  recurrent-cell reasoner with its halting head, sized for the task; or a language model,
+  ponder.models.lm), by `MODEL_BUILDERS`.
+- `open_run(cfg, run_dir, resume=..., init_from=...)`: a `ponder.training.loop.Run` ready for the loop:
+  every part built, a checkpoint resumed (after checking that it is this run's and that every
+  file of it fits) or another run's matching weights loaded, the config saved.
+- `train_run(...)`: open, train, write the health report and the final evaluation.
+- `load_trained(path)`: model, task and config of a run or checkpoint, for evaluation.
+- `health_report(run_dir)`: the health report of any run directory.
+
+Every way a run directory can be unusable (a file missing, truncated, overwritten, or from a run
+of another size) ends here in one PonderError line naming the file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ponder.core.errors import PonderError
+from ponder.health import build_health_callbacks
+from ponder.health.report import write_health_report
+from ponder.models.cell import CellReasoner
+from ponder.models.halting import build_halting
+from ponder.models.lm import LM_KINDS
+from ponder.models.lm.hybrid import HybridLM
+from ponder.models.lm.recursive_lm import RecursiveLM
+from ponder.models.recursive import RecursiveReasoner
+from ponder.runs.config import Config, apply_overrides, from_dict, load_config, save_config, to_dict
+from ponder.runs.report import evaluate_run
+from ponder.tasks import TaskData, build_task
+from ponder.training.calibrate import calibrate, training_split, wants_calibration
+from ponder.training.callbacks import Callbacks, MetricsLog
+from ponder.training.carry import SampleStream
+from ponder.training.checkpoint import (atomic_write_text, format_load_report, nonfinite_tensors, partial_load,
+                                        read_config, read_training_state, read_weights, resolve_checkpoint, run_dir_of)
+from ponder.training.distributed import join, leave
+from ponder.training.estimator_hook import TRMRule
+from ponder.training.loop import Run, check_accelerator_settings, resolve_device, set_threads, train
+from ponder.training.objectives import build_objective
+from ponder.training.optim import ExponentialMovingAverage, build_optimizer
+from ponder.training.tensorboard import make_mirror
+
+
+def _build_reasoner(cfg: Config, task: TaskData) -> RecursiveReasoner:
+    """The RecursiveReasoner of `cfg.model` with the halting head of `cfg.halt`, sized for `task`."""
+    cfg.model.validate()
+    head = build_halting(cfg.halt, cfg.model.d_model)
+    return RecursiveReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
+                             num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
+
+
+def _build_cell(cfg: Config, task: TaskData) -> CellReasoner:
+    """The recurrent-cell reasoner of `cfg.model` with the halting head of `cfg.halt`, sized for `task`
+    (which must need no conditioning: the cell reads only the inputs)."""
+    cfg.model.validate()
+    if task.num_puzzle_ids > 0 or task.context_len > 0:
+        what = "puzzle identifiers" if task.num_puzzle_ids > 0 else "context tokens"
+        raise PonderError(f"model.kind=cell reads only a sample's inputs; task {cfg.task.name!r} conditions on "
+                          f"{what} (use model.kind=recursive)")
+    head = build_halting(cfg.halt, cfg.model.d_model)
+    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head)
+
+
+# model kind -> build(cfg, task); the language models take their vocabulary and length from
+# their own section, which Config.validate checks against the task's
+MODEL_BUILDERS = {
+    "recursive": _build_reasoner,
+    "cell": _build_cell,
+    "hybrid_lm": lambda cfg, task: HybridLM(cfg.model),
+    "recursive_lm": lambda cfg, task: RecursiveLM(cfg.model, cfg.halt),
+}
+
+
+def build_model(cfg: Config, task: TaskData | None) -> torch.nn.Module:
+    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None)."""
+    return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
+
+
+def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Weights with NaN or inf are refused (one line naming the file and a tensor)."""
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise PonderError(f"{source} holds non-finite weights (NaN or inf in {len(bad)} of {len(weights)} tensors, "
+                          f"e.g. {bad[0]})")
+
+
+def read_run_config(ckpt: Path) -> Config:
+    """The config saved in a checkpoint, migrated and validated; damage is an error naming it."""
+    try:
+        return from_dict(read_config(ckpt))
+    except PonderError as e:
+        raise PonderError(f"checkpoint {ckpt}: config.json: {e}") from None
+
+
+def check_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse (one line) `weights` whose names or shapes differ from `own`, or that are not finite."""
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what} {items[:2]}" for what, items in
+                           (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if items)
+        raise PonderError(f"{source} does not fit this run's model ({detail}): a run of another size?")
+    refuse_nonfinite(weights, source)
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load `weights` into `model` exactly (names and shapes), refusing non-finite values."""
+    check_fit(model.state_dict(), weights, source)
+    model.load_state_dict(weights)
+
+
+def _check_compatible(saved: Config, cfg: Config, run_dir: Path) -> None:
+    """A checkpoint resumes only as the run it was saved by: same preset, task and model."""
+    now, filled = to_dict(cfg), to_dict(saved)  # keys added since the run was saved have their defaults
+    if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
+        raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
+                          f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
+    if wants_calibration(saved) != wants_calibration(cfg):  # auto keeps a calibration slice out of training
+        raise PonderError(f"{run_dir} was trained with halt.threshold={saved.halt.threshold}; it cannot be resumed "
+                          f"with halt.threshold={cfg.halt.threshold} (auto trains without its calibration slice)")
+
+
+def _check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, source: Path) -> None:
+    """torch loads an optimizer state of other shapes without complaint; refuse it here."""
+    try:
+        groups, saved = state["param_groups"], state["state"]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError
+        for i, p in enumerate(params):
+            for v in saved.get(i, {}).values():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                    raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PonderError(f"{source}/state.pt holds an optimizer state that does not fit this run's model") from None
+
+
+def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Path | None = None,
+             callbacks: list | None = None) -> Run:
+    """Build every part of the run described by `cfg` in `run_dir`.
+
+    Args:
+        resume: continue the run in `run_dir` exactly from its latest checkpoint.
+        init_from: a run or checkpoint whose matching weights start a NEW run (fine-tuning, e.g.
+            to more steps or with new modules); a load report is printed and saved.
+        callbacks: further training callbacks (after the health wing's).
+    """
+    cfg.validate()  # every section is checked before any data is generated
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    shard, device = join(resolve_device(tc.device))  # torchrun: this process among W
+    shard.local_size(tc.batch_size)  # the global batch must divide among the processes
+    check_accelerator_settings(tc, device)
+    set_threads(tc.threads)
+    if not resume and (run_dir / "checkpoints").exists():
+        raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    ckpt = source = None
+    if resume:  # read and check everything before building anything
+        ckpt = resolve_checkpoint(run_dir)
+        _check_compatible(read_run_config(ckpt), cfg, run_dir)
+        saved = {"model": read_weights(ckpt, "model"), "ema": read_weights(ckpt, "ema"),
+                 "state": read_training_state(ckpt)}
+    elif init_from is not None:
+        source = resolve_checkpoint(Path(init_from))
+        weights, weights_file = read_trained_weights(source, read_run_config(source), use_ema=True)
+        refuse_nonfinite(weights, weights_file)
+    torch.manual_seed(tc.seed)
+    task = build_task(cfg.task)
+    model = build_model(cfg, task).to(device)
+    if tc.compile:
+        for net in model.networks():
+            net.compile()  # in place: parameter names (checkpoints) unchanged
+    optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
+    ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
+    estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
+    objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
+                                loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator, shard=shard)
+    log = MetricsLog(run_dir, writes=shard.main)
+    run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
+              ema=ema, stream=stream, objective=objective,
+              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device,
+              shard=shard)
+    if source is not None:
+        report = partial_load(model, weights)
+        if not report["loaded"]:
+            raise PonderError(f"--init-from {source}: no tensor of it fits this model (a run of another task?)")
+        if shard.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1))
+            tqdm.write(format_load_report(report, source))
+        if ema is not None:
+            run.ema = ExponentialMovingAverage(model, tc.ema_decay)  # start the average at the loaded weights
+    if ckpt is not None:
+        _resume(run, ckpt, saved)
+    if shard.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        save_assets = getattr(task, "save_assets", None)  # e.g. a language model's tokenizer
+        if save_assets is not None:
+            save_assets(run_dir)
+        # events after a resumed checkpoint's step are purged, as the JSONL was cut back
+        log.mirror = make_mirror(tc.tensorboard, run_dir, purge_step=run.step + 1 if ckpt is not None else None)
+    return run
+
+
+def _resume(run: Run, ckpt: Path, saved: dict[str, Any]) -> None:
+    load_weights(run.model, saved["model"], ckpt / "model.safetensors")
+    if run.ema is not None:
+        if saved["ema"] is None:
+            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run keeps an EMA)")
+        check_fit(run.ema.shadow, saved["ema"], ckpt / "ema.safetensors")
+        run.ema.load_state_dict(saved["ema"])
+    state = saved["state"]
+    _check_optimizer_state(state.get("optimizer", {}), run.optimizer, ckpt)
+    try:
+        run.load_training_state(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise PonderError(f"checkpoint {ckpt}: state.pt does not fit this run ({str(e).splitlines()[0][:100]})") from None
+    run.log.truncate_after(run.step)  # drop records written after the checkpoint
+
+
+def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Path | None = None,
+              callbacks: list | None = None, final_eval: bool = True) -> dict:
+    """Open the run, train it, write its health report and (with `final_eval`) the full
+    evaluation of RUN_DIR/eval/. Returns the evaluation report (or the last metric record).
+    Under torchrun every process trains its share and evaluates its part; rank 0 writes."""
+    try:
+        run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
+        train(run)
+        records = run.log.records()
+        if run.shard.main:
+            write_health_report(run.run_dir, cfg, records)
+        if not final_eval:
+            return records[-1] if records else {}
+        model = run.eval_model()
+        calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # halt.threshold=auto: the final weights'
+        return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                            quiet=not run.shard.main)
+    finally:
+        leave()
+
+
+def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dict, Path]:
+    """The weights a trained run is used with: the EMA's when the run kept one and `use_ema`,
+    else the raw ones. A run that kept an EMA whose file is gone is incomplete, not silently
+    evaluated with other weights. Returns (weights, the file they came from)."""
+    if use_ema and cfg.train.ema_decay > 0:
+        weights = read_weights(ckpt, "ema")
+        if weights is None:
+            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run kept an EMA; "
+                              f"--eval.use_ema=false evaluates the raw weights)")
+        return weights, ckpt / "ema.safetensors"
+    return read_weights(ckpt, "model"), ckpt / "model.safetensors"
+
+
+def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None):
+    """Model, task and config of a run directory or checkpoint, ready to evaluate.
+
+    Args:
+        path: RUN_DIR (its latest checkpoint) or a checkpoint directory.
+        overrides: `--section.key=value` changes to the saved config (e.g. a halting threshold).
+        use_ema: load the EMA weights (default: `cfg.eval.use_ema`, when the run kept an EMA).
+    Returns:
+        (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
+        config's model, or hold NaN or inf, is a PonderError. With halt.threshold=auto (saved or
+        given as an override, e.g. on a run trained with a fixed threshold) the model comes back
+        calibrated (ponder.training.calibrate), on cfg.train.device with cfg.train.threads set.
+    """
+    ckpt_dir = resolve_checkpoint(Path(path))
+    saved = read_run_config(ckpt_dir)
+    cfg = apply_overrides(saved, overrides or [])
+    weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
+    task = build_task(cfg.task)
+    model = build_model(cfg, task)
+    load_weights(model, weights, source)
+    if wants_calibration(cfg):
+        device = resolve_device(cfg.train.device)
+        set_threads(cfg.train.threads)
+        calibrate(model.to(device), task, cfg, device=device, held_out=wants_calibration(saved))
+    return model, task, cfg, ckpt_dir
+
+
+def load_trained_lm(path):
+    """Model, config and checkpoint directory of a language-model run (its task is not built: the
+    corpus is not needed), in eval mode, with the weights `eval.use_ema` names."""
+    ckpt = resolve_checkpoint(Path(path))
+    cfg = read_run_config(ckpt)
+    kind = cfg.kind("model")
+    if kind not in LM_KINDS:
+        raise PonderError(f"{path} is a run of model.kind={kind}, not a language model")
+    weights, source = read_trained_weights(ckpt, cfg, use_ema=cfg.eval.use_ema)
+    model = build_model(cfg, None)
+    load_weights(model, weights, source)
+    model.eval()
+    return model, cfg, ckpt
+
+
+def health_report(run_dir: Path) -> dict:
+    """Write RUN_DIR/health.md and health.json from the run's config and metrics; returns the payload."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PonderError(f"no such run directory: {run_dir}")
+    if not (run_dir / "config.json").exists() or not (run_dir / "metrics.jsonl").exists():
+        raise PonderError(f"{run_dir} is not a run directory (needs config.json and metrics.jsonl)")
+    return write_health_report(run_dir, load_config(run_dir / "config.json"), MetricsLog(run_dir).records())
+
+
+def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test") -> dict:
+    """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/."""
+    model, task, cfg, ckpt_dir = load_trained(path, overrides)
+    device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split)

@@ -1,0 +1,3 @@
+"""The maze wing: generated mazes (shortest-path labels, Maze-Hard's path-length rule), Maze-Hard's
+published files, batched breadth-first search, baselines and the picture of a sample. Registers
+the task "maze"."""

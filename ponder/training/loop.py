@@ -1,0 +1,408 @@
+"""The one training loop. It receives built parts (ponder.runs.run builds them) and runs them.
+
+What one optimizer step computes is the objective's business (ponder.training.objectives). The loop sets
+the scheduled LR, refuses non-finite steps (and counts them), clips, steps the optimizer and
+EMA, logs, evaluates on held-out data (and a training subset, reported separately) every
+`eval_every` steps, stops early at `train.target`, and writes atomic checkpoints that hold
+everything needed for a bit-exact resume.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ponder.core.errors import PonderError
+from ponder.core.settings import check, setting
+from ponder.core.task import TaskData
+from ponder.training.calibrate import calibrate
+from ponder.training.callbacks import Callbacks, MetricsLog
+from ponder.training.carry import SampleStream
+from ponder.training.checkpoint import save_checkpoint
+from ponder.training.distributed import SINGLE, Shard, local_world
+from ponder.training.evaluate import evaluate_split
+from ponder.training.optim import ExponentialMovingAverage, lr_factor
+from ponder.training.tensorboard import tensorboard_available
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        seed: seeds weights, sample order, augmentation and exploration.
+        batch_size: B, slots in the deep-supervision carry.
+        steps: optimizer steps (each is one ACT step of every slot).
+        lr: base learning rate (the update rule and its constants are the `optim` section).
+        warmup_steps, schedule ("constant" | "cosine"), min_lr_ratio: learning-rate schedule.
+        grad_clip: max global gradient norm (0 = off).
+        ema_decay: EMA of weights used for evaluation (0 = off).
+        loss: "softmax" cross-entropy or TRM's "stablemax" (computed in float64).
+        log_every, eval_every, checkpoint_every: intervals in optimizer steps (0 = never).
+        keep_checkpoints: newest checkpoints kept on disk.
+        device: "cpu", "cuda", "cuda:N", "mps" or "auto".
+        threads: torch CPU threads; 0 = one per usable core (`auto_threads`), with OpenMP's passive
+            waiting (set when ponder is imported), so a competing process does not stall every op.
+        progress: show a progress bar with ETA.
+        max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
+        target: stop (checkpoint, final evaluation) at the first evaluation whose held-out
+            headline score (exact match for puzzles) reaches this (0 = off).
+        tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
+            "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
+        precision: "fp32", or "bf16" (autocast of the training forward to bfloat16; CUDA only).
+        compile: compile the model's reasoning network with torch.compile (CUDA only).
+    """
+
+    seed: int = setting(0, ge=0)
+    batch_size: int = setting(64, ge=1)
+    steps: int = setting(1000, ge=1)
+    lr: float = setting(1e-3, gt=0)
+    warmup_steps: int = setting(100, ge=0)
+    schedule: str = setting("constant", choices=("constant", "cosine"))
+    min_lr_ratio: float = setting(0.1, ge=0, le=1)
+    grad_clip: float = setting(1.0, ge=0)
+    ema_decay: float = setting(0.0, ge=0, lt=1)
+    loss: str = setting("softmax", choices=("softmax", "stablemax"))
+    log_every: int = setting(50, ge=0)
+    eval_every: int = setting(500, ge=0)
+    checkpoint_every: int = setting(500, ge=0)
+    keep_checkpoints: int = setting(2, ge=1)
+    device: str = "cpu"
+    threads: int = setting(0, ge=0)
+    progress: bool = True
+    max_minutes: float = setting(0.0, ge=0)
+    target: float = setting(0.0, ge=0, le=1)
+    tensorboard: str = setting("auto", choices=("auto", "on", "off"))
+    precision: str = setting("fp32", choices=("fp32", "bf16"))
+    compile: bool = False
+
+    def inactive(self) -> dict[str, str]:
+        out = {}
+        if self.schedule == "constant":
+            out["min_lr_ratio"] = "train.schedule=constant does not decay"
+        if self.eval_every == 0:
+            out["target"] = "train.eval_every=0: nothing is evaluated during training"
+        return out
+
+    def validate(self) -> None:
+        check(self, "train")
+        if self.tensorboard == "on" and not tensorboard_available():
+            raise PonderError("train.tensorboard=on but the tensorboard package is not installed "
+                              "(pip install 'ponder[tensorboard]')")
+        if not (self.device in ("cpu", "cuda", "mps", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise PonderError(f"train.device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+
+
+def check_accelerator_settings(tc: TrainConfig, device: torch.device) -> None:
+    """bf16 autocast and torch.compile are GPU settings: on another device they are refused
+    (one line), so a CPU run is never silently changed or silently left unchanged."""
+    if device.type != "cuda" and (tc.precision != "fp32" or tc.compile):
+        used = ", ".join(s for s, on in (("train.precision=bf16", tc.precision == "bf16"),
+                                         ("train.compile=true", tc.compile)) if on)
+        raise PonderError(f"{used}: CUDA only; this run is on {device.type}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an unavailable device is a PonderError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PonderError("train.device=cuda but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise PonderError("train.device=mps but MPS is not available")
+    return torch.device(name)
+
+
+def auto_threads() -> int:
+    """Threads for torch on the CPU when `train.threads` is 0: one per core this process may use
+    (divided among the processes torchrun started on this machine).
+    ponder sets OMP_WAIT_POLICY=PASSIVE before torch loads (ponder/__init__.py): with threads that
+    spin while they wait, one other busy process stalled every op of every step; waiting
+    passively, a thread per core kept the idle speed of all cores and lost little to a
+    competitor (BENCHMARKS.md, busy machines: both measured against one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // local_world())  # processes started together by torchrun share the cores
+
+
+def set_threads(threads: int) -> int:
+    """Apply `train.threads` (0 = `auto_threads()`); returns the count used."""
+    n = threads if threads > 0 else auto_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+class Window:
+    """Running sums of per-step metrics between two log records."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.n) for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "n": self.n}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.sums, self.n = dict(s["sums"]), s["n"]
+
+
+@dataclass
+class Run:
+    """Everything one training run uses, built by ponder.runs.run; callbacks receive it.
+
+    Attributes:
+        cfg: the run's Config; config_dict: its JSON form (saved in every checkpoint).
+        run_dir, task, model, optimizer, ema (or None), stream, objective, callbacks, log, device.
+        shard: this process among the data-parallel ones (ponder.training.distributed; rank 0 writes files).
+        step: optimizer steps taken; skipped_steps: non-finite steps refused; window: log sums.
+    """
+
+    cfg: Any
+    config_dict: dict
+    run_dir: Path
+    task: TaskData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: ExponentialMovingAverage | None
+    stream: SampleStream
+    objective: Any
+    callbacks: Callbacks
+    log: MetricsLog
+    device: torch.device
+    shard: Shard = SINGLE
+    step: int = 0
+    skipped_steps: int = 0
+    window: Window = field(default_factory=Window)
+
+    def training_state(self) -> dict:
+        """Everything besides the weights that a bit-exact resume needs."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
+                "objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(),
+                "window": self.window.state_dict(), "skipped_steps": self.skipped_steps,
+                "callbacks": self.callbacks.state_dict()}
+
+    def load_training_state(self, st: dict) -> None:
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.stream.load_state_dict(st["stream"])
+        self.objective.load_state_dict(st["objective"])
+        torch.set_rng_state(st["torch_rng"])
+        self.window.load_state_dict(st["window"])
+        self.skipped_steps = st["skipped_steps"]
+        self.callbacks.load_state_dict(st.get("callbacks", []))
+        self.step = st["step"]
+
+    def save_checkpoint(self, step: int) -> None:
+        """Every rank gathers the global training state; rank 0 alone writes it."""
+        state = self.training_state()
+        if self.shard.main:
+            save_checkpoint(self.run_dir, step, model_state=self.model.state_dict(),
+                            ema_state=self.ema.state_dict() if self.ema else None, training_state=state,
+                            config=self.config_dict, keep=self.cfg.train.keep_checkpoints)
+            self.log.write_csv()
+        self.shard.barrier()  # no rank reads or moves on before the checkpoint exists
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluation uses: the EMA's when the run keeps one and eval.use_ema."""
+        if self.ema is None or not self.cfg.eval.use_ema:
+            return self.model
+        shadow = copy.deepcopy(self.model)
+        self.ema.copy_to(shadow)
+        return shadow
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C / SIGTERM into a request honoured at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # second press: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+EVAL_KEYS = ("mean_steps", "halt_first_frac", "halt_max_frac", "wrong_halt_frac", "steps_histogram")
+
+
+def evaluate_during_training(run: Run, step: int, seconds: float | None = None) -> dict:
+    """Score fixed subsets of the held-out and training splits with adaptive halting; log the
+    record (with `time_since_start`, the wall time of this session's loop so far, when given).
+    With halt.threshold=auto the threshold is calibrated on these weights first and logged as
+    `halt_threshold`."""
+    cfg, task = run.cfg, run.task
+    model = run.eval_model()
+    calibration = calibrate(model, task, cfg, device=run.device, shard=run.shard)
+    rng = np.random.default_rng(0)  # fixed subsets: comparable across evaluations and runs
+    record: dict[str, Any] = {"step": step, "kind": "eval"}
+    if calibration is not None:
+        record["halt_threshold"] = calibration["threshold"]
+    for name, split, k in (("test", task.test, cfg.eval.during_training_samples),
+                           ("train", task.train, cfg.eval.train_samples)):
+        sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
+        r = evaluate_split(model, sub, task.metric, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
+                           device=run.device, budgets=False, shard=run.shard)
+        record.update({f"{name}_{k}": r[k] for k in (*task.metric.columns, *EVAL_KEYS)})
+        record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
+    if seconds is not None:
+        record["time_since_start"] = seconds
+    run.log.write(record)
+    run.callbacks.call("on_eval_end", run, record)
+    return record
+
+
+def _set_lr(run: Run, step: int) -> None:
+    tc = run.cfg.train
+    for group in run.optimizer.param_groups:  # schedule from the step index: resume-exact
+        group["lr"] = tc.lr * group.get("lr_scale", 1.0) * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps,
+                                                                      schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
+
+
+def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, float]:
+    """Backward, clip, step; a non-finite loss or gradient is refused before the optimizer sees
+    it. Returns (skipped, pre-clip gradient norm)."""
+    clip = run.cfg.train.grad_clip
+    run.optimizer.zero_grad(set_to_none=True)
+    skipped = not torch.isfinite(loss).item()
+    grad_norm = float("nan")
+    if not skipped:
+        loss.backward()
+    # one all-reduce averages the gradients across processes and tells every rank whether any
+    # rank's loss was not finite (then all refuse the step together); one process: no-op
+    skipped = run.shard.average_gradients(list(run.model.parameters()), skipped)
+    if not skipped:
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip if clip > 0 else float("inf")).item()
+        skipped = not math.isfinite(grad_norm)
+    if skipped:
+        run.skipped_steps += 1
+        run.optimizer.zero_grad(set_to_none=True)
+    else:
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.window.add({**metrics, "grad_norm": grad_norm})
+    return skipped, grad_norm
+
+
+def _log_train(run: Run, done: int, seconds: float) -> dict:
+    obj = run.objective
+    hs, counters = obj.halt_steps, obj.counters
+    record = {"step": done, "kind": "train", **run.window.means(), "lr": run.optimizer.param_groups[0]["lr"],
+              **counters, "skipped_steps": run.skipped_steps, "in_flight": obj.in_flight(),
+              "samples_dropped": counters["samples_taken"] - counters["samples_completed"] - obj.in_flight(),
+              "halted_mean_steps": float(np.mean(hs)) if hs else None,
+              "time_sec_per_step": seconds / max(1, run.window.n)}
+    run.log.write(record)
+    run.window = Window()
+    obj.halt_steps = []
+    return record
+
+
+def train_step(run: Run) -> dict:
+    """One optimizer step of the run (the loop's body): scheduled LR, callbacks, the objective's
+    forward, backward, clip, step (or refusal), commit. Returns the step's metrics as the
+    callbacks saw them (step, loss, skipped, pre-clip grad_norm and the objective's figures)."""
+    step = run.step
+    _set_lr(run, step)
+    run.callbacks.call("on_step_start", run, step)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+        loss, metrics = run.objective.forward(step)
+    # the global batch's figures (each rank computed its share's)
+    metrics = run.shard.mean_metrics({"loss": loss.item(), **metrics}, run.shard.local_size(run.cfg.train.batch_size))
+    skipped, grad_norm = _optimizer_step(run, loss, metrics)
+    run.objective.commit(not skipped)
+    run.step = step + 1
+    metrics = {**metrics, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
+    run.callbacks.call("on_step_end", run, metrics)  # grad_norm: before clipping
+    return metrics
+
+
+def train(run: Run) -> str:
+    """Run the loop from `run.step` to `train.steps` (or an earlier stop).
+
+    Returns why it stopped: "done", "target" (train.target reached), "time" (train.max_minutes).
+    An interrupt (Ctrl-C, SIGTERM) checkpoints and raises a PonderError saying how to resume.
+    """
+    tc = run.cfg.train
+    run.callbacks.call("on_train_start", run)
+    run.model.train()
+    bar = tqdm(total=tc.steps, initial=run.step, disable=not tc.progress or not run.shard.main, desc="train",
+               unit="step", dynamic_ncols=True)
+    t_window = t_start = time.perf_counter()
+    why = "done"
+    with _StopRequest() as stop:
+        while run.step < tc.steps:
+            train_step(run)
+            done = run.step
+            bar.update(1)
+            if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
+                record = _log_train(run, done, time.perf_counter() - t_window)
+                t_window = time.perf_counter()
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                                exact=f"{record.get('step_exact', 0):.2f}",
+                                steps=f"{record['halted_mean_steps'] or 0:.1f}")
+            evaluated = None
+            if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
+                evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
+            out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
+            # every rank must stop at the same step: a signal or a clock seen by any rank counts for all
+            stop.requested, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
+            if out_of_time:
+                why = "time"
+            headline = run.task.metric.columns[0]
+            if tc.target > 0 and evaluated is not None and (evaluated.get(f"test_{headline}") or 0) >= tc.target:
+                why = "target"
+            if why == "time" and evaluated is None:
+                evaluate_during_training(run, done, time.perf_counter() - t_start)
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stop.requested \
+                    or why != "done":
+                run.save_checkpoint(done)
+            if why != "done":
+                if run.shard.main:
+                    tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}" if why == "time" else
+                               f"target {tc.target:g} held-out {headline} reached at step {done}")
+                break
+            if stop.requested:
+                bar.close()
+                raise PonderError(f"interrupted at step {done}; checkpoint saved, continue with: ponder train "
+                                  f"{run.cfg.preset or 'PRESET'} --resume {run.run_dir}")
+    bar.close()
+    run.callbacks.call("on_train_end", run)
+    run.log.write_csv()
+    if run.log.mirror is not None:
+        run.log.mirror.close()
+    return why

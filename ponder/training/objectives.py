@@ -1,0 +1,297 @@
+"""What one optimizer step computes, behind one small interface, for the two ways heads train.
+
+- `DeepSupervision` (heads with trains_on = "step": Q-halt, Q-continue): each optimizer step
+  advances every slot of the carry by ONE ACT step; halted slots take fresh samples from the
+  stream. The recursion's gradient is the model's own rule, or a gradient estimator's
+  (ponder.training.estimator_hook).
+- `Trajectory` (trains_on = "trajectory": ACT, PonderNet): each optimizer step runs a fresh batch
+  for all M steps.
+- `TokenObjective` (language models, whose halting if any is per token): each optimizer step
+  takes a fresh batch of token windows and the model's own `loss(tokens, labels, train_step)`.
+
+Both hand the halting head a `Segment` and return its loss plus the model's auxiliary loss (the
+adapter's regulariser): `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the
+optimizer step was taken (ok) or refused (not ok, non-finite), and `state_dict()` for exact
+resume. `context` is the StepContext of the last forward (read by the health monitors).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ponder.core.errors import PonderError
+from ponder.core.metrics import Metric
+from ponder.core.types import IGNORE
+from ponder.models.halting import Segment
+from ponder.training.carry import Carry, SampleStream
+from ponder.training.distributed import SINGLE, Shard
+from ponder.training.estimator_hook import estimated_step
+
+
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """TRM's stablemax CE in float64: s(x) = x+1 (x>=0) else 1/(1-x); p = s/sum(s). (b, n) loss."""
+    x = logits.double()
+    s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
+    logp = s.log() - s.sum(-1, keepdim=True).log()
+    loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
+
+
+def per_sample_task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """(b, n, v) logits, (b, n) labels -> (b,) mean loss over each sample's supervised positions."""
+    if kind == "stablemax":
+        per_token = stablemax_cross_entropy(logits, labels)  # (b, n)
+    else:
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    return per_token.sum(1) / (labels != IGNORE).sum(1).clamp(min=1)
+
+
+def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """Mean over samples of `per_sample_task_loss` (scalar)."""
+    return per_sample_task_loss(logits, labels, kind).mean()
+
+
+def _halt_spread(halt_logits: Tensor) -> dict[str, float]:
+    """Mean and spread across inputs of the halt logits, and the mean halting probability."""
+    return {"halt_logit_mean": halt_logits.mean().item(),
+            "halt_logit_std": halt_logits.std().item() if len(halt_logits) > 1 else 0.0,
+            "halt_prob_mean": torch.sigmoid(halt_logits).mean().item()}
+
+
+def _with_aux(loss: Tensor, ctx) -> Tensor:
+    aux = ctx.aux_loss  # e.g. the adapter's norm regulariser
+    return loss if aux is None else loss + aux
+
+
+class _Counters:
+    """Samples taken from the stream, samples completed, their steps, and the steps of the
+    samples completed since the last log record (`halt_steps`); global across processes (the
+    completed samples of every rank are gathered), so every rank holds the same counts."""
+
+    def __init__(self, shard: Shard):
+        self.shard = shard
+        self.counters = {"samples_taken": 0, "samples_completed": 0, "steps_completed_total": 0}
+        self.halt_steps: list[int] = []
+
+    def complete(self, steps: Tensor, done: Tensor) -> None:
+        """Count the samples whose slots are `done` (bool, this rank's rows), with their `steps`."""
+        if self.shard.active:
+            steps, done = self.shard.gather_cat(steps), self.shard.gather_cat(done)
+        steps = steps[done]
+        self.counters["samples_completed"] += len(steps)
+        self.counters["steps_completed_total"] += int(steps.sum())
+        self.halt_steps.extend(steps.tolist())
+
+    def state(self) -> dict:
+        return {"counters": dict(self.counters), "halt_steps": list(self.halt_steps)}
+
+    def load(self, s: dict) -> None:
+        self.counters.update(s["counters"])
+        self.halt_steps = list(s["halt_steps"])
+
+    def _take_share(self):
+        """A fresh global batch of `batch_size` from the stream (counted), this rank's rows of it,
+        on the device (objectives with no carry: `stream`, `batch_size`, `rows`, `device`)."""
+        batch = self.stream.take(self.batch_size)
+        self.counters["samples_taken"] += len(batch)
+        if self.shard.active:
+            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+        return batch.to(self.device)
+
+    # an objective with no carry: the counters are its whole state, and nothing is in flight
+    def state_dict(self) -> dict:
+        return self.state()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.load(s)
+
+    def in_flight(self) -> int:
+        return 0
+
+
+class DeepSupervision(_Counters):
+    """TRM/HRM deep supervision with the carry kept across optimizer steps."""
+
+    def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
+                 device: torch.device, seed: int, estimator=None, shard: Shard = SINGLE):
+        super().__init__(shard)
+        self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
+        self.halt_cfg, self.loss_kind = halt_cfg, loss_kind
+        self.estimator = estimator  # None: the model's own gradient rule; see ponder.training.estimator_hook
+        self.carry = Carry(model, batch_size, device, shard)
+        self.memo = self.head.start(len(self.carry.steps), device)
+        self.explore_gen = torch.Generator().manual_seed(seed + 1)
+        self.context = None
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        carry, cfg = self.carry, self.halt_cfg
+        fresh = carry.needs_sample.clone()
+        self.counters["samples_taken"] += carry.refill(self.model, self.stream, max_steps=cfg.max_steps,
+                                                       explore_prob=cfg.explore_prob, generator=self.explore_gen)
+        if fresh.any():  # fresh samples start with a fresh halting memo
+            start = self.head.start(int(fresh.sum()), carry.steps.device)
+            for k in self.memo:
+                self.memo[k][fresh] = start[k]
+        batch = carry.batch
+        labels = batch.labels
+        ctx = self.context = self.model.prepare(batch)
+        est_loss, est_stats = None, {}
+        if self.estimator is None:
+            self._new_state, out = self.model.step(carry.state, ctx)
+        else:  # the recursion's gradient comes from the estimator, through a zero-valued term
+            self._new_state, out, est_loss, est_stats = estimated_step(
+                self.model, carry.state, ctx, lambda lg: task_loss(lg, labels, self.loss_kind), self.estimator)
+        with torch.no_grad():
+            scores = self.metric.score(out.logits, labels)  # per sample
+        next_out = None
+        if self.head.needs_next_step:  # HRM's bootstrapped Q-continue target
+            with torch.no_grad():
+                _, next_out = self.model.step(self._new_state, ctx)
+        segment = Segment([out], carry.steps + 1, labels, self._task_loss, [self.metric.correct(scores)],
+                          train_step=train_step, next_out=next_out)
+        loss, stats = self.head.loss(segment)
+        self._out = out
+        metrics = {**stats, **{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
+                   **_halt_spread(out.halt_logits), **est_stats}
+        return _with_aux(loss if est_loss is None else loss + est_loss, ctx), metrics
+
+    def _task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_sample_task_loss(logits, labels, self.loss_kind)
+
+    def commit(self, ok: bool) -> None:
+        carry = self.carry
+        if not ok:  # a refused step: every slot keeps its sample but restarts from fresh latents
+            everyone = torch.ones_like(carry.needs_sample)
+            carry.state = self.model.reset_state(carry.state, everyone)
+            carry.steps.zero_()
+            self.memo = self.head.start(len(everyone), carry.steps.device)
+            return
+        carry.state = self._new_state
+        carry.steps += 1
+        with torch.no_grad():
+            halted, self.memo = self.head.decide(self._out, carry.steps, self.memo)
+        halted = (halted & (carry.steps >= carry.min_steps)) | (carry.steps >= self.halt_cfg.max_steps)
+        self.complete(carry.steps, halted)
+        carry.needs_sample |= halted
+
+    def state_dict(self) -> dict:
+        """Global (every rank's slots); a collective under several processes."""
+        memo = {k: self.shard.gather_cat(v) for k, v in self.memo.items()}
+        return {"carry": self.carry.state_dict(), "memo": memo, "explore_rng": self.explore_gen.get_state(),
+                **self.state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.carry.load_state_dict(s["carry"])
+        rows = self.shard.rows(self.carry.global_size)
+        self.memo = {k: v[rows].to(self.carry.device) for k, v in s["memo"].items()}
+        self.explore_gen.set_state(s["explore_rng"])
+        self.load(s)
+
+    def in_flight(self) -> int:
+        """Samples in flight in the global carry (a collective under several processes)."""
+        return int((~self.shard.gather_cat(self.carry.needs_sample)).sum())
+
+
+class Trajectory(_Counters):
+    """Whole trajectories: a fresh batch runs all M steps; the head's loss of the trajectory trains it."""
+
+    def __init__(self, model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
+                 device: torch.device, shard: Shard = SINGLE):
+        super().__init__(shard)
+        self.model, self.head, self.stream, self.metric = model, model.halting, stream, metric
+        self.halt_cfg, self.loss_kind, self.device, self.batch_size = halt_cfg, loss_kind, device, batch_size
+        self.rows = shard.rows(batch_size)  # this rank's part of each global batch
+        self.context = None
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        batch = self._take_share()
+        state = self.model.init_state(len(batch), self.device)
+        outs, aux = [], None
+        for _ in range(self.halt_cfg.max_steps):
+            # each step prepares its own context, so the embedding's gradient is summed in the
+            # order it was before the step was composed, and trajectory runs (parity) reproduce
+            # bit for bit; preparing once per trajectory changed a 2500-step parity run's result
+            ctx = self.context = self.model.prepare(batch)
+            if ctx.aux_loss is not None:
+                aux = ctx.aux_loss if aux is None else aux + ctx.aux_loss
+            # a model whose gradient runs through its carried state (the recurrent cells) keeps
+            # the trajectory's graph between steps, as PonderNet and ACT train
+            state, out = self.model.step(state, ctx, detach=not self.model.through_steps)
+            outs.append(out)
+        with torch.no_grad():
+            correct = [self.metric.correct(self.metric.score(o.logits, batch.labels)) for o in outs]
+        first = torch.ones(len(batch), dtype=torch.long, device=self.device)
+        segment = Segment(outs, first, batch.labels,
+                          lambda logits, labels: per_sample_task_loss(logits, labels, self.loss_kind), correct,
+                          train_step=train_step)
+        loss, stats = self.head.loss(segment)
+        with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
+            memo = self.head.start(len(batch), self.device)
+            stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+            answer = torch.zeros_like(outs[0].logits)
+            for t, out in enumerate(outs, start=1):
+                halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
+                new = halt & (stop == 0)
+                answer[new] = self.head.answer(out, memo)[new]
+                stop[new] = t
+            scores = self.metric.score(answer, batch.labels)
+        self._stop = stop
+        halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
+        metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
+                   **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
+        return loss if aux is None else loss + aux / len(outs), metrics
+
+    def commit(self, ok: bool) -> None:
+        if ok:
+            self.complete(self._stop, torch.ones_like(self._stop, dtype=torch.bool))
+
+
+class TokenObjective(_Counters):
+    """Language models: a fresh batch of windows per optimizer step, the model's whole loss of it
+    (the recursive LM: all M cycles and its halting head's loss over every supervised token; the
+    hybrid: next-token cross-entropy). No carry: a window is complete after its step.
+
+    The model's figures are logged per step (mean_depth, halt_rate, halt_logit_mean/std and the
+    head's own, e.g. ponder_cost, q_halt_acc), so the report shows whether halting moves. For the
+    loop's halting counters a window counts as one sample whose "steps" are its tokens' mean depth
+    (`halted_mean_steps` is then the mean depth per token; `steps_completed_total` sums them).
+    """
+
+    def __init__(self, model, stream: SampleStream, *, batch_size: int, device: torch.device, shard: Shard = SINGLE):
+        super().__init__(shard)
+        self.model, self.stream, self.device, self.batch_size = model, stream, device, batch_size
+        self.rows = shard.rows(batch_size)
+        self.context = None  # no StepContext: the health monitors' adapter checks do not apply
+        self._depth = 0.0
+
+    def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        batch = self._take_share()
+        loss, stats = self.model.loss(batch.inputs, batch.labels, train_step)
+        self._depth = float(stats.get("mean_depth", 1.0))
+        return loss, stats
+
+    def commit(self, ok: bool) -> None:
+        if ok:  # every window of the global batch completed; this rank's mean depth stands for them
+            self.counters["samples_completed"] += self.batch_size
+            self.counters["steps_completed_total"] += self._depth * self.batch_size
+            self.halt_steps.append(self._depth)
+
+
+def build_objective(model, stream: SampleStream, metric: Metric, *, batch_size: int, halt_cfg, loss_kind: str,
+                    device: torch.device, seed: int, estimator=None, shard: Shard = SINGLE):
+    """The objective the model's halting head trains with; `estimator` (deep supervision only)
+    replaces the model's own gradient rule for the recursion (ponder.training.estimator_hook). A language
+    model (`token_objective`) trains with `TokenObjective`."""
+    if getattr(model, "token_objective", False):
+        if estimator is not None:
+            raise PonderError(f"estimator.kind={estimator.name} does not apply to a language model")
+        return TokenObjective(model, stream, batch_size=batch_size, device=device, shard=shard)
+    if model.halting.trains_on == "trajectory":
+        if estimator is not None:
+            raise PonderError(f"estimator.kind={estimator.name} needs a halting head trained one step at a time "
+                              f"(q_halt, q_continue), not {halt_cfg.kind}, whose loss spans the whole trajectory")
+        return Trajectory(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+                          device=device, shard=shard)
+    return DeepSupervision(model, stream, metric, batch_size=batch_size, halt_cfg=halt_cfg, loss_kind=loss_kind,
+                           device=device, seed=seed, estimator=estimator, shard=shard)
