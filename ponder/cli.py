@@ -67,7 +67,7 @@ def _cmd_train(args, extra) -> int:
 
 
 def _cmd_eval(args, extra) -> int:
-    evaluate_checkpoint(args.path, extra, split=args.split)
+    evaluate_checkpoint(args.path, extra, split=args.split, write=not args.no_write)
     return 0
 
 
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run or checkpoint on held-out data")
     p.add_argument("path", help="RUN_DIR (latest checkpoint) or a checkpoint directory")
     p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--no-write", action="store_true",
+                   help="print the report only: write nothing into the run (works while the run trains)")
     p.set_defaults(fn=_cmd_eval)
     p = sub.add_parser("diagnose", help="gradient estimators on one batch; the decisive fixed-point experiment")
     p.add_argument("what", choices=("gradients", "decisive"))

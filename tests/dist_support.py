@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ponder.core.errors import PonderError
 from ponder.core.task import Split
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides
@@ -171,3 +172,14 @@ def calibration_records(shard: Shard) -> dict:
     own = calibrate(model, task, cfg, device=cpu)
     adopted = calibrate(model, task, cfg, device=cpu, shard=shard)
     return {"own": own, "adopted": adopted, "halts_at": model.halting.calibrated}
+
+
+def open_locked_run(shard, run_dir):
+    """open_run on a run directory another process holds: every rank refuses, none waits."""
+    os.environ.update(WORLD_SIZE=str(shard.world), RANK=str(shard.rank), LOCAL_WORLD_SIZE=str(shard.world))
+    cfg = apply_overrides(get_config("debug"), ["--train.batch_size=8", "--train.progress=false"])
+    try:
+        open_run(cfg, Path(run_dir))
+    except PonderError as e:
+        return str(e)
+    return "opened"

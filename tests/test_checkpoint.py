@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ponder.core.errors import PonderError
-from ponder.training.checkpoint import (atomic_write_text, load_checkpoint, resolve_checkpoint, run_dir_of,
-                                        save_checkpoint)
+from ponder.core.files import atomic_write_text
+from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of, save_checkpoint
 
 
 def _save(run, step, keep=2):

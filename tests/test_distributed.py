@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_support import calibration_records, carry_samples, evaluate_halves, evaluate_scripted, spawn, train_weights
+from dist_support import (calibration_records, carry_samples, evaluate_halves, evaluate_scripted, open_locked_run,
+                          spawn, train_weights)
 from safetensors.torch import load_file
 
 from ponder.cli import main
+from ponder.core.lock import DirectoryLock
 from ponder.training.distributed import SINGLE, Shard
 
 # Two processes sum their halves of the gradient in another order than one process sums the
@@ -111,6 +113,14 @@ def test_odd_batch_is_refused_in_one_line(tmp_path):
     assert "ponder: error: train.batch_size=15 does not divide among 2 processes" in proc.stderr
     # torchrun reports a child's non-zero exit with its own traceback; ponder's code raised none
     assert not [line for line in proc.stderr.splitlines() if 'File "' in line and "/ponder/" in line]
+
+
+def test_every_rank_refuses_a_run_directory_another_process_writes(tmp_path):
+    """Rank 0 takes the run's lock; when it cannot, every rank stops at once with the refusal."""
+    with DirectoryLock(tmp_path / "r", "ponder train debug"):
+        ranks = spawn(open_locked_run, str(tmp_path / "r"))
+    assert "is being written by pid" in ranks[0] and "ponder train debug" in ranks[0]
+    assert "rank 0 could not lock" in ranks[1]
 
 
 def test_no_sample_dropped_or_seen_twice():

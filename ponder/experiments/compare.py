@@ -30,15 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text, save_figure, write_file, writing
+from ponder.core.lock import LOCK_FILE, DirectoryLock, command_line
 from ponder.presets import get_config
 from ponder.runs.config import Config, apply_overrides, to_dict
 from ponder.runs.run import build_model, train_run
 from ponder.tasks import build_task
 from ponder.training.callbacks import MetricsLog
-from ponder.training.checkpoint import atomic_write_text, read_training_state, resolve_checkpoint
+from ponder.training.checkpoint import read_training_state, resolve_checkpoint
 
 LOWER_IS_BETTER = {"perplexity", "loss"}
 BUDGET = re.compile(r"(steps|tokens|flops|seconds):([0-9.eE+]+)")
@@ -68,17 +70,23 @@ class BestWeights:
         self.best = value
         out = Path(run.run_dir) / "best"
         tmp = out.with_name(".best.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        files = {"model.safetensors": save_bytes({k: v.detach().contiguous().cpu()
+                                                   for k, v in run.model.state_dict().items()})}
         if run.ema is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in run.ema.state_dict().items()},
-                      str(tmp / "ema.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(run.config_dict, indent=2) + "\n")
-        (tmp / "best.json").write_text(json.dumps({"step": record["step"], self.headline: value}) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.replace(out)
+            files["ema.safetensors"] = save_bytes({k: v.detach().contiguous().cpu()
+                                                    for k, v in run.ema.state_dict().items()})
+        files["config.json"] = (json.dumps(run.config_dict, indent=2) + "\n").encode()
+        files["best.json"] = (json.dumps({"step": record["step"], self.headline: value}) + "\n").encode()
+        with writing("the best weights", out):
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                for name, data in files.items():
+                    write_file(tmp / name, data)
+                shutil.rmtree(out, ignore_errors=True)
+                tmp.replace(out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -180,10 +188,17 @@ def compare(preset_a: str, preset_b: str, *, seeds: int = 3, budget: str | None 
         raise PonderError(f"--extend-steps must be >= 1, got {extend_steps}")
     parsed = parse_budget(budget)
     out = Path(out) if out is not None else Path("runs") / f"compare-{preset_a}-vs-{preset_b}"
-    if not (resume or extend_steps) and out.exists() and any(out.iterdir()):
+    if not (resume or extend_steps) and out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise PonderError(f"{out} already holds a comparison; continue it with --resume or choose another --out")
     if extend_steps and not out.exists():
         raise PonderError(f"--extend-steps continues a comparison, and {out} holds none")
+    with DirectoryLock(out, command_line()):  # one writer of the comparison (each run also locks its own folder)
+        return _compare(preset_a, preset_b, out, seeds=seeds, budget=budget, parsed=parsed, resume=resume,
+                        extend_steps=extend_steps, overrides=overrides, quiet=quiet)
+
+
+def _compare(preset_a: str, preset_b: str, out: Path, *, seeds: int, budget: str | None, parsed, resume: bool,
+             extend_steps: int | None, overrides: list[str] | None, quiet: bool) -> dict[str, Any]:
     cfgs = {name: apply_overrides(get_config(name), overrides or []) for name in (preset_a, preset_b)}
     tasks = [to_dict(c)["task"] for c in cfgs.values()]
     if tasks[0] != tasks[1]:
@@ -208,9 +223,8 @@ def compare(preset_a: str, preset_b: str, *, seeds: int = 3, budget: str | None 
             result["runs"].setdefault(name, []).append({"seed": seed, "run_dir": str(run_dir), **figures})
         result["summary"][name] = _summary(per_seed)
     result["headline"] = task.metric.columns[0]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "compare.json", json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out / "compare.md", format_compare(result))
+    atomic_write_text(out / "compare.json", json.dumps(result, indent=1) + "\n", what="the comparison")
+    atomic_write_text(out / "compare.md", format_compare(result), what="the comparison")
     plot_compare(result, out)
     return result
 
@@ -288,7 +302,5 @@ def plot_compare(r: dict, out: Path) -> None:
     axes2[0].legend(fontsize=8)
     for f, name in ((fig, "compare.png"), (fig2, "halting.png")):
         f.tight_layout()
-        tmp = out / f".{name}"
-        f.savefig(tmp, dpi=100, format="png")
+        save_figure(f, out / name, f"the comparison plot {name}", dpi=100)
         plt.close(f)
-        tmp.replace(out / name)

@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
 from ponder.dynamics import compare_gradients, fixed_point_residual, spectral_radius
 from ponder.estimators import BPTT, ESTIMATORS, Implicit, Phantom, Truncated
 from ponder.presets import PRESETS, get_config
@@ -246,4 +247,4 @@ def format_table(result: dict) -> str:
 
 def write_json(result: dict, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=1))
+    atomic_write_text(Path(path), json.dumps(result, indent=1), what="the diagnosis")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text, save_figure
 from ponder.dynamics import contraction_homeostat, fixed_point_residual, spectral_radius
 from ponder.estimators import BPTT, Implicit, solve_fixed_point
 
@@ -295,7 +296,7 @@ def plot(result: dict, path) -> None:
     fig.suptitle(f"fixed-point model d={cfg['d']}, deployed T={cfg['deployed_steps']}, "
                  f"{len(result['seeds'])} seeds (one line each)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, "the decisive experiment's plot", dpi=110)
     plt.close(fig)
 
 
@@ -325,6 +326,7 @@ def write_report(result: dict, out_dir) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / "decisive.png")
-    (out / "report.md").write_text("# Decisive experiment: equilibrium gradient vs BPTT\n\n" + report_markdown(result) + "\n")
-    (out / "report.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / "report.md", "# Decisive experiment: equilibrium gradient vs BPTT\n\n"
+                      + report_markdown(result) + "\n", what="the decisive experiment's report")
+    atomic_write_text(out / "report.json", json.dumps(result, indent=1), what="the decisive experiment's report")
     return {"md": out / "report.md", "json": out / "report.json", "png": out / "decisive.png"}

@@ -47,10 +47,10 @@ import torch
 from tqdm import tqdm
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_bytes
 from ponder.health.config import TrainingHealthConfig, parse_ramp
 from ponder.health.events import Action, ActionKind, Cause
 from ponder.health.monitors import HealthMonitor
-from ponder.training.checkpoint import atomic_write_bytes
 
 SNAPSHOTS = "health"
 KEEP_SNAPSHOTS = 2
@@ -295,7 +295,8 @@ class StabilityController:
         torch.save({"step": step, "model": self.run.model.state_dict(),
                     "optimizer": self.run.optimizer.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None}, buf)
-        atomic_write_bytes(self._snapshot_dir() / f"good-step-{step:07d}.pt", buf.getvalue())
+        atomic_write_bytes(self._snapshot_dir() / f"good-step-{step:07d}.pt", buf.getvalue(),
+                           what="the controller's snapshot")
         self.good_step, self.peak_lr = step, 0.0
         for old in sorted(self._snapshot_dir().glob("good-step-*.pt"))[:-KEEP_SNAPSHOTS]:
             old.unlink(missing_ok=True)

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ponder.core.files import atomic_write_text
 from ponder.core.stats import largest_drop
 from ponder.health.events import Action
 from ponder.health.halting import check_health, check_input_agnostic, format_health
-from ponder.training.checkpoint import atomic_write_text
 
 
 @dataclass
@@ -199,6 +199,6 @@ def write_health_report(run_dir: Path, cfg, records: list[dict]) -> dict:
     returns the JSON payload."""
     payload, md = build_report(cfg, records)
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "health.json", json.dumps(payload, indent=1) + "\n")
-    atomic_write_text(run_dir / "health.md", md)
+    atomic_write_text(run_dir / "health.json", json.dumps(payload, indent=1) + "\n", what="the health report")
+    atomic_write_text(run_dir / "health.md", md, what="the health report")
     return payload

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
 from ponder.runs.report import sample_figures
 from ponder.runs.run import health_report, load_trained
 from ponder.training.callbacks import MetricsLog
-from ponder.training.checkpoint import atomic_write_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#111;padding:0 1em}
@@ -371,5 +371,5 @@ def write_page(run_dirs: list[Path], out: Path | None = None, *, samples: int = 
         raise PonderError(f"--out {out} is a directory; name a file")
     if not out.parent.exists():
         raise PonderError(f"--out: no such directory: {out.parent}")
-    atomic_write_text(out, build_page([Path(d) for d in run_dirs], samples=samples))
+    atomic_write_text(out, build_page([Path(d) for d in run_dirs], samples=samples), what="the report page")
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
 from ponder.core.settings import KindRegistry, field_types, parse
 from ponder.health.config import HaltingHealthConfig, TrainingHealthConfig
 from ponder.models.cell import CellConfig
@@ -34,7 +35,6 @@ from ponder.models.lm.hybrid import HybridConfig
 from ponder.models.lm.recursive_lm import RecursiveLMConfig
 from ponder.models.recursive import ModelConfig
 from ponder.tasks import TASKS
-from ponder.training.checkpoint import atomic_write_text
 from ponder.training.estimator_hook import ESTIMATOR_SETTINGS, TRMRule, validate_estimator
 from ponder.training.evaluate import EvalConfig
 from ponder.training.loop import TrainConfig
@@ -291,7 +291,7 @@ def from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n", what="the run's config")
 
 
 def load_config(path: Path) -> Config:

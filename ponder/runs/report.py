@@ -11,29 +11,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ponder.core.files import atomic_write_text, save_figure
 from ponder.core.render import samples_html
 from ponder.core.task import TaskData
 from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
+from ponder.tasks.arc.evaluation import markdown as arc_markdown
+from ponder.tasks.arc.evaluation import to_dict as arc_to_dict
 from ponder.training.calibrate import describe as describe_calibration
 from ponder.training.calibrate import wants_calibration
 from ponder.training.carry import batch_of
-from ponder.training.checkpoint import atomic_write_text, write_eval_report
+from ponder.training.checkpoint import write_eval_report
 from ponder.training.distributed import SINGLE, Shard
 from ponder.training.evaluate import adaptive_inference, evaluate_split
 
 
 def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
-                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE) -> dict:
-    """Full evaluation of `model` on the held-out split (and a training subset); writes files.
+                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE, out: Path | None | str = "eval"
+                 ) -> dict:
+    """Full evaluation of `model` on the held-out split (and a training subset); writes its files
+    into `out` (a folder of the run, RUN_DIR/eval by default; None: print only, write nothing).
     Across processes every rank evaluates its part of each split and rank 0 writes. A task with
     its own `evaluate_run` (language models, ponder.tasks.lm.task) writes its own report. With
     halt.threshold=auto the model must have been calibrated (ponder.training.calibrate.calibrate; the
     callers in ponder.runs.run do it): its record is written as `halt_calibration`."""
+    out = Path(run_dir) / out if isinstance(out, str) else out
     own = getattr(task, "evaluate_run", None)
     if own is not None:
-        return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
+        return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard, out=out)
     if task.name == "arc":
-        return evaluate_arc_run(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard)
+        return evaluate_arc_run(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard,
+                                out=out)
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if ec.max_samples > 0 and ec.max_samples < len(held_out):
@@ -59,17 +66,18 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     if not shard.main:
         return report
     text = format_report(report)
-    out_dir = write_eval_report(run_dir, report, text)
-    plot_budget_curve(report, out_dir / "accuracy_vs_steps.png")
-    if task.render is not None and ec.samples_drawn > 0:
-        draw_samples(model, task, held_out, ec.samples_drawn, m, out_dir / "samples.html", device=device)
+    if out is not None:
+        write_eval_report(out, report, text)
+        plot_budget_curve(report, out / "accuracy_vs_steps.png")
+        if task.render is not None and ec.samples_drawn > 0:
+            draw_samples(model, task, held_out, ec.samples_drawn, m, out / "samples.html", device=device)
     if not quiet:
         print(text)
     return report
 
 
 def evaluate_arc_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
-                     quiet: bool = False, shard: Shard = SINGLE) -> dict:
+                     quiet: bool = False, shard: Shard = SINGLE, out: Path | None) -> dict:
     """ARC runs are scored by ARC's rules: every view of every test input, voted, both scoring rules
     beside the baselines (ponder.tasks.arc.evaluation), written under RUN_DIR/eval/ (report.md/.json,
     tasks.csv, gallery.png, submission.json). Rank 0 evaluates; the other ranks return {}."""
@@ -77,7 +85,11 @@ def evaluate_arc_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch
         return {}
     arc_split = f"{cfg.task.dataset}-{'eval' if split == 'test' else 'train'}"
     result = evaluate_arc(model, cfg, arc_split, metric=task.metric, device=device, run=str(run_dir))
-    paths = write_arc_eval(result, Path(run_dir) / "eval")
+    if out is None:
+        if not quiet:
+            print(arc_markdown(result, None))
+        return arc_to_dict(result)
+    paths = write_arc_eval(result, out)
     if not quiet:
         print(paths["report"].read_text())
     return json.loads(paths["json"].read_text())
@@ -102,7 +114,7 @@ def sample_figures(model, task: TaskData, split, k: int, max_steps: int, *, devi
 def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Path, *, device: torch.device) -> None:
     """`sample_figures` as one self-contained HTML page."""
     figures = sample_figures(model, task, split, k, max_steps, device=device)
-    atomic_write_text(path, samples_html(figures, f"{task.name}: held-out samples"))
+    atomic_write_text(path, samples_html(figures, f"{task.name}: held-out samples"), what="the sample pictures")
 
 
 def _pct(x: float | None) -> str:
@@ -163,7 +175,5 @@ def plot_budget_curve(r: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, "the accuracy-vs-steps plot", dpi=110)
     plt.close(fig)
-    tmp.replace(path)

@@ -23,6 +23,8 @@ import torch
 from tqdm import tqdm
 
 from ponder.core.errors import PonderError
+from ponder.core.files import WriteFailed, atomic_write_text
+from ponder.core.lock import DirectoryLock, command_line
 from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.models.cell import CellReasoner
@@ -37,8 +39,9 @@ from ponder.tasks import TaskData, build_task
 from ponder.training.calibrate import calibrate, training_split, wants_calibration
 from ponder.training.callbacks import Callbacks, MetricsLog
 from ponder.training.carry import SampleStream
-from ponder.training.checkpoint import (atomic_write_text, format_load_report, nonfinite_tensors, partial_load,
-                                        read_config, read_training_state, read_weights, resolve_checkpoint, run_dir_of)
+from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, partial_load, read_config, read_latest,
+                                        read_training_state, read_weights, remove_stale_temporaries, resolve_checkpoint,
+                                        run_dir_of, stopped_by_write)
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
 from ponder.training.loop import Run, check_accelerator_settings, resolve_device, set_threads, train
@@ -160,8 +163,37 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     shard.local_size(tc.batch_size)  # the global batch must divide among the processes
     check_accelerator_settings(tc, device)
     set_threads(tc.threads)
+    lock = _lock_run_dir(run_dir, shard)
+    try:
+        return _open_locked(cfg, run_dir, shard, device, lock, resume=resume, init_from=init_from,
+                            callbacks=callbacks)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _lock_run_dir(run_dir: Path, shard) -> DirectoryLock | None:
+    """Rank 0 takes the run directory's writer lock before reading or writing anything of it; a
+    refusal on rank 0 stops every rank (they would otherwise wait for it at the first collective)."""
+    lock, refusal = None, None
+    if shard.main:
+        try:
+            lock = DirectoryLock(run_dir, command_line()).acquire()
+        except PonderError as e:
+            refusal = e
+    if shard.any_flags([refusal is not None])[0]:
+        raise refusal or PonderError(f"rank 0 could not lock {run_dir}; see its message")
+    return lock
+
+
+def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: bool, init_from: Path | None,
+                 callbacks: list | None) -> Run:
+    tc = cfg.train
     if not resume and (run_dir / "checkpoints").exists():
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    if resume and shard.main:
+        remove_stale_temporaries(run_dir)  # what a killed write left behind; we are the only writer
     ckpt = source = None
     if resume:  # read and check everything before building anything
         ckpt = resolve_checkpoint(run_dir)
@@ -188,14 +220,15 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
               ema=ema, stream=stream, objective=objective,
               callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device,
-              shard=shard)
+              shard=shard, lock=lock)
     if source is not None:
         report = partial_load(model, weights)
         if not report["loaded"]:
             raise PonderError(f"--init-from {source}: no tensor of it fits this model (a run of another task?)")
         if shard.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1))
+            atomic_write_text(run_dir / "init_from.json", json.dumps({"source": str(source), **report}, indent=1),
+                              what="the init-from report")
             tqdm.write(format_load_report(report, source))
         if ema is not None:
             run.ema = ExponentialMovingAverage(model, tc.ema_decay)  # start the average at the loaded weights
@@ -233,19 +266,28 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
     """Open the run, train it, write its health report and (with `final_eval`) the full
     evaluation of RUN_DIR/eval/. Returns the evaluation report (or the last metric record).
     Under torchrun every process trains its share and evaluates its part; rank 0 writes."""
+    run = None
     try:
-        run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
+        try:
+            run = open_run(cfg, run_dir, resume=resume, init_from=init_from, callbacks=callbacks)
+        except WriteFailed as e:
+            raise stopped_by_write(e, run_dir, None) from None
         train(run)
-        records = run.log.records()
-        if run.shard.main:
-            write_health_report(run.run_dir, cfg, records)
-        if not final_eval:
-            return records[-1] if records else {}
-        model = run.eval_model()
-        calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # halt.threshold=auto: the final weights'
-        return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
-                            quiet=not run.shard.main)
+        try:
+            records = run.log.records()
+            if run.shard.main:
+                write_health_report(run.run_dir, cfg, records)
+            if not final_eval:
+                return records[-1] if records else {}
+            model = run.eval_model()
+            calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # auto threshold: the final weights'
+            return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                                quiet=not run.shard.main)
+        except WriteFailed as e:
+            raise stopped_by_write(e, run.run_dir, run.step, finished=True) from None
     finally:
+        if run is not None:
+            run.close()
         leave()
 
 
@@ -275,10 +317,13 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         given as an override, e.g. on a run trained with a fixed threshold) the model comes back
         calibrated (ponder.training.calibrate), on cfg.train.device with cfg.train.threads set.
     """
-    ckpt_dir = resolve_checkpoint(Path(path))
-    saved = read_run_config(ckpt_dir)
-    cfg = apply_overrides(saved, overrides or [])
-    weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
+    def read(ckpt: Path):
+        saved = read_run_config(ckpt)
+        cfg = apply_overrides(saved, overrides or [])
+        weights, source = read_trained_weights(ckpt, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
+        return saved, cfg, weights, source
+
+    ckpt_dir, (saved, cfg, weights, source) = read_latest(Path(path), read)
     task = build_task(cfg.task)
     model = build_model(cfg, task)
     load_weights(model, weights, source)
@@ -314,9 +359,20 @@ def health_report(run_dir: Path) -> dict:
     return write_health_report(run_dir, load_config(run_dir / "config.json"), MetricsLog(run_dir).records())
 
 
-def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test") -> dict:
-    """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/."""
-    model, task, cfg, ckpt_dir = load_trained(path, overrides)
-    device = resolve_device(cfg.train.device)
-    set_threads(cfg.train.threads)
-    return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split)
+def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test", write: bool = True) -> dict:
+    """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/ while
+    holding the run's writer lock (`write=False`: printed only, nothing written, no lock, so it
+    can read a run that is being trained)."""
+    lock = None
+    if write:
+        run_dir = run_dir_of(resolve_checkpoint(Path(path)))
+        lock = DirectoryLock(run_dir, command_line()).acquire()
+    try:
+        model, task, cfg, ckpt_dir = load_trained(path, overrides)
+        device = resolve_device(cfg.train.device)
+        set_threads(cfg.train.threads)
+        return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
+                            out="eval" if write else None)
+    finally:
+        if lock is not None:
+            lock.release()

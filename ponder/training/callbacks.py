@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.core.errors import PonderError
-from ponder.training.checkpoint import atomic_write_text
+from ponder.core.files import append_text, atomic_write_text
 
 HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval_end", "on_train_end")
 
@@ -88,15 +88,12 @@ class MetricsLog:
         if not self.writes:
             return
         kept = [r for r in self.records() if r.get("step", 0) <= step]
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept), what="the metrics log")
 
     def write(self, record: dict) -> None:
         if not self.writes:
             return
-        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-            f.flush()
+        append_text(self.jsonl, json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n", what="the metrics log")
         if self.mirror is not None:
             self.mirror.write(record)
 
@@ -113,4 +110,4 @@ class MetricsLog:
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-        atomic_write_text(self.csv, buf.getvalue())
+        atomic_write_text(self.csv, buf.getvalue(), what="the metrics table")

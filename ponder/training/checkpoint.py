@@ -15,64 +15,36 @@ deep-supervision carry go to the `state.pt` sidecar.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from ponder.core.errors import PonderError
+from ponder.core.files import WriteFailed, atomic_write_text, fsync_dir, write_file, writing
 
+T = TypeVar("T")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old or the new file, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_eval_report(run_dir: Path, report: dict, markdown: str) -> Path:
-    """RUN_DIR/eval/report.json and report.md, each written atomically; returns RUN_DIR/eval."""
-    out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out_dir / "report.md", markdown)
+def write_eval_report(out_dir: Path, report: dict, markdown: str) -> Path:
+    """OUT/report.json and report.md (OUT is usually RUN_DIR/eval), each written atomically;
+    returns OUT."""
+    out_dir = Path(out_dir)
+    with writing("the evaluation report", out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n", what="the evaluation report")
+    atomic_write_text(out_dir / "report.md", markdown, what="the evaluation report")
     return out_dir
 
 
@@ -80,35 +52,70 @@ def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
+def _safetensors_bytes(tensors: dict[str, Tensor]) -> bytes:
+    return save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what an interrupted write left behind (hidden `.step-*` checkpoint folders and
+    `.*.tmp` files of atomic writes). Only the run's one writer (it holds the run's lock) may call
+    this: another writer's temporaries would be in use. Returns what was removed."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob(f"{CHECKPOINTS}/.step-*")]
+    found += [p for d in (run_dir, run_dir / CHECKPOINTS, run_dir / "eval") for p in d.glob(".*.tmp")]
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model_state: dict[str, Tensor],
                     ema_state: dict[str, Tensor] | None, training_state: dict[str, Any],
                     config: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; keep the newest `keep`."""
+    """Write checkpoint `step` atomically and point `latest` at it; keep the newest `keep`.
+
+    Every file is serialised in memory first, so a failed write (a full disk, a read-only file
+    system) is an OSError of our own writes, reported as `WriteFailed` naming the checkpoint, and
+    the temporary folder is removed: the previous checkpoint stays `latest`."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     final = root / name
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    try:
-        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
-        if ema_state is not None:
-            save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
-        torch.save(training_state, tmp / "state.pt")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # a re-run of the same step after a crash: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(root / LATEST, name + "\n")
-    complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    files = {"model.safetensors": _safetensors_bytes(model_state)}
+    if ema_state is not None:
+        files["ema.safetensors"] = _safetensors_bytes(ema_state)
+    files["state.pt"] = _torch_bytes(training_state)
+    files["config.json"] = (json.dumps(config, indent=2) + "\n").encode()
+    with writing(f"checkpoint {name}", final):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+        try:
+            for file_name, data in files.items():
+                write_file(tmp / file_name, data)
+            if final.exists():  # a re-run of the same step after a crash: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(root / LATEST, name + "\n", what=f"the checkpoint pointer {root / LATEST}")
+    complete = _complete_checkpoints(root)
     for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed first, so a reader finds a checkpoint whole or not at all, never half deleted
+        hidden = old.with_name(f".{old.name}.pruned")
+        try:
+            os.replace(old, hidden)
+        except OSError:
+            hidden = old
+        shutil.rmtree(hidden, ignore_errors=True)
     return final
 
 
@@ -146,6 +153,50 @@ def resolve_checkpoint(path: Path) -> Path:
     found = _complete_checkpoints(root)
     hint = f" ({LATEST} is missing; the newest checkpoint there is {found[-1]}, give it directly)" if found else ""
     raise PonderError(f"{path} holds no checkpoint{hint}")
+
+
+def stopped_by_write(e: WriteFailed, run_dir: Path, step: int | None, *, finished: bool = False) -> PonderError:
+    """The one line a command ends with when a write of the run failed: what could not be
+    written and why, the step, and the last intact checkpoint to continue from."""
+    try:
+        ckpt = resolve_checkpoint(Path(run_dir))
+    except PonderError:
+        ckpt = None
+    if finished and ckpt is not None:
+        then = f"training is complete ({ckpt}); make room, then write the evaluation with: ponder eval {run_dir}"
+    elif ckpt is not None:
+        then = (f"the last intact checkpoint is {ckpt} (step {int(ckpt.name.split('-')[1])}); make room, then "
+                f"continue with: ponder train --resume {run_dir}")
+    else:
+        then = "no checkpoint was written yet; make room, then start the run again"
+    return PonderError(f"{e}{'' if step is None else f' at step {step}'}; {then}")
+
+
+def read_latest(path: Path, read: Callable[[Path], T], attempts: int = 5) -> tuple[Path, T]:
+    """`read(checkpoint)` of a run's latest checkpoint (or of the checkpoint `path` names), for a
+    reader that holds no lock: while a run trains, the checkpoint `latest` named a moment ago can
+    be pruned under the reader (a run keeps only the newest few), so a read that fails because its
+    checkpoint vanished starts again from the new `latest`. Returns (checkpoint, what was read)."""
+    for attempt in range(attempts):
+        try:
+            ckpt = resolve_checkpoint(path)
+        except PonderError:
+            if attempt == attempts - 1:
+                raise
+            continue  # `latest` named a checkpoint that was pruned a moment later
+        try:
+            return ckpt, read(ckpt)
+        except PonderError:
+            if attempt == attempts - 1 or ckpt == Path(path) or _latest_or_none(path) == ckpt:
+                raise  # damage, not a checkpoint pruned by the run's writer
+    raise AssertionError("unreachable")
+
+
+def _latest_or_none(path: Path) -> Path | None:
+    try:
+        return resolve_checkpoint(path)
+    except PonderError:
+        return None
 
 
 def run_dir_of(ckpt: Path) -> Path:

@@ -8,6 +8,7 @@ everything needed for a bit-exact resume.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -23,12 +24,13 @@ import torch
 from tqdm import tqdm
 
 from ponder.core.errors import PonderError
+from ponder.core.files import WriteFailed
 from ponder.core.settings import check, setting
 from ponder.core.task import TaskData
 from ponder.training.calibrate import calibrate
 from ponder.training.callbacks import Callbacks, MetricsLog
 from ponder.training.carry import SampleStream
-from ponder.training.checkpoint import save_checkpoint
+from ponder.training.checkpoint import save_checkpoint, stopped_by_write
 from ponder.training.distributed import SINGLE, Shard, local_world
 from ponder.training.evaluate import evaluate_split
 from ponder.training.optim import ExponentialMovingAverage, lr_factor
@@ -176,6 +178,7 @@ class Run:
         run_dir, task, model, optimizer, ema (or None), stream, objective, callbacks, log, device.
         shard: this process among the data-parallel ones (ponder.training.distributed; rank 0 writes files).
         step: optimizer steps taken; skipped_steps: non-finite steps refused; window: log sums.
+        lock: the run directory's writer lock (ponder.core.lock; rank 0 holds it), released by close().
     """
 
     cfg: Any
@@ -194,6 +197,13 @@ class Run:
     step: int = 0
     skipped_steps: int = 0
     window: Window = field(default_factory=Window)
+    lock: Any = None
+
+    def close(self) -> None:
+        """Let another writer have the run directory (the lock also dies with the process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def training_state(self) -> dict:
         """Everything besides the weights that a bit-exact resume needs."""
@@ -232,15 +242,34 @@ class Run:
 
 
 class _StopRequest:
-    """Turns the first Ctrl-C / SIGTERM into a request honoured at the next step boundary."""
+    """Turns the first Ctrl-C / SIGTERM into a request honoured at the next step boundary; a
+    second one stops at once, except inside `critical()` (a checkpoint being written), where it
+    waits for the write to finish, so a signal never leaves half a checkpoint or a log that runs
+    past it."""
 
     def __init__(self):
         self.requested = False
+        self.pending = False  # a second signal arrived inside a critical section
+        self._depth = 0
         self._old: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def critical(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self.pending and self._depth == 0:
+            self.pending = False
+            raise KeyboardInterrupt
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:  # second press: stop now
+            if self.requested:  # second press: stop now (after a checkpoint write under way)
+                if self._depth:
+                    self.pending = True
+                    return
                 raise KeyboardInterrupt
             self.requested = True
 
@@ -357,6 +386,13 @@ def train(run: Run) -> str:
     Returns why it stopped: "done", "target" (train.target reached), "time" (train.max_minutes).
     An interrupt (Ctrl-C, SIGTERM) checkpoints and raises a PonderError saying how to resume.
     """
+    try:
+        return _train(run)
+    except WriteFailed as e:  # a full disk, a read-only file system: one line, and where to resume
+        raise stopped_by_write(e, run.run_dir, run.step) from None
+
+
+def _train(run: Run) -> str:
     tc = run.cfg.train
     run.callbacks.call("on_train_start", run)
     run.model.train()
@@ -380,7 +416,7 @@ def train(run: Run) -> str:
                 evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
             out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
             # every rank must stop at the same step: a signal or a clock seen by any rank counts for all
-            stop.requested, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
+            stopping, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
             if out_of_time:
                 why = "time"
             headline = run.task.metric.columns[0]
@@ -388,15 +424,16 @@ def train(run: Run) -> str:
                 why = "target"
             if why == "time" and evaluated is None:
                 evaluate_during_training(run, done, time.perf_counter() - t_start)
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stop.requested \
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stopping \
                     or why != "done":
-                run.save_checkpoint(done)
+                with stop.critical():
+                    run.save_checkpoint(done)
             if why != "done":
                 if run.shard.main:
                     tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}" if why == "time" else
                                f"target {tc.target:g} held-out {headline} reached at step {done}")
                 break
-            if stop.requested:
+            if stopping:
                 bar.close()
                 raise PonderError(f"interrupted at step {done}; checkpoint saved, continue with: ponder train "
                                   f"{run.cfg.preset or 'PRESET'} --resume {run.run_dir}")

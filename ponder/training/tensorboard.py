@@ -9,12 +9,14 @@ events after the checkpoint's step are purged, as the JSONL is cut back.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ponder.core.errors import PonderError
+from ponder.core.files import writing
 
 try:
     from torch.utils.tensorboard import SummaryWriter
@@ -22,6 +24,23 @@ except ImportError:  # the extra is not installed
     SummaryWriter = None
 
 TENSORBOARD_DIR = "tensorboard"
+
+
+def _quiet_event_writer_thread() -> None:
+    """TensorBoard's event writer runs in a thread of its own; a write that fails there (a full
+    disk) is printed as a thread traceback and raised again at the writer's next call, where it
+    becomes one `WriteFailed` line. Silence the thread's copy (OSErrors of that thread only)."""
+    previous = threading.excepthook
+    if getattr(previous, "ponder_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.ponder_quiet = True
+    threading.excepthook = hook
 
 
 def tensorboard_available() -> bool:
@@ -35,10 +54,17 @@ class TensorBoardMirror:
         if SummaryWriter is None:
             raise PonderError("train.tensorboard=on but the tensorboard package is not installed "
                               "(pip install 'ponder[tensorboard]')")
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step,
-                                    flush_secs=30)
+        self.dir = Path(run_dir) / TENSORBOARD_DIR
+        _quiet_event_writer_thread()
+        with writing("TensorBoard events", self.dir):
+            self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=purge_step, flush_secs=30)
 
     def write(self, record: dict[str, Any]) -> None:
+        # the event writer works in a thread of its own and raises a failed write at the next call
+        with writing("TensorBoard events", self.dir):
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         step, kind = int(record.get("step", 0)), record.get("kind", "train")
         if kind == "action":
             self.writer.add_text("controller", f"**{record.get('action')}** ({', '.join(record.get('causes', []))}): "
@@ -63,10 +89,12 @@ class TensorBoardMirror:
                                           bins=np.arange(0.5, len(counts) + 1.5))
 
     def flush(self) -> None:
-        self.writer.flush()
+        with writing("TensorBoard events", self.dir):
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with writing("TensorBoard events", self.dir):
+            self.writer.close()
 
 
 def make_mirror(setting: str, run_dir: Path, *, purge_step: int | None) -> TensorBoardMirror | None:

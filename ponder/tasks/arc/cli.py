@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
+from ponder.core.lock import DirectoryLock, command_line
 from ponder.tasks.arc.baselines import score_baselines
 from ponder.tasks.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
 from ponder.tasks.arc.evaluation import evaluate_arc, score_command, write_arc_eval
@@ -23,7 +25,7 @@ from ponder.tasks.arc.leakage import dumps, format_leakage, leakage_report
 from ponder.tasks.arc.scoring import RULES, format_score_table, parse_submission, read_submission, score_attempts
 from ponder.tasks.arc.task import ArcTaskData
 from ponder.tasks.arc.ttft import TTFTSettings
-from ponder.training.checkpoint import atomic_write_text
+from ponder.training.checkpoint import resolve_checkpoint, run_dir_of
 from ponder.training.loop import resolve_device, set_threads
 
 LEAKAGE_DEFAULT = "arc-leakage.md"
@@ -218,6 +220,21 @@ def _cmd_eval(args) -> int:
     if run_dir.is_dir() and not (run_dir / "config.json").exists() and not (run_dir / "checkpoints").exists() \
             and not (run_dir / "model.safetensors").exists():
         raise PonderError(f"{run_dir} is not a run directory (no config.json, no checkpoints/)")
+    lock = None
+    if args.out is None or _inside(Path(args.out), run_dir_of(resolve_checkpoint(run_dir))):
+        lock = DirectoryLock(run_dir_of(resolve_checkpoint(run_dir)), command_line()).acquire()  # writes into the run
+    try:
+        return _eval_run(args, run_dir, max_tasks, ttft, batch)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _eval_run(args, run_dir: Path, max_tasks: int, ttft, batch) -> int:
     model, task, cfg, ckpt = args.load_run(run_dir)
     if not isinstance(task, ArcTaskData):
         raise PonderError(f"{run_dir} is not an ARC run (its task is {cfg.task.name!r}); ponder arc eval scores "

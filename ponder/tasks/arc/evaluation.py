@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
 from ponder.core.metrics import Metric
 from ponder.core.types import IGNORE
 from ponder.tasks.arc.baselines import score_baselines
@@ -35,7 +36,6 @@ from ponder.tasks.arc.scoring import RULES, ScoreReport, format_score_table, sco
 from ponder.tasks.arc.task import ArcConfig
 from ponder.tasks.arc.ttft import TTFTSettings, finetuned
 from ponder.tasks.arc.vote import Candidate, to_kaggle, vote_views
-from ponder.training.checkpoint import atomic_write_text
 
 __all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy"]
 
@@ -204,7 +204,8 @@ def _tag(name: str) -> str:
     return "adaptive"
 
 
-def _markdown(result: ArcEval, sub_cmd: str) -> str:
+def markdown(result: ArcEval, sub_cmd: str | None) -> str:
+    """The report of an ARC evaluation as Markdown (`sub_cmd`: how to re-score its submission file)."""
     info = result.info
     lines = [f"# ARC evaluation: {result.split} ({result.label})", "",
              f"- run: {result.run}", f"- data: {DATA_VERSION}",
@@ -236,7 +237,9 @@ def _markdown(result: ArcEval, sub_cmd: str) -> str:
         sec = [x["seconds"] for x in result.ttft]
         lines.append(f"- test-time fine-tuning: {np.mean(upd):.1f} updates per task (min {min(upd)}, max {max(upd)}), "
                      f"{np.mean(sec):.2f} s per task (max {max(sec):.2f})")
-    lines += ["", f"Reproduce the adaptive score from the submission: `{sub_cmd}`", ""]
+    if sub_cmd:
+        lines += ["", f"Reproduce the adaptive score from the submission: `{sub_cmd}`"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -256,10 +259,11 @@ def write_arc_eval(result: ArcEval, out: Path, *, gallery_tasks: int = 6) -> dic
     paths = {k: out / v for k, v in (("report", "report.md"), ("json", "report.json"), ("csv", "tasks.csv"),
                                      ("gallery", "gallery.png"), ("submission", "submission.json"))}
     sub_cmd = score_command(result, paths["submission"])
-    atomic_write_text(paths["submission"], json.dumps(submission(result)) + "\n")
-    atomic_write_text(paths["csv"], _csv(result))
-    atomic_write_text(paths["report"], _markdown(result, sub_cmd))
-    atomic_write_text(paths["json"], json.dumps({**to_dict(result), "score_command": sub_cmd}, indent=1) + "\n")
+    what = "the ARC evaluation"
+    atomic_write_text(paths["submission"], json.dumps(submission(result)) + "\n", what)
+    atomic_write_text(paths["csv"], _csv(result), what)
+    atomic_write_text(paths["report"], markdown(result, sub_cmd), what)
+    atomic_write_text(paths["json"], json.dumps({**to_dict(result), "score_command": sub_cmd}, indent=1) + "\n", what)
     draw_gallery(result.samples.tasks, result.adaptive.report, result.adaptive.voted, paths["gallery"],
                  per_group=gallery_tasks, title=f"{result.split} ({result.label}): {result.adaptive.name}")
     return paths

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ponder.core.files import save_figure
 from ponder.tasks.arc.data import ArcTask
 from ponder.tasks.arc.scoring import ScoreReport
 from ponder.tasks.arc.task import ARC_PALETTE
@@ -76,6 +77,6 @@ def draw_gallery(tasks: tuple[ArcTask, ...], report: ScoreReport, voted: dict[tu
                  fontsize=8)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.02, top=1 - 0.8 / fig.get_figheight(), wspace=0.15,
                         hspace=0.35)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, "the ARC gallery", dpi=90)
     plt.close(fig)
     return path

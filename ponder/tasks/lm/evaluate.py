@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ponder.core.files import atomic_write_text
 from ponder.core.render import samples_html
 from ponder.core.stats import spearman_or_none
 from ponder.core.task import Split
 from ponder.core.types import IGNORE
-from ponder.training.checkpoint import atomic_write_text, write_eval_report
+from ponder.training.checkpoint import write_eval_report
 from ponder.training.distributed import SINGLE, Shard
 
 TOP_TOKENS = 20
@@ -218,10 +219,11 @@ def format_lm_report(r: dict) -> str:
 
 
 def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
-                    quiet: bool = False, shard: Shard = SINGLE) -> dict:
+                    quiet: bool = False, shard: Shard = SINGLE, out: Path | None) -> dict:
     """`ponder eval` of a language model: the held-out split (validation; `split="train"`: the
     training windows), a training subset, the n-gram baselines, parameters and FLOPs per token;
-    writes RUN_DIR/eval/report.json, report.md and samples.html (tokens shaded by depth)."""
+    writes OUT/report.json, report.md and samples.html (tokens shaded by depth; OUT is usually
+    RUN_DIR/eval, None writes nothing)."""
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if 0 < ec.max_samples < len(held_out):
@@ -245,9 +247,10 @@ def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, sp
     if not shard.main:
         return report
     text = format_lm_report(report)
-    out_dir = write_eval_report(run_dir, report, text)
-    if ec.samples_drawn > 0:
-        atomic_write_text(out_dir / "samples.html", depth_samples_html(
+    if out is not None:
+        write_eval_report(out, report, text)
+    if out is not None and ec.samples_drawn > 0:
+        atomic_write_text(out / "samples.html", depth_samples_html(
             model, held_out, task.tokenizer, ec.samples_drawn, device=device,
             title=f"{cfg.preset or task.name}: held-out windows by depth"))
     if not quiet:

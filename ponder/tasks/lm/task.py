@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ponder.core.errors import PonderError
+from ponder.core.files import atomic_write_text
 from ponder.core.settings import check, setting
 from ponder.core.task import TASKS, Split, TaskData
 from ponder.core.types import IGNORE
 from ponder.tasks.lm import evaluate as lm_evaluate
 from ponder.tasks.lm import tokenizer as lm_tokenizer
 from ponder.tasks.lm.corpus import load_corpus
-from ponder.training.checkpoint import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -121,9 +121,9 @@ class LMTaskData(TaskData):
 
     def save_assets(self, run_dir: Path) -> None:
         """Copy the tokenizer into the run directory (RUN_DIR/tokenizer.json)."""
-        atomic_write_text(Path(run_dir) / TOKENIZER_FILE, self.tokenizer.tokenizer.to_str())
+        atomic_write_text(Path(run_dir) / TOKENIZER_FILE, self.tokenizer.tokenizer.to_str(), what="the tokenizer")
 
-    def evaluate_run(self, model, cfg, run_dir: Path, **kw: Any) -> dict:
+    def evaluate_run(self, model, cfg, run_dir: Path, **kw: Any) -> dict:  # kw: device, split, quiet, shard, out
         """The task-owned `ponder eval` report (ponder.tasks.lm.evaluate.write_lm_report)."""
         return lm_evaluate.write_lm_report(model, self, cfg, run_dir, **kw)
 
