@@ -192,7 +192,11 @@ def test_eval_with_auto_on_a_run_trained_with_a_fixed_threshold(tmp_path):
     train_run(debug("--halt.bias_init=5", *FAST), run)
     rc, err = _cli(["eval", str(run), "--halt.threshold=auto", "--halt.calibration_samples=40"])
     assert rc == 0, err[-500:]
-    record = json.loads((run / "eval" / "report.json").read_text())["halt_calibration"]
+    written = run / "eval" / "halt.threshold=auto+halt.calibration_samples=40" / "report.json"  # beside the run's own
+    record = json.loads(written.read_text())["halt_calibration"]
+    assert json.loads(written.read_text())["evaluation"]["overrides"] == ["--halt.threshold=auto",
+                                                                           "--halt.calibration_samples=40"]
+    assert "halt_calibration" not in json.loads((run / "eval" / "report.json").read_text())
     assert record["samples"] == 40 and not record["held_out"]  # the run trained on the slice: said so
     assert "seen in training" in record["source"]
     by_t = {c["threshold"]: c["mean_steps"] for c in record["candidates"]}

@@ -335,3 +335,8 @@ def test_one_health_report_holds_the_halting_verdicts(tmp_path):
     flagged = [v["name"] for v in data["halting"] if v["flagged"]]
     assert data["passed"] == (not flagged and all(c["passed"] is not False for c in data["checks"]))
     assert set(data["halting_first_flagged"]) == set(flagged) or not flagged
+
+
+def test_running_to_m_before_anything_is_solved_is_not_collapse():
+    v = check_collapse([eval_record(exact=0.01, mean_steps=8.0, halt_first_frac=0.0, halt_max_frac=1.0)], CFG)
+    assert not v.flagged and "nothing is solved" in v.reason

@@ -55,7 +55,7 @@ def test_page_shows_the_runs_figures_and_needs_no_network(run_dir, capsys):
     assert data["loss"] == [[r["step"] for r in log if r["kind"] == "train"],
                             [r["loss"] for r in log if r["kind"] == "train"]]
     assert data["test_exact"][1] == [r["test_exact"] for r in log if r["kind"] == "eval"]
-    for section in ("Training curves", "Accuracy against step budget", "Steps used against difficulty",
+    for section in ("Training curves", "Held-out exact against step budget", "Steps used against difficulty",
                     "Halting health", "Controller actions", "Health checklist", "Held-out samples"):
         assert f"<h2>{section}" in page
     assert page.count('<figure><figcaption>held-out sample') == 6  # the task's renderer drew them

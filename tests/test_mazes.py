@@ -74,7 +74,7 @@ def test_mazes_are_consistent(size, loops):
 
 
 def test_tokens_and_task_fields():
-    cfg_cls, build = TASKS.get("maze")
+    cfg_cls, build = TASKS.get("maze").config, TASKS.get("maze").build
     assert cfg_cls is MazeConfig and build is build_maze
     data = build_maze(small())
     assert (data.vocab_size, data.seq_len, data.grid_shape) == (6, 81, (9, 9))

@@ -37,7 +37,7 @@ def rows(split) -> set[bytes]:
 
 
 def test_registered_and_built_through_registry():
-    cls, build = TASKS.get("parity")
+    cls, build = TASKS.get("parity").config, TASKS.get("parity").build
     assert cls is ParityConfig and build is build_parity
     task = build_task(small())
     assert task.name == "parity"

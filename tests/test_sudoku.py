@@ -112,7 +112,7 @@ def small(**kw) -> SudokuConfig:
 
 
 def test_registered_and_tokens():
-    cfg_cls, build = TASKS.get("sudoku")
+    cfg_cls, build = TASKS.get("sudoku").config, TASKS.get("sudoku").build
     assert cfg_cls is SudokuConfig and build is build_sudoku
     data = build_sudoku(small())
     assert (data.vocab_size, data.seq_len, data.grid_shape) == (6, 16, (4, 4))

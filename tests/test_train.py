@@ -120,7 +120,7 @@ def test_existing_run_dir_is_refused(tmp_path):
 
 def test_resume_with_another_model_is_refused(tmp_path):
     train_run(_cfg("--train.steps=10"), tmp_path, final_eval=False)
-    with pytest.raises(PonderError, match="cannot be resumed"):
+    with pytest.raises(PonderError, match="model.d_model would change the task or model of the run"):
         train_run(_cfg("--model.d_model=64"), tmp_path, resume=True, final_eval=False)
 
 

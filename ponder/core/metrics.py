@@ -20,9 +20,13 @@ from torch import Tensor
 
 from ponder.core.types import IGNORE
 
+FRACTION, NUMBER = "fraction", "number"  # how a figure reads: a share shown as a percentage, or a plain number
+
 
 class Metric(Protocol):
     columns: tuple[str, ...]  # keys of `summarize`, headline first
+    # optional: formats (column -> FRACTION | NUMBER; default FRACTION) and lower_is_better (columns
+    # where less is better; default none): how the task's figures read on every report and plot
 
     def score(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """(b, n, v) logits and (b, n) labels -> per-sample scores, each (b,)."""
@@ -35,6 +39,24 @@ class Metric(Protocol):
 
     def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
         """The same figures of one batch's score tensors (the training objectives log them per step)."""
+
+
+def figure_formats(metric) -> dict[str, str]:
+    """Column -> FRACTION or NUMBER for a metric class or instance (FRACTION unless it says)."""
+    own = getattr(metric, "formats", {})
+    return {c: own.get(c, FRACTION) for c in metric.columns}
+
+
+def lower_is_better(metric) -> frozenset[str]:
+    return frozenset(getattr(metric, "lower_is_better", ()))
+
+
+def figure_text(value, kind: str = FRACTION) -> str:
+    """A figure as the reports print it: a FRACTION as a percentage (0.992 -> "99.2%"), a NUMBER
+    with four significant digits (473.19 -> "473.2"); None or NaN -> "n/a"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{100 * value:.1f}%" if kind == FRACTION else f"{value:.4g}"
 
 
 def exact_and_cells(preds: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -50,6 +72,7 @@ class ExactMatch:
     """Whole-answer exact match and cell accuracy over the supervised positions."""
 
     columns = ("exact", "cell")
+    formats = {"exact": FRACTION, "cell": FRACTION}
 
     def score(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         exact, correct, total = exact_and_cells(logits.argmax(-1), labels)

@@ -106,6 +106,9 @@ class TaskData:
         metric: scores predictions (ponder.core.metrics.Metric).
         baselines: (split, train) -> {baseline name: metric summary} on `split`.
         render: (inputs (n,), labels (n,), preds (n,)) of one sample -> an SVG picture, or None.
+        sample_figures: the task's own pictures of a trained model on samples, (model, split, k,
+            device) -> HTML figures (None: each sample drawn by `render` with the model's
+            adaptive-halting answer, ponder.runs.report.sample_figures).
         num_puzzle_ids: puzzle identifiers in use (0: the task has none).
         context_len: context tokens per sample (0: the task has none).
     """
@@ -121,15 +124,37 @@ class TaskData:
     metric: Metric = field(default_factory=ExactMatch)
     baselines: Callable[[Split, Split], dict[str, dict[str, float]]] = grid_baselines
     render: Optional[Callable[[np.ndarray, np.ndarray, np.ndarray], str]] = None
+    sample_figures: Optional[Callable[..., list[str]]] = None
     num_puzzle_ids: int = 0
     context_len: int = 0
 
 
-# name -> (config dataclass, build(cfg) -> TaskData)
-TASKS: Registry[tuple[type, Callable[[Any], TaskData]]] = Registry("task")
+@dataclass(frozen=True)
+class TaskEntry:
+    """What the registry knows of a task family without building its data.
+
+    Attributes:
+        config: the task's config dataclass (the `task` section).
+        build: config -> TaskData.
+        metric: the metric class or instance (its `columns`, `formats` and `lower_is_better` say how
+            the task's figures read, ponder.core.metrics.figure_text).
+        evaluate_run: the task's own full evaluation of a trained run, (model, task, cfg, run_dir,
+            **options) -> report dict, written into `out` (None: the per-sample puzzle evaluation of
+            ponder.runs.report). Options: device, split, quiet, shard, out, about (what was evaluated).
+        page_sections: (run directory, its evaluation report dict) -> [(title, HTML)]: the task's own
+            sections of the report page (None: the puzzle sections only).
+    """
+
+    config: type
+    build: Callable[[Any], TaskData]
+    metric: Any = ExactMatch
+    evaluate_run: Optional[Callable[..., dict]] = None
+    page_sections: Optional[Callable[[Any, dict], list[tuple[str, str]]]] = None
+
+
+TASKS: Registry[TaskEntry] = Registry("task")
 
 
 def build_task(cfg: Any) -> TaskData:
     """Build (or load from cache) the task described by a task config with a `name` field."""
-    _, build = TASKS.get(cfg.name)
-    return build(cfg)
+    return TASKS.get(cfg.name).build(cfg)

@@ -35,6 +35,7 @@ from safetensors.torch import save as save_bytes
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text, save_figure, write_file, writing
 from ponder.core.lock import LOCK_FILE, DirectoryLock, command_line
+from ponder.core.metrics import figure_formats, lower_is_better
 from ponder.presets import get_config
 from ponder.runs.config import Config, apply_overrides, to_dict
 from ponder.runs.run import build_model, train_run
@@ -42,7 +43,6 @@ from ponder.tasks import build_task
 from ponder.training.callbacks import MetricsLog
 from ponder.training.checkpoint import read_training_state, resolve_checkpoint
 
-LOWER_IS_BETTER = {"perplexity", "loss"}
 BUDGET = re.compile(r"(steps|tokens|flops|seconds):([0-9.eE+]+)")
 HALT_FIGURES = ("mean_depth", "halt_rate", "halted_mean_steps", "halt_logit_mean", "halt_logit_std", "halt_prob_mean",
                 "ponder_cost", "expected_steps", "kl", "q_halt_acc", "q_halt_loss", "q_continue_loss")
@@ -53,15 +53,15 @@ class BestWeights:
     far, write the evaluated weights to RUN_DIR/best/ (model.safetensors, the EMA's when the run
     keeps one, config.json, best.json with the step and figure). Its best value is resumed."""
 
-    def __init__(self, headline: str):
-        self.headline, self.best = headline, None
+    def __init__(self, headline: str, lower: bool = False):
+        self.headline, self.lower, self.best = headline, lower, None
 
     def _better(self, value: float) -> bool:
         if value is None or not math.isfinite(value):
             return False
         if self.best is None:
             return True
-        return value < self.best if self.headline in LOWER_IS_BETTER else value > self.best
+        return value < self.best if self.lower else value > self.best
 
     def on_eval_end(self, run, record: dict) -> None:
         value = record.get(f"test_{self.headline}")
@@ -216,20 +216,25 @@ def _compare(preset_a: str, preset_b: str, out: Path, *, seeds: int, budget: str
             cfg = apply_overrides(base, [f"--train.seed={seed}"])
             cfg = apply_budget(cfg, parsed, task, model)
             run_dir = out / name / f"seed_{seed}"
-            report = _train_one(cfg, run_dir, headline=task.metric.columns[0], resume=resume,
+            report = _train_one(cfg, run_dir, headline=task.metric.columns[0],
+                                lower=task.metric.columns[0] in lower_is_better(task.metric), resume=resume,
                                 extend_steps=extend_steps, quiet=quiet)
             figures = _run_figures(run_dir, report, params, training_flops_per_step(cfg, task, model))
             per_seed.append(figures)
             result["runs"].setdefault(name, []).append({"seed": seed, "run_dir": str(run_dir), **figures})
         result["summary"][name] = _summary(per_seed)
     result["headline"] = task.metric.columns[0]
+    result["lower_is_better"] = sorted(lower_is_better(task.metric))
+    result["formats"] = figure_formats(task.metric)
+    result["eval_sizes"] = {"in_training": cfgs[preset_a].eval.during_training_samples,
+                            "final": cfgs[preset_a].eval.max_samples or len(task.test)}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=1) + "\n", what="the comparison")
     atomic_write_text(out / "compare.md", format_compare(result), what="the comparison")
     plot_compare(result, out)
     return result
 
 
-def _train_one(cfg: Config, run_dir: Path, *, headline: str, resume: bool, extend_steps: int | None,
+def _train_one(cfg: Config, run_dir: Path, *, headline: str, lower: bool, resume: bool, extend_steps: int | None,
                quiet: bool) -> dict:
     """Train (or continue, or extend) one run and return its final evaluation report."""
     done = None
@@ -245,7 +250,7 @@ def _train_one(cfg: Config, run_dir: Path, *, headline: str, resume: bool, exten
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume")
     if quiet:
         cfg.train.progress = False
-    return train_run(cfg, run_dir, resume=done is not None, callbacks=[BestWeights(headline)])
+    return train_run(cfg, run_dir, resume=done is not None, callbacks=[BestWeights(headline, lower)])
 
 
 def format_compare(r: dict) -> str:
@@ -259,7 +264,10 @@ def format_compare(r: dict) -> str:
         return f"{s['mean']:.4g} ± {s['std']:.2g}" if s["n"] > 1 else f"{s['mean']:.4g}"
 
     lines = [f"## compare {a} vs {b}: {r['seeds']} seed(s), budget {r['budget'] or 'each preset its own steps'}", "",
-             f"Mean ± standard deviation over seeds (the held-out split; headline {r['headline']}).", "",
+             f"Mean ± standard deviation over seeds (the held-out split; headline {r['headline']}).",
+             *([f"`best_*`: the best in-training evaluation ({r['eval_sizes']['in_training']} held-out samples, "
+                f"the weights kept in RUN_DIR/best/); the other held-out figures: the final evaluation of the "
+                f"last weights ({r['eval_sizes']['final']} held-out samples)."] if "eval_sizes" in r else []), "",
              f"| figure | {a} | {b} |", "|---|---|---|"]
     lines += [f"| {k} | {cell(sa.get(k))} | {cell(sb.get(k))} |" for k in keys]
     return "\n".join(lines) + "\n"
@@ -282,20 +290,22 @@ def plot_compare(r: dict, out: Path) -> None:
             evals = [e for e in records if e.get("kind") == "eval" and e.get(f"test_{head}") is not None]
             train = [e for e in records if e.get("kind") == "train"]
             label = name if i == 0 else None
-            axes[0].plot([e["step"] for e in evals], [e[f"test_{head}"] for e in evals], color=color, alpha=0.8,
-                         label=label)
-            axes[1].plot([e.get("time_since_start", 0) for e in evals], [e[f"test_{head}"] for e in evals],
-                         color=color, alpha=0.8, label=label)
+            style = "-o" if len(evals) < 30 else "-"  # a short budget's few evaluations stay visible
+            axes[0].plot([e["step"] for e in evals], [e[f"test_{head}"] for e in evals], style, color=color,
+                         alpha=0.8, markersize=4, label=label)
+            axes[1].plot([e.get("time_since_start", 0) for e in evals], [e[f"test_{head}"] for e in evals], style,
+                         color=color, alpha=0.8, markersize=4, label=label)
             for ax, key in zip(axes2, ("halted_mean_steps", "halt_logit_mean", "halt_logit_std")):
                 pts = [(e["step"], e[key]) for e in train if isinstance(e.get(key), (int, float))]
                 if pts:
-                    ax.plot(*zip(*pts), color=color, alpha=0.8, label=label)
+                    ax.plot(*zip(*pts), "-o" if len(pts) < 30 else "-", color=color, alpha=0.8, markersize=3,
+                            label=label)
                 ax.set_title(key)
                 ax.set_xlabel("step")
     for ax, xl in zip(axes, ("optimizer step", "wall time (s)")):
         ax.set_xlabel(xl)
-        ax.set_ylabel(f"held-out {head}")
-        if head in LOWER_IS_BETTER:
+        ax.set_ylabel(f"held-out {head} (in-training evaluations)")
+        if head in r.get("lower_is_better", []):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -13,8 +13,11 @@ and reports the largest number of live bytes above the level at the start of the
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
 from ponder.dynamics import compare_gradients, fixed_point_residual, spectral_radius
 from ponder.estimators import BPTT, ESTIMATORS, Implicit, Phantom, Truncated
+from ponder.models.lm import LM_KINDS
 from ponder.presets import PRESETS, get_config
 from ponder.runs.config import apply_overrides
 from ponder.runs.run import build_model, load_trained
@@ -42,9 +46,25 @@ MEMORY_METHOD = ("peak live bytes of the PyTorch CPU allocator during the call, 
                  "allocation events (profile_memory=True), above the level at its start")
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's native library logs its start and stop to the process's stderr (file
+    descriptor 2, below Python's sys.stderr); send those lines to /dev/null while it runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_torch_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run fn once under torch.profiler; return (its result, peak live bytes allocated by torch)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
@@ -108,7 +128,8 @@ class Diagnosis:
 
 def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps: int, ref_steps: int,
                      estimators: dict[str, Any] | None = None, repeats: int = 1, ref_tol: float = 1e-6,
-                     ref_max_iter: int = 200, seed: int = 0, progress: bool = False) -> Diagnosis:
+                     ref_max_iter: int = 200, power_iters: int = 200, seed: int = 0,
+                     progress: bool = False) -> Diagnosis:
     """Every estimator on one problem of the estimator protocol, against the two references.
 
     Args:
@@ -161,9 +182,10 @@ def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps
     gen = torch.Generator().manual_seed(seed)
     for tag, z in (("z_T", zT), ("z_star", tight.state)):
         res = fixed_point_residual(step_fn, z, x)
-        # up to 200 power iterations, stopping once every sample's estimate is stable to 1%
-        # (tests/test_dynamics.py: within 1% on the conformance maps, normal and non-normal)
-        rho = spectral_radius(step_fn, z, x, iters=200, burn_in=10, tol=1e-2, generator=gen)
+        # up to power_iters (200) power iterations, stopping once every sample's estimate is stable
+        # to 1% (tests/test_dynamics.py: within 1% on the conformance maps, normal and non-normal)
+        rho = spectral_radius(step_fn, z, x, iters=power_iters, burn_in=min(10, power_iters // 2), tol=1e-2,
+                              generator=gen)
         diag.state.update({f"residual_abs_{tag}": res.abs.mean().item(), f"residual_rel_{tag}": res.rel.mean().item(),
                            f"rho_{tag}": rho.rho.mean().item(), f"rho_max_{tag}": rho.rho.max().item(),
                            f"rho_iters_{tag}": rho.iters, f"rho_rel_change_{tag}": rho.rel_change.max().item(),
@@ -193,24 +215,28 @@ def load_model_and_batch(source: str, batch: int, overrides: list[str] | None = 
 
 def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int | None = None, batch: int = 32,
                        repeats: int = 1, max_iter: int = 50, ref_max_iter: int = 200,
-                       rtrl_max_params: int = 20000, overrides: list[str] | None = None,
+                       rtrl_max_params: int = 20000, power_iters: int = 200, overrides: list[str] | None = None,
                        progress: bool = True) -> dict:
     """`ponder diagnose gradients`: the model of a preset or run, one held-out batch, every estimator."""
     model, b, cfg, what = load_model_and_batch(source, batch, overrides)
+    if cfg.kind("model") in LM_KINDS:  # a causal stack over tokens: no recursion state to iterate
+        raise PonderError(f"{what} is a language model (model.kind={cfg.kind('model')}); diagnose gradients applies to "
+                          f"the recursive reasoner and the recurrent cell (model.kind=recursive or cell)")
     set_threads(cfg.train.threads)
     T = steps if steps is not None else cfg.model.h_cycles
     if T < 1:
         raise PonderError(f"--steps must be >= 1, got {T}")
     ref = ref_steps if ref_steps is not None else max(16, 4 * T)
-    if ref < 1 or max_iter < 1 or ref_max_iter < 1 or repeats < 1:
-        raise PonderError("--ref-steps, --max-iter, --ref-max-iter and --repeats must be >= 1")
+    if ref < 1 or max_iter < 1 or ref_max_iter < 1 or repeats < 1 or power_iters < 2:
+        raise PonderError("--ref-steps, --max-iter, --ref-max-iter and --repeats must be >= 1, --power-iters >= 2")
     model.eval()
     prob = recursion_problem(model, model.init_state(len(b)), model.prepare(b),
                              lambda logits: task_loss(logits, b.labels, cfg.train.loss))
     named = [(n, p) for n, p in model.named_parameters() if any(p is q for q in model.recursion_parameters())]
     diag = diagnose_problem(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn, prob.params,
                             [n for n, _ in named], steps=T, ref_steps=ref, repeats=repeats, progress=progress,
-                            estimators=default_estimators(T, max_iter=max_iter, rtrl_max_params=rtrl_max_params), ref_max_iter=ref_max_iter)
+                            estimators=default_estimators(T, max_iter=max_iter, rtrl_max_params=rtrl_max_params), ref_max_iter=ref_max_iter,
+                            power_iters=power_iters)
     return {"source": what, "style": getattr(cfg.model, "style", cfg.kind("model")), "cycle": model.cycle_description(),
             **diag.as_dict()}
 

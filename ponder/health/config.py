@@ -23,6 +23,11 @@ class TrainingHealthConfig:
             explosion (REFERENCE: 10x clip). With clipping off, x the running mean norm.
         spike_ratio: a loss above spike_ratio x its running mean is a spike.
         spike_warmup: steps before spikes are judged (the early loss falls fast).
+        spike_fail_ratio, spike_fail_share: the report's "no loss spikes" check fails on a spike of
+            at least spike_fail_ratio x the running mean, or on spikes in more than spike_fail_share
+            of the judged steps; rarer, smaller spikes are listed (step and size) but pass. Deep
+            supervision's loss moves with the carry's refills, and healthy runs of the default
+            presets show an isolated spike of a little over 2x.
         ema_beta: decay of the running means (loss, accuracy).
         attention_every: attention statistics every this many steps (0 = off).
         attention_samples: samples (batch rows) whose attention weights are recomputed.
@@ -68,6 +73,8 @@ class TrainingHealthConfig:
     explode_factor: float = setting(10.0, gt=0)
     spike_ratio: float = setting(2.0, gt=1)
     spike_warmup: int = setting(20, ge=0)
+    spike_fail_ratio: float = setting(4.0, gt=1)
+    spike_fail_share: float = setting(0.01, ge=0, le=1)
     ema_beta: float = setting(0.9, gt=0, lt=1)
     attention_every: int = setting(10, ge=0)
     attention_samples: int = setting(4, ge=1)
@@ -102,7 +109,8 @@ class TrainingHealthConfig:
         out: dict[str, str] = {}
         if not (self.monitors or self.controller):
             out.update({k: "health.monitors and health.controller are off" for k in (
-                "abort_streak", "explode_factor", "spike_ratio", "spike_warmup", "ema_beta", "attention_every",
+                "abort_streak", "explode_factor", "spike_ratio", "spike_warmup", "spike_fail_ratio", "spike_fail_share",
+                "ema_beta", "attention_every",
                 "attention_samples", "attention_floor", "logit_limit", "halt_var_floor", "acc_drop", "norm_warn",
                 "norm_critical", "norm_kill", "activation_norms")})
         if not self.controller:
@@ -145,6 +153,9 @@ class HaltingHealthConfig:
             collapse. 0.95 leaves room for exploration and a few odd inputs.
         solved_exact: exact accuracy at which samples that all stop at one step count as
             "right": below 0.9 more than one sample in ten is wrong, which further steps might fix.
+        never_halts_min_exact: running every sample to M is a collapse only once at least this
+            share is solved: before anything is right there is nothing to stop on (a fresh or
+            short run: Q-halt starts at "go on", and stopping early would only stop wrong answers).
         agnostic_window: trailing train records whose `halt_logit_std` is averaged.
         agnostic_logit_std: spread of halt logits across the batch below which the head treats
             every input alike: sigmoid's slope is at most 1/4, so a spread of 0.05 moves the halt
@@ -168,6 +179,7 @@ class HaltingHealthConfig:
     drift_steps_rho: float = setting(0.5, ge=-1, le=1)
     drift_min_steps_rise: float = setting(0.25, ge=0)
     collapse_frac: float = setting(0.95, gt=0, le=1)
+    never_halts_min_exact: float = setting(0.05, ge=0, le=1)
     solved_exact: float = setting(0.9, ge=0, le=1)
     agnostic_window: int = setting(5, ge=1)
     agnostic_logit_std: float = setting(0.05, ge=0)

@@ -182,6 +182,10 @@ def check_collapse(records: list[dict], cfg: HaltingHealthConfig) -> Verdict:
         acc = "unknown" if exact is None else f"{exact:.3f}"
         return Verdict("collapse", True, f"collapse to the first step: {first:.0%} of samples halt at step 1 "
                                          f"while exact accuracy is {acc}", figures)
+    if at_max >= nearly and exact is not None and exact < cfg.never_halts_min_exact:
+        return Verdict("collapse", False, f"runs to M while almost nothing is solved yet (exact {exact:.3f}): "
+                                          f"there is no right answer to stop on, so going on is the right call",
+                       figures)
     if at_max >= nearly:
         figures["mode"] = "never_halts"
         return Verdict("collapse", True, f"never halts: {at_max:.0%} of samples run to the step cap M "

@@ -35,6 +35,7 @@ from ponder.models.blocks import Attention, split_heads
 
 LEVELS = ("ok", "warn", "critical", "kill")
 COUNTS = ("nonfinite", "explosions", "spikes", "attention_collapses", "acc_drops", "norm_warn")
+WHERE_KEPT = 5  # occurrences per window whose step and size are logged
 PEAKS = {"grad_norm": "grad_norm_max", "logit_absmax": "logit_absmax", "nonfinite_streak": "nonfinite_streak_max",
          "adapter_norm_max": "adapter_norm_max"}
 
@@ -79,12 +80,19 @@ class _Windows:
         self.run = _Window()
         self.attention: dict[str, _Window] = {}
         self.activations: dict[str, _Window] = {}
+        self.where: dict[str, list] = {}  # count name -> [step, size] of each occurrence (first WHERE_KEPT)
+
+    def note(self, count: str, step: int, size: float | None = None) -> None:
+        """Where (and how large) an occurrence of a counted event was, for the health report."""
+        seen = self.where.setdefault(count, [])
+        if len(seen) < WHERE_KEPT:
+            seen.append([step, None if size is None else round(float(size), 4)])
 
     def part(self, group: str, name: str) -> _Window:
         return getattr(self, group).setdefault(name, _Window())
 
     def state_dict(self) -> dict:
-        return {"run": self.run.state_dict(),
+        return {"run": self.run.state_dict(), "where": {k: list(v) for k, v in self.where.items()},
                 **{g: {k: w.state_dict() for k, w in getattr(self, g).items()} for g in ("attention", "activations")}}
 
     def load_state_dict(self, s: dict) -> None:
@@ -92,6 +100,7 @@ class _Windows:
             self.run.load_state_dict(s)
             return
         self.run.load_state_dict(s["run"])
+        self.where = {k: [list(x) for x in v] for k, v in s.get("where", {}).items()}
         for g in ("attention", "activations"):
             for k, ws in s.get(g, {}).items():
                 self.part(g, k).load_state_dict(ws)
@@ -194,6 +203,7 @@ class HealthMonitor:
         if m.get("skipped"):
             self.streak += 1
             w.add("nonfinite", 1.0)
+            self.window.note("nonfinite", step)
             ev.nonfinite = True
         else:
             self.streak = 0
@@ -207,12 +217,14 @@ class HealthMonitor:
             w.add("explosions", float(exploded))
             if exploded:
                 ev.explosion = gnorm
+                self.window.note("explosions", step, gnorm)
             self.grad_ema = gnorm if self.grad_ema is None else c.ema_beta * self.grad_ema + (1 - c.ema_beta) * gnorm
         if math.isfinite(loss) and not m.get("skipped"):
             spike = (self.loss_ema is not None and step > c.spike_warmup and loss > c.spike_ratio * self.loss_ema)
             w.add("spikes", float(spike))
             if spike:
                 ev.spike = (loss, self.loss_ema)
+                self.window.note("spikes", step, loss / self.loss_ema)
             else:  # a spike does not move the reference it is judged against
                 self.loss_ema = loss if self.loss_ema is None else c.ema_beta * self.loss_ema + (1 - c.ema_beta) * loss
             lm = m.get("lm_loss")
@@ -257,6 +269,8 @@ class HealthMonitor:
                 collapsed.append(f"{name} (max {maxp:.4f}, uniform {1 / n:.4f})")
         if self._attn_inputs:
             w.add("attention_collapses", float(len(collapsed)))
+            if collapsed:
+                self.window.note("attention_collapses", step, len(collapsed))
         self._attn_inputs = {}
         ev.collapsed = collapsed
         acc = m.get("step_cell")
@@ -268,6 +282,7 @@ class HealthMonitor:
                 if self.acc_best - self.acc_ema > c.acc_drop:
                     ev.acc_drop = (self.acc_ema, self.acc_best)
                     w.add("acc_drops", 1.0)
+                    self.window.note("acc_drops", step, self.acc_best - self.acc_ema)
         self.events.append(ev)
         if step % self.log_every == 0:
             self._write_record(step)
@@ -292,6 +307,8 @@ class HealthMonitor:
         if self.window.activations:
             rec["activations"] = {name: {"mean": aw.mean("mean"), "max": aw.maxs["max"], "p90": aw.mean("p90")}
                                   for name, aw in sorted(self.window.activations.items())}
+        if self.window.where:
+            rec["where"] = {k: v for k, v in sorted(self.window.where.items())}
         rec.update({"acc_ema": self.acc_ema, "acc_best": self.acc_best, "loss_ema": self.loss_ema})
         self.log.write(rec)
         self.window = _Windows()

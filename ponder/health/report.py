@@ -54,9 +54,11 @@ def build_checks(records: list[dict], cfg) -> list[Check]:
         no_data("monitors", "no health records: health.monitors was off or the run logged nothing")
     skipped = max(_vals(train, "skipped_steps"), default=0.0)
     streak = max(_vals(health, "nonfinite_streak_max"), default=0.0)
+    where = _where(health, "nonfinite")
     checks.append(Check("non-finite steps", streak < hc.hard_nan,
-                        f"{int(skipped)} steps skipped, longest streak {int(streak)} (hard failure at {hc.hard_nan})",
-                        {"skipped_steps": int(skipped), "longest_streak": int(streak)}))
+                        f"{int(skipped)} steps skipped, longest streak {int(streak)} (hard failure at {hc.hard_nan})"
+                        + (f" (at steps {', '.join(str(s) for s, _ in where)})" if where else ""),
+                        {"skipped_steps": int(skipped), "longest_streak": int(streak), "where": where}))
     gmax = max(_vals(health, "grad_norm_max"), default=None)
     clip = cfg.train.grad_clip
     if gmax is None:
@@ -64,14 +66,23 @@ def build_checks(records: list[dict], cfg) -> list[Check]:
     else:
         explosions = int(sum(_vals(health, "explosions")))
         limit = hc.explode_factor * clip if clip > 0 else None
+        where = _where(health, "explosions")  # [step, pre-clip norm]
         checks.append(Check("gradient norm under limit", explosions == 0,
                             f"max pre-clip norm {gmax:.3g}, {explosions} steps above "
-                            + (f"{hc.explode_factor:g} x clip = {limit:g}" if limit else "the explosion limit"),
-                            {"grad_norm_max": _r(gmax), "explosions": explosions, "limit": limit}))
+                            + (f"{hc.explode_factor:g} x clip = {limit:g}" if limit else "the explosion limit")
+                            + (f" ({_at(where, '')})" if explosions else ""),
+                            {"grad_norm_max": _r(gmax), "explosions": explosions, "limit": limit, "where": where}))
     spikes = int(sum(_vals(health, "spikes")))
     if health:
-        checks.append(Check("no loss spikes", spikes == 0, f"{spikes} steps above {hc.spike_ratio:g} x the running mean",
-                            {"spikes": spikes}))
+        where = _where(health, "spikes")  # [step, loss / running mean]
+        judged = max(0, max((r["step"] for r in train), default=0) - hc.spike_warmup)
+        worst = max((size for _, size in where if size is not None), default=0.0)
+        failed = worst >= hc.spike_fail_ratio or spikes > max(2.0, hc.spike_fail_share * judged)
+        checks.append(Check("no loss spikes", not failed,
+                            f"{spikes} steps above {hc.spike_ratio:g} x the running mean"
+                            + (f" ({_at(where, 'x')}; fails at {hc.spike_fail_ratio:g} x, or in more than "
+                               f"{hc.spike_fail_share:.0%} of steps)" if spikes else ""),
+                            {"spikes": spikes, "where": where, "worst_ratio": _r(worst) if spikes else None}))
     amax = max(_vals(health, "adapter_norm_max"), default=None)
     if amax is None:
         no_data("adapter delta norm under limits", "no adapter (model.adapter_rank=0)")
@@ -138,6 +149,19 @@ def build_checks(records: list[dict], cfg) -> list[Check]:
     return checks
 
 
+def _where(records: list[dict], count: str) -> list[list]:
+    """[step, size] of each logged occurrence of a counted event (the monitors keep the first few
+    per health record)."""
+    return [list(x) for r in records for x in (r.get("where") or {}).get(count, [])]
+
+
+def _at(where: list[list], unit: str, shown: int = 5) -> str:
+    """"at step 137 (2.3x), step 412 (2.1x)" of the first few occurrences."""
+    parts = [f"step {s}" + (f" ({size:.3g}{unit})" if size is not None else "") for s, size in where[:shown]]
+    more = f" and {len(where) - shown} more logged" if len(where) > shown else ""
+    return "at " + ", ".join(parts) + more if parts else "where not logged"
+
+
 def _parts(records: list[dict], group: str) -> dict[str, list[dict]]:
     """{part name: its figures in every record} of a nested group ("attention", "activations")."""
     out: dict[str, list[dict]] = {}
@@ -153,9 +177,11 @@ def _mean(records: list[dict], key: str) -> float:
     return sum(v) / len(v) if v else float("nan")
 
 
-def format_report(checks: list[Check], halting: str, actions: list[Action]) -> str:
+def format_report(checks: list[Check], halting: str, actions: list[Action], *, empty: bool = False) -> str:
     mark = {True: "PASS", False: "FAIL"}
     lines = ["# Health", "", "## Training health", "", "| check | result | figures |", "|---|---|---|"]
+    if empty:
+        lines[2:2] = ["No training step has been logged yet: every check says \"no data\".", ""]
     lines += [f"| {c.name} | {mark.get(c.passed, 'no data' if c.summary.startswith('no data') else 'logged')} | "
               f"{c.summary} |" for c in checks]
     lines += ["", halting.rstrip(), "", f"## Controller actions ({len(actions)})", ""]
@@ -191,7 +217,8 @@ def build_report(cfg, records: list[dict]) -> tuple[dict, str]:
     payload = {"passed": all(c.passed is not False for c in checks) and not any(v.flagged for v in verdicts),
                "checks": [asdict(c) for c in checks], "halting": [asdict(v) for v in verdicts],
                "halting_first_flagged": first, "actions": [a.to_record() for a in actions]}
-    return payload, format_report(checks, halting, actions)
+    payload["steps_logged"] = max((r.get("step", 0) for r in records), default=0)
+    return payload, format_report(checks, halting, actions, empty=not records)
 
 
 def write_health_report(run_dir: Path, cfg, records: list[dict]) -> dict:

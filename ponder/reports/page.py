@@ -25,8 +25,11 @@ import torch
 
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
+from ponder.core.metrics import FRACTION, ExactMatch, figure_formats, figure_text, lower_is_better
+from ponder.core.progress import bar
 from ponder.runs.report import sample_figures
 from ponder.runs.run import health_report, load_trained
+from ponder.tasks import TASKS
 from ponder.training.callbacks import MetricsLog
 
 STYLE = """
@@ -43,23 +46,36 @@ figure{margin:.6em 0}figure svg{max-width:100%;height:auto}
 
 
 class RunView:
-    """What the page shows of one run directory, read from its files."""
+    """What the page shows of one run directory, read from its files. The run's task says how its
+    figures read (its metric's columns, formats and direction) and adds its own sections (ARC)."""
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
         if not self.dir.is_dir():
             raise PonderError(f"no such run directory: {self.dir}")
-        if not (self.dir / "config.json").exists() or not (self.dir / "metrics.jsonl").exists():
-            raise PonderError(f"{self.dir} is not a run directory (needs config.json and metrics.jsonl)")
+        if not (self.dir / "config.json").exists():
+            raise PonderError(f"{self.dir} is not a run directory (no config.json)")
         self.name = self.dir.name
-        self.records = MetricsLog(self.dir).records()
         self.health = health_report(self.dir)  # also refreshes health.md / health.json
         self.config = _read_json(self.dir / "config.json")
+        self.records = MetricsLog(self.dir).records()  # none yet for a run stopped before its first log line
+        task_name = (self.config.get("task") or {}).get("name")
+        self.entry = TASKS.get(task_name) if task_name in TASKS.names() else None
+        metric = self.entry.metric if self.entry else ExactMatch
         eval_file = self.dir / "eval" / "report.json"
         report = _read_json(eval_file) if eval_file.exists() else None
-        # per-sample evaluations (puzzles, language models); an ARC run's report is by task and
-        # view (its eval/report.md), so the page shows its training side only
-        self.eval = report if isinstance(report, dict) and "held_out" in report else None
+        self.report = report if isinstance(report, dict) else None  # the run's own evaluation, any task
+        # per-sample evaluations (puzzles, language models) have "held_out"; ARC's is by task and view
+        self.eval = self.report if self.report and "held_out" in self.report else None
+        self.columns = list((self.eval or {}).get("columns") or metric.columns)
+        self.formats = {**figure_formats(metric), **(self.eval or {}).get("formats", {})}
+        self.lower = set(lower_is_better(metric)) | set((self.eval or {}).get("lower_is_better", []))
+        self.others = {p.parent.name: r for p in sorted((self.dir / "eval").glob("*/report.json"))
+                       if isinstance(r := _read_json(p), dict)}  # evaluations with overrides or another split
+
+    def fmt(self, column: str):
+        kind = self.formats.get(column, FRACTION)
+        return lambda x: figure_text(x, kind)
 
     def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
         rows = [(r["step"], r[key]) for r in self.records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
@@ -81,10 +97,6 @@ def _read_json(path: Path) -> Any:
 
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _svg_of(fig) -> str:
@@ -125,7 +137,10 @@ def curves_svg(views: list[RunView]) -> str:
             steps, values = v.series(kind, key.format(head=head))
             if steps:
                 ax.plot(steps, values, "-o" if len(steps) < 30 else "-", markersize=3, label=v.name)
-        ax.set_title(title.format(head=_head(views[0])), fontsize=10)
+        head = _head(views[0])
+        if key == "test_{head}":
+            _figure_axis(ax, views[0], head)
+        ax.set_title(title.format(head=head), fontsize=10)
         ax.set_xlabel("optimizer step", fontsize=9)
         ax.grid(alpha=0.3)
     if len(views) > 1:
@@ -141,6 +156,9 @@ def budget_svg(views: list[RunView]) -> str | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    evals = [v for v in evals if f"{_head(v)}_by_budget" in v.eval["held_out"]]
+    if not evals:
+        return None
     for v in evals:
         h, head = v.eval["held_out"], _head(v)
         budgets = np.arange(1, h["max_steps"] + 1)
@@ -148,16 +166,26 @@ def budget_svg(views: list[RunView]) -> str | None:
         ax.plot([h["mean_steps"]], [h[head]], "*", color=line.get_color(), markersize=14,
                 label=f"{v.name}: adaptive ({h['mean_steps']:.2f} steps)")
     ax.set_xlabel("step budget t")
-    ax.set_ylabel(f"held-out {_head(evals[0])}")
-    ax.set_ylim(-0.02, 1.02)
+    head = _head(evals[0])
+    ax.set_ylabel(f"held-out {head}")
+    _figure_axis(ax, evals[0], head)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _svg_of(fig)
 
 
+def _figure_axis(ax, v: RunView, column: str) -> None:
+    """The y axis of a task's figure: a share from 0 to 1, or a plain number (log scale where
+    lower is better, as perplexity)."""
+    if v.formats.get(column, FRACTION) == FRACTION:
+        ax.set_ylim(-0.02, 1.02)
+    elif column in v.lower:
+        ax.set_yscale("log")
+
+
 def heatmap_svg(v: RunView) -> str | None:
     """Held-out samples counted by steps used (rows) and difficulty (columns, up to 12 bins)."""
-    if not v.eval or "steps" not in v.eval["held_out"]:
+    if not v.eval or "steps" not in v.eval["held_out"] or "difficulty" not in v.eval["held_out"]:
         return None
     h = v.eval["held_out"]
     steps, diff, m = np.asarray(h["steps"]), np.asarray(h["difficulty"], dtype=float), h["max_steps"]
@@ -208,26 +236,28 @@ def timeline_svg(v: RunView) -> str:
 
 
 def _head(v: RunView) -> str:
-    return (v.eval or {}).get("columns", ["exact"])[0]
+    return v.columns[0]
 
 
 def summary_table(views: list[RunView]) -> str:
     """Headline figures, one column per run; each cell carries the exact value it shows."""
     rows: list[tuple[str, str, list[Any]]] = []
 
-    def row(label: str, key: str, pick, fmt=_pct):
+    def row(label: str, key: str, pick, fmt=figure_text):
         rows.append((label, key, [(pick(v), fmt) for v in views]))
 
     row("preset", "preset", lambda v: v.config.get("preset"), str)
     row("task", "task", lambda v: v.config.get("task", {}).get("name"), str)
     row("optimizer steps logged", "steps", lambda v: max((r["step"] for r in v.records), default=0), str)
-    cols = sorted({c for v in views if v.eval for c in v.eval.get("columns", [])},
+    row("evaluated", "evaluation", lambda v: _evaluated(v), str)
+    cols = sorted({c for v in views if v.eval for c in v.columns},
                   key=lambda c: [_head(v) for v in views].count(c), reverse=True)
+    fmt = {c: next(v.fmt(c) for v in views if c in v.columns) for c in cols}
     for c in cols:
-        row(f"held-out {c}, adaptive halting", f"held_out.{c}", lambda v, c=c: _eval(v, "held_out", c))
+        row(f"held-out {c}, adaptive halting", f"held_out.{c}", lambda v, c=c: _eval(v, "held_out", c), fmt[c])
         row(f"held-out {c}, always M steps", f"held_out.{c}_at_M",
-            lambda v, c=c: (_eval(v, "held_out", f"{c}_by_budget") or [None])[-1])
-        row(f"training {c}", f"train.{c}", lambda v, c=c: _eval(v, "train", c))
+            lambda v, c=c: (_eval(v, "held_out", f"{c}_by_budget") or [None])[-1], fmt[c])
+        row(f"training {c}", f"train.{c}", lambda v, c=c: _eval(v, "train", c), fmt[c])
     row("mean steps used (held-out)", "held_out.mean_steps", lambda v: _eval(v, "held_out", "mean_steps"),
         lambda x: "n/a" if x is None else f"{x:.2f}")
     row("step cap M", "held_out.max_steps", lambda v: _eval(v, "held_out", "max_steps"), str)
@@ -238,9 +268,11 @@ def summary_table(views: list[RunView]) -> str:
     for b in names:
         for c in cols:
             row(f"baseline: {b} ({c})", f"baselines.{b}.{c}",
-                lambda v, b=b, c=c: ((v.eval or {}).get("baselines", {}).get(b) or {}).get(c))
+                lambda v, b=b, c=c: ((v.eval or {}).get("baselines", {}).get(b) or {}).get(c), fmt[c])
     head = "".join(f"<th>{_esc(v.name)}</th>" for v in views)
     body = []
+    always = {"preset", "task", "steps"}
+    rows = [r for r in rows if r[1] in always or any(val is not None for val, _ in r[2])]  # rows that apply
     for label, key, cells in rows:
         tds = "".join(f'<td class="num" data-key="{_esc(key)}" data-value="{_esc(json.dumps(val))}">'
                       f"{_esc(fmt(val) if val is not None else 'n/a')}</td>" for val, fmt in cells)
@@ -253,12 +285,25 @@ def _eval(v: RunView, part: str, key: str):
 
 
 def _threshold_shown(v: RunView):
-    """The halting threshold the evaluation used: "auto: T" with the calibrated T, the run's fixed
-    threshold, or None for a head without one."""
+    """The halting threshold the evaluation used: "auto: T" with the calibrated T, the threshold the
+    evaluation recorded, the run's own, or None for a head without one."""
     calibration = (v.eval or {}).get("halt_calibration")
     if calibration:
         return f"auto: {calibration['threshold']:g}"
+    recorded = ((v.report or {}).get("evaluation") or {}).get("halt", {})
+    if "threshold" in recorded:
+        return recorded["threshold"]
     return v.config.get("halt", {}).get("threshold")
+
+
+def _evaluated(v: RunView) -> str | None:
+    """What the run's own evaluation measured (split, overrides), or None when there is none."""
+    if v.report is None:
+        return None
+    about = v.report.get("evaluation") or {}
+    split = about.get("split", v.report.get("split", "test"))
+    over = " ".join(about.get("overrides", [])) or "no overrides"
+    return f"{'held-out' if split == 'test' else split + ' split'}, {over}"
 
 
 def _mark(passed) -> str:
@@ -275,11 +320,18 @@ def checklist_table(v: RunView) -> str:
 
 def verdicts_table(v: RunView) -> str:
     first = v.health.get("halting_first_flagged", {}) or {}
+
+    def history(h: dict) -> str:
+        step = first.get(h["name"])
+        if step is None:
+            return "never" if not h["flagged"] else ""
+        return f"from step {step}" if h["flagged"] else f"at step {step}, cleared by the end"
+
     rows = "".join(
         f"<tr><td>{_esc(h['name'])}</td><td>{_mark(not h['flagged'])}</td>"
-        f"<td class=\"num\">{_esc(first.get(h['name'], '') or '')}</td><td>{_esc(h['reason'])}</td></tr>"
+        f"<td>{_esc(history(h))}</td><td>{_esc(h['reason'])}</td></tr>"
         for h in v.health.get("halting", []))
-    return (f'<table class="verdicts"><tr><th>halting verdict</th><th>result</th><th>first flagged at step</th>'
+    return (f'<table class="verdicts"><tr><th>halting verdict</th><th>at the end</th><th>flagged during training</th>'
             f"<th>reason</th></tr>{rows}</table>")
 
 
@@ -301,12 +353,29 @@ def samples_section(v: RunView, k: int) -> str:
     if not (v.dir / "checkpoints").exists():
         return '<p class="note">No checkpoint yet: no samples to draw.</p>'
     model, task, cfg, _ = load_trained(v.dir)
-    if task.render is None:
+    if task.render is None and task.sample_figures is None:
         return f'<p class="note">The task {task.name!r} has no renderer.</p>'
     held_out = task.test
     figures = sample_figures(model, task, held_out, min(k, len(held_out)), cfg.halt.max_steps,
                              device=torch.device("cpu"))
     return '<div class="samples">' + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
+
+
+def other_evaluations_table(v: RunView) -> str:
+    """The evaluations written beside the run's own (other splits, overrides): what each measured
+    and its headline figure."""
+    head = _head(v)
+    rows = []
+    for name, r in v.others.items():
+        about = r.get("evaluation") or {}
+        h = r.get("held_out") or {}
+        rows.append(f"<tr><td><code>eval/{_esc(name)}</code></td><td>{_esc(about.get('split', r.get('split', '?')))}</td>"
+                    f"<td>{_esc(' '.join(about.get('overrides', [])) or 'none')}</td>"
+                    f"<td>{_esc((about.get('halt') or {}).get('threshold', 'n/a'))}</td>"
+                    f"<td class=\"num\">{_esc(v.fmt(head)(h.get(head)))}</td>"
+                    f"<td class=\"num\">{_esc(figure_text(h.get('mean_steps'), 'number'))}</td></tr>")
+    return (f'<table class="others"><tr><th>folder</th><th>split</th><th>overrides</th><th>halting threshold</th>'
+            f"<th>{_esc(head)}, adaptive</th><th>mean steps</th></tr>{''.join(rows)}</table>")
 
 
 # ---------------------------------------------------------------------- the page
@@ -328,7 +397,7 @@ def page_data(views: list[RunView]) -> dict:
 
 
 def build_page(run_dirs: list[Path], *, samples: int = 6) -> str:
-    views = [RunView(Path(d)) for d in run_dirs]
+    views = [RunView(Path(d)) for d in bar(run_dirs, desc="reading runs", unit="run")]
     names = [v.name for v in views]
     if len(set(names)) != len(names):  # two runs of the same folder name: use the paths
         for v in views:
@@ -340,17 +409,28 @@ def build_page(run_dirs: list[Path], *, samples: int = 6) -> str:
              "<h2>Figures</h2>", summary_table(views),
              "<h2>Training curves</h2>", f"<figure>{curves_svg(views)}</figure>"]
     budget = budget_svg(views)
-    parts += ["<h2>Accuracy against step budget</h2>",
-              f"<figure>{budget}</figure>" if budget else '<p class="note">No evaluation yet (ponder eval RUN_DIR).</p>']
+    heads = sorted({_head(v) for v in views})
+    if budget:
+        parts += [f"<h2>Held-out {_esc(' / '.join(heads))} against step budget</h2>", f"<figure>{budget}</figure>"]
+    elif not any(v.report for v in views):
+        parts += ["<h2>Evaluation</h2>", '<p class="note">No evaluation yet (ponder eval RUN_DIR).</p>']
+    progress = bar(total=len(views), desc="drawing runs (samples: the trained model)", unit="run")
     for v in views:
         sub = f" ({_esc(v.name)})" if len(views) > 1 else ""
+        if v.entry is not None and v.entry.page_sections is not None and v.report is not None:
+            for title, body in v.entry.page_sections(v.dir, v.report):
+                parts += [f"<h2>{_esc(title)}{sub}</h2>", body]
+        if v.others:
+            parts += [f"<h2>Other evaluations{sub}</h2>", other_evaluations_table(v)]
         heat = heatmap_svg(v)
-        parts += [f"<h2>Steps used against difficulty{sub}</h2>",
-                  f"<figure>{heat}</figure>" if heat else '<p class="note">No evaluation yet.</p>',
-                  f"<h2>Halting health{sub}</h2>", verdicts_table(v),
+        if heat:  # tasks with a difficulty per sample (not text, not ARC's voted views)
+            parts += [f"<h2>Steps used against difficulty{sub}</h2>", f"<figure>{heat}</figure>"]
+        parts += [f"<h2>Halting health{sub}</h2>", verdicts_table(v),
                   f"<h2>Controller actions{sub}</h2>", f"<figure>{timeline_svg(v)}</figure>", actions_table(v),
                   f"<h2>Health checklist{sub}</h2>", checklist_table(v),
                   f"<h2>Held-out samples{sub}</h2>", samples_section(v, samples)]
+        progress.update(1)
+    progress.close()
     data = json.dumps(page_data(views)).replace("</", "<\\/")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n"
             f"<title>{_esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(parts)

@@ -214,7 +214,7 @@ def _section_classes() -> dict[str, type]:
     for registry in KIND_SECTIONS.values():
         classes.update({c.__name__: c for c in registry.classes.values()})
     for name in TASKS.names():
-        cls = TASKS.get(name)[0]
+        cls = TASKS.get(name).config
         classes[cls.__name__] = cls
     return classes
 

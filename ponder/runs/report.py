@@ -5,42 +5,39 @@ task's renderer (samples.html) under RUN_DIR/eval/.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ponder.core.files import atomic_write_text, save_figure
+from ponder.core.metrics import FRACTION, figure_formats, figure_text, lower_is_better
 from ponder.core.render import samples_html
-from ponder.core.task import TaskData
-from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
-from ponder.tasks.arc.evaluation import markdown as arc_markdown
-from ponder.tasks.arc.evaluation import to_dict as arc_to_dict
+from ponder.core.task import TASKS, TaskData
 from ponder.training.calibrate import describe as describe_calibration
 from ponder.training.calibrate import wants_calibration
 from ponder.training.carry import batch_of
 from ponder.training.checkpoint import write_eval_report
 from ponder.training.distributed import SINGLE, Shard
-from ponder.training.evaluate import adaptive_inference, evaluate_split
+from ponder.training.evaluate import adaptive_inference, describe_evaluation, evaluate_split
 
 
 def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device,
-                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE, out: Path | None | str = "eval"
-                 ) -> dict:
+                 split: str = "test", quiet: bool = False, shard: Shard = SINGLE, out: Path | None | str = "eval",
+                 about: dict | None = None) -> dict:
     """Full evaluation of `model` on the held-out split (and a training subset); writes its files
     into `out` (a folder of the run, RUN_DIR/eval by default; None: print only, write nothing).
+    `about` says what is evaluated (split, overrides, halting head and threshold, weights,
+    checkpoint) and is written into the report.
     Across processes every rank evaluates its part of each split and rank 0 writes. A task with
     its own `evaluate_run` (language models, ponder.tasks.lm.task) writes its own report. With
     halt.threshold=auto the model must have been calibrated (ponder.training.calibrate.calibrate; the
     callers in ponder.runs.run do it): its record is written as `halt_calibration`."""
     out = Path(run_dir) / out if isinstance(out, str) else out
-    own = getattr(task, "evaluate_run", None)
-    if own is not None:
-        return own(model, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard, out=out)
-    if task.name == "arc":
-        return evaluate_arc_run(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard,
-                                out=out)
+    own = TASKS.get(cfg.task.name).evaluate_run
+    if own is not None:  # the task's own evaluation (language models, ARC)
+        return own(model, task, cfg, run_dir, device=device, split=split, quiet=quiet, shard=shard, out=out,
+                   about=about)
     ec = cfg.eval
     held_out = task.test if split == "test" else task.train
     if ec.max_samples > 0 and ec.max_samples < len(held_out):
@@ -53,8 +50,11 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
         "preset": cfg.preset,
         "task": task.name,
         "split": split,
+        "evaluation": about,
         "difficulty_name": task.difficulty_name,
         "columns": list(task.metric.columns),
+        "formats": figure_formats(task.metric),
+        "lower_is_better": sorted(lower_is_better(task.metric)),
         "held_out": evaluate_split(model, held_out, task.metric, max_steps=m, batch_size=ec.batch_size, device=device,
                                    shard=shard),
         "train": evaluate_split(model, train_sub, task.metric, max_steps=m, batch_size=ec.batch_size,
@@ -76,28 +76,13 @@ def evaluate_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.dev
     return report
 
 
-def evaluate_arc_run(model, task: TaskData, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
-                     quiet: bool = False, shard: Shard = SINGLE, out: Path | None) -> dict:
-    """ARC runs are scored by ARC's rules: every view of every test input, voted, both scoring rules
-    beside the baselines (ponder.tasks.arc.evaluation), written under RUN_DIR/eval/ (report.md/.json,
-    tasks.csv, gallery.png, submission.json). Rank 0 evaluates; the other ranks return {}."""
-    if not shard.main:
-        return {}
-    arc_split = f"{cfg.task.dataset}-{'eval' if split == 'test' else 'train'}"
-    result = evaluate_arc(model, cfg, arc_split, metric=task.metric, device=device, run=str(run_dir))
-    if out is None:
-        if not quiet:
-            print(arc_markdown(result, None))
-        return arc_to_dict(result)
-    paths = write_arc_eval(result, out)
-    if not quiet:
-        print(paths["report"].read_text())
-    return json.loads(paths["json"].read_text())
-
-
 def sample_figures(model, task: TaskData, split, k: int, max_steps: int, *, device: torch.device) -> list[str]:
-    """The first `k` samples of `split` with the model's adaptive-halting answers, each drawn by
-    the task's renderer as an SVG with a caption (steps used, difficulty)."""
+    """The first `k` samples of `split` with the model's answers, as HTML figures: the task's own
+    `sample_figures` when it has them (a language model's tokens shaded by depth), else each
+    sample drawn by the task's renderer as an SVG with its adaptive-halting answer and a caption
+    (steps used, difficulty)."""
+    if task.sample_figures is not None:
+        return task.sample_figures(model, split, k, device)
     sub = split.slice(0, k)
     batch = batch_of(sub).to(device)
     was_training = model.training
@@ -117,34 +102,43 @@ def draw_samples(model, task: TaskData, split, k: int, max_steps: int, path: Pat
     atomic_write_text(path, samples_html(figures, f"{task.name}: held-out samples"), what="the sample pictures")
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+def split_label(split: str) -> str:
+    """How a report names the split it scored: "held-out" for the test split, else the split's name."""
+    return "held-out" if split == "test" else f"{split}-split"
 
 
 def format_report(r: dict) -> str:
     """Markdown tables of a report dict (what `ponder eval` prints): one column per figure of the
-    task's metric (headline first), baselines below the model."""
+    task's metric (headline first, each in its own format), baselines below the model."""
     h, t = r["held_out"], r["train"]
     m = h["max_steps"]
     cols = r.get("columns", ["exact", "cell"])
+    formats = r.get("formats", {})
+
+    def fig(c: str, x) -> str:
+        return figure_text(x, formats.get(c, FRACTION))
+
     head = cols[0]
-    lines = [f"## {r['preset'] or r['task']}: {r['split']} split ({h['n']} held-out samples)", "",
-             "| model / baseline | " + " | ".join(f"{c} (held-out)" for c in cols) + f" | {head} (train) | mean steps |",
+    where = split_label(r.get("split", "test"))
+    lines = [f"## {r['preset'] or r['task']}: {r['split']} split ({h['n']} samples)", "",
+             *([describe_evaluation(r["evaluation"]), ""] if r.get("evaluation") else []),
+             "| model / baseline | " + " | ".join(f"{c} ({where})" for c in cols) + f" | {head} (train) | mean steps |",
              "|---" * (len(cols) + 3) + "|",
-             "| model, adaptive halting | " + " | ".join(_pct(h[c]) for c in cols) + f" | {_pct(t[head])} | "
+             "| model, adaptive halting | " + " | ".join(fig(c, h[c]) for c in cols) + f" | {fig(head, t[head])} | "
              f"{h['mean_steps']:.2f} of {m} |",
-             f"| model, always {m} steps | " + " | ".join(_pct(h[f"{c}_by_budget"][-1]) for c in cols) + f" | | {m} |"]
+             f"| model, always {m} steps | " + " | ".join(fig(c, h[f"{c}_by_budget"][-1]) for c in cols) + f" | | {m} |"]
     for name, b in r["baselines"].items():
-        lines.append(f"| baseline: {name} | " + " | ".join(_pct(b.get(c)) for c in cols) + " | | |")
+        lines.append(f"| baseline: {name} | " + " | ".join(fig(c, b.get(c)) for c in cols) + " | | |")
     corr = h["spearman_steps_difficulty"]
     lines += ["", "| step budget | " + " | ".join(str(i + 1) for i in range(m)) + " |",
               "|---" * (m + 1) + "|",
-              *[f"| {c} | " + " | ".join(_pct(x) for x in h[f"{c}_by_budget"]) + " |" for c in cols],
+              *[f"| {c} | " + " | ".join(fig(c, x) for x in h[f"{c}_by_budget"]) + " |" for c in cols],
               "| samples halting here | " + " | ".join(str(c) for c in h["steps_histogram"]) + " |", "",
               f"Spearman rank correlation of steps used with {r['difficulty_name']}: "
               + ("n/a (constant)" if corr is None else f"{corr:.3f}"),
               f"Wall time: adaptive {h['seconds_adaptive']:.2f}s vs always-{m}-steps {h['seconds_all_steps']:.2f}s; "
-              f"early-exit steps agree with the full rollout's halting step for {_pct(h['halt_consistent'])} of samples.",
+              f"early-exit steps agree with the full rollout's halting step for "
+              f"{figure_text(h['halt_consistent'])} of samples.",
               *([describe_calibration(r["halt_calibration"]) + "."] if r.get("halt_calibration") else []),
               ""]
     return "\n".join(lines)
@@ -169,9 +163,9 @@ def plot_budget_curve(r: dict, path: Path) -> None:
                         label=f"{short} {b['lo']:g}-{b['hi']:g} (n={b['n']})")
         ax.plot([b["mean_steps"]], [b[head]], "*", color=line.get_color(), markersize=10)
     ax.set_xlabel("step budget (ACT steps)")
-    ax.set_ylabel(f"{head} (held-out)")
+    ax.set_ylabel(f"{head} ({split_label(r.get('split', 'test'))})")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{r['preset'] or r['task']}: accuracy vs compute")
+    ax.set_title(f"{r['preset'] or r['task']}: {head} vs compute")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

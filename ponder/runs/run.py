@@ -16,6 +16,7 @@ of another size) ends here in one PonderError line naming the file.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed, atomic_write_text
 from ponder.core.lock import DirectoryLock, command_line
+from ponder.core.progress import silenced
 from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.models.cell import CellReasoner
@@ -123,12 +125,25 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
 def _check_compatible(saved: Config, cfg: Config, run_dir: Path) -> None:
     """A checkpoint resumes only as the run it was saved by: same preset, task and model."""
     now, filled = to_dict(cfg), to_dict(saved)  # keys added since the run was saved have their defaults
-    if filled["preset"] != now["preset"] or filled["task"] != now["task"] or filled["model"] != now["model"]:
-        raise PonderError(f"{run_dir} holds a run of preset {filled['preset']!r} with another task or "
-                          f"model than its config.json says; it cannot be resumed as {now['preset']!r}")
+    if filled["preset"] != now["preset"]:
+        raise PonderError(f"{run_dir} is a run of preset {filled['preset']!r}; it cannot be resumed as "
+                          f"{now['preset']!r}")
+    changed = [f"{section}.{key}" for section in ("task", "model")
+               for key in sorted(set(filled[section]) | set(now[section]))
+               if filled[section].get(key) != now[section].get(key)]
+    if changed:
+        was = ", ".join(f"{k}={filled[k.split('.')[0]].get(k.split('.')[1])!r}" for k in changed[:4])
+        raise PonderError(f"{', '.join(changed[:4])} would change the task or model of the run in {run_dir} (it has "
+                          f"{was}); a resumed run keeps its task and model: drop the override, or start a new run "
+                          f"from these weights with --init-from {run_dir}")
     if wants_calibration(saved) != wants_calibration(cfg):  # auto keeps a calibration slice out of training
         raise PonderError(f"{run_dir} was trained with halt.threshold={saved.halt.threshold}; it cannot be resumed "
                           f"with halt.threshold={cfg.halt.threshold} (auto trains without its calibration slice)")
+
+
+def check_resumable(cfg: Config, run_dir: Path) -> None:
+    """Refuse, in one line, a resume of the run in `run_dir` as `cfg` (another preset, task or model)."""
+    _check_compatible(read_run_config(resolve_checkpoint(run_dir)), cfg, run_dir)
 
 
 def _check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, source: Path) -> None:
@@ -192,6 +207,8 @@ def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: boo
     tc = cfg.train
     if not resume and (run_dir / "checkpoints").exists():
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    if not resume and shard.main and (run_dir / "metrics.jsonl").exists():
+        MetricsLog(run_dir).truncate_after(0)  # a run stopped before its first checkpoint starts again
     if resume and shard.main:
         remove_stale_temporaries(run_dir)  # what a killed write left behind; we are the only writer
     ckpt = source = None
@@ -281,8 +298,11 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
                 return records[-1] if records else {}
             model = run.eval_model()
             calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # auto threshold: the final weights'
-            return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
-                                quiet=not run.shard.main)
+            about = about_evaluation(cfg, run.run_dir / "checkpoints" / f"step-{run.step:07d}", split="test",
+                                     overrides=[], use_ema=cfg.eval.use_ema)
+            with silenced(not cfg.train.progress or not run.shard.main):
+                return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                                    quiet=not run.shard.main, about=about)
         except WriteFailed as e:
             raise stopped_by_write(e, run.run_dir, run.step, finished=True) from None
     finally:
@@ -304,12 +324,13 @@ def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dic
     return read_weights(ckpt, "model"), ckpt / "model.safetensors"
 
 
-def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None):
+def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None, change_head: bool = False):
     """Model, task and config of a run directory or checkpoint, ready to evaluate.
 
     Args:
         path: RUN_DIR (its latest checkpoint) or a checkpoint directory.
-        overrides: `--section.key=value` changes to the saved config (e.g. a halting threshold).
+        overrides: `--section.key=value` changes to the saved config (e.g. a halting threshold);
+            one that changes the halting head (`--halt.kind`) needs `change_head=True`.
         use_ema: load the EMA weights (default: `cfg.eval.use_ema`, when the run kept an EMA).
     Returns:
         (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
@@ -320,6 +341,10 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
     def read(ckpt: Path):
         saved = read_run_config(ckpt)
         cfg = apply_overrides(saved, overrides or [])
+        if cfg.halt.kind != saved.halt.kind and not change_head:
+            raise PonderError(f"--halt.kind={cfg.halt.kind} changes the halting head this run was trained with "
+                              f"({saved.halt.kind}): its halting weights were trained for {saved.halt.kind}; add "
+                              f"--change-head to evaluate them under {cfg.halt.kind} anyway")
         weights, source = read_trained_weights(ckpt, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
         return saved, cfg, weights, source
 
@@ -354,25 +379,65 @@ def health_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PonderError(f"no such run directory: {run_dir}")
-    if not (run_dir / "config.json").exists() or not (run_dir / "metrics.jsonl").exists():
-        raise PonderError(f"{run_dir} is not a run directory (needs config.json and metrics.jsonl)")
-    return write_health_report(run_dir, load_config(run_dir / "config.json"), MetricsLog(run_dir).records())
+    if not (run_dir / "config.json").exists():
+        raise PonderError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = load_config(run_dir / "config.json")
+    return write_health_report(run_dir, cfg, run_records(run_dir, cfg))
 
 
-def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test", write: bool = True) -> dict:
-    """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/ while
-    holding the run's writer lock (`write=False`: printed only, nothing written, no lock, so it
-    can read a run that is being trained)."""
+def run_records(run_dir: Path, cfg: Config) -> list[dict]:
+    """The run's metric records. A run stopped before its first log line has none yet (its
+    reports say "no data"); a run with a checkpoint past its first log step but no metrics.jsonl
+    has lost its log, which is refused in one line."""
+    log = MetricsLog(run_dir)
+    if not log.jsonl.exists() and (run_dir / "checkpoints").exists() and cfg.train.log_every:
+        try:
+            step = read_training_state(resolve_checkpoint(run_dir))["step"]
+        except PonderError:
+            step = 0
+        if step >= cfg.train.log_every:
+            raise PonderError(f"{log.jsonl} is missing, but the run has a checkpoint at step {step} (it logs every "
+                              f"{cfg.train.log_every} steps): its log was lost")
+    return log.records()
+
+
+def evaluation_name(overrides: list[str], split: str) -> str:
+    """The folder under RUN_DIR/eval/ of an evaluation with these overrides or another split ("" for
+    the run's own evaluation: the held-out split, no overrides), e.g. "split-train+halt.threshold=0.95"."""
+    parts = ([f"split-{split}"] if split != "test" else []) + [o.lstrip("-") for o in overrides]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "+".join(parts))[:120]
+
+
+def about_evaluation(cfg: Config, ckpt: Path, *, split: str, overrides: list[str], use_ema: bool) -> dict:
+    """What an evaluation measures, recorded in its report: split, overrides, halting head and
+    threshold, weights and checkpoint."""
+    halt = {"kind": cfg.halt.kind}
+    if hasattr(cfg.halt, "threshold"):
+        halt["threshold"] = cfg.halt.threshold
+    return {"split": split, "overrides": list(overrides), "halt": halt, "checkpoint": str(ckpt),
+            "weights": "EMA" if use_ema and cfg.train.ema_decay > 0 else "raw"}
+
+
+def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test", write: bool = True, name: str | None = None,
+                        change_head: bool = False, quiet: bool = False) -> dict:
+    """`ponder eval`: the full evaluation of a run or checkpoint, written while holding the run's
+    writer lock into RUN_DIR/eval/ (the run's own evaluation: held-out split, no overrides) or,
+    with overrides or another split, into RUN_DIR/eval/NAME/ beside it (NAME from the overrides
+    unless given; name="" writes over the run's own). `write=False`: printed only, nothing
+    written, no lock, so it can read a run that is being trained."""
     lock = None
     if write:
         run_dir = run_dir_of(resolve_checkpoint(Path(path)))
         lock = DirectoryLock(run_dir, command_line()).acquire()
     try:
-        model, task, cfg, ckpt_dir = load_trained(path, overrides)
+        model, task, cfg, ckpt_dir = load_trained(path, overrides, change_head=change_head)
         device = resolve_device(cfg.train.device)
         set_threads(cfg.train.threads)
-        return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
-                            out="eval" if write else None)
+        sub = evaluation_name(overrides, split) if name is None else name
+        about = about_evaluation(cfg, ckpt_dir, split=split, overrides=overrides, use_ema=cfg.eval.use_ema)
+        with silenced(quiet):
+            return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
+                                out=(Path("eval") / sub).as_posix() if write else None, about=about)
     finally:
         if lock is not None:
             lock.release()

@@ -7,10 +7,10 @@ own `ponder` verbs, behind the task protocol of `ponder.core.task`. Wings may im
 (`ponder.runs`): a verb that needs a trained run is handed the run layer's loader by the CLI.
 """
 from ponder.core.task import TASKS, Split, TaskData, build_task
-from ponder.tasks.arc import task as _arc  # noqa: F401  (registers "arc")
-from ponder.tasks.lm import task as _lm  # noqa: F401  (registers "lm")
-from ponder.tasks.mazes import task as _mazes  # noqa: F401  (registers "maze")
-from ponder.tasks.parity import task as _parity  # noqa: F401  (registers "parity")
-from ponder.tasks.sudoku import task as _sudoku  # noqa: F401  (registers "sudoku")
+from ponder.tasks import arc as _arc  # noqa: F401  (each wing registers its task when imported)
+from ponder.tasks import lm as _lm  # noqa: F401
+from ponder.tasks import mazes as _mazes  # noqa: F401
+from ponder.tasks import parity as _parity  # noqa: F401
+from ponder.tasks import sudoku as _sudoku  # noqa: F401
 
 __all__ = ["TASKS", "Split", "TaskData", "build_task"]

@@ -103,6 +103,8 @@ class MetricsLog:
         if self.mirror is not None:
             self.mirror.flush()
         records = self.records()
+        if not records:  # nothing logged yet: no table rather than an empty one
+            return
         keys: list[str] = []
         for r in records:
             keys.extend(k for k in r if k not in keys and not isinstance(r[k], (list, dict)))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ponder.core.metrics import Metric, concat_scores
+from ponder.core.progress import bar
 from ponder.core.settings import check, setting
 from ponder.core.stats import spearman_or_none
 from ponder.core.task import Split
@@ -48,8 +49,10 @@ class EvalConfig:
         check(self, "eval")
 
 
-def _batches(split: Split, batch_size: int, device: torch.device):
-    for lo in range(0, len(split), batch_size):
+def _batches(split: Split, batch_size: int, device: torch.device, desc: str = ""):
+    """(first row, batch) over `split`; with a `desc`, under a progress bar."""
+    starts = range(0, len(split), batch_size)
+    for lo in bar(starts, desc=desc, unit="batch") if desc else starts:
         yield lo, batch_of(split.slice(lo, lo + batch_size)).to(device)
 
 
@@ -65,7 +68,7 @@ def rollout_all_steps(model, split: Split, metric: Metric, *, max_steps: int, ba
     head = model.halting
     parts: list[list[dict[str, Tensor]]] = [[] for _ in range(max_steps)]
     halt_step = np.full(len(split), max_steps, dtype=np.int64)
-    for lo, batch in _batches(split, batch_size, device):
+    for lo, batch in _batches(split, batch_size, device, desc="every step budget"):
         b = len(batch)
         ctx = model.prepare(batch)
         state = model.init_state(b, device)
@@ -160,7 +163,7 @@ def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch
     mine = split.slice(rows.start, rows.stop)
     parts, steps_all = [], []
     t0 = time.perf_counter()
-    for _, batch in _batches(mine, batch_size, device):
+    for _, batch in _batches(mine, batch_size, device, desc="adaptive halting"):
         answers, steps = adaptive_inference(model, batch, max_steps=max_steps)
         parts.append({**metric.score(answers, batch.labels), "_steps": steps})
     seconds_adaptive = max(shard.gather_objects(time.perf_counter() - t0))
@@ -214,3 +217,16 @@ def _by_difficulty(by_budget: list[dict[str, np.ndarray]], metric: Metric, steps
                     f"{head}_by_budget": [metric.summarize(pick(s))[head] for s in by_budget],
                     head: metric.summarize(pick(adaptive))[head], "mean_steps": float(steps[sel].mean())})
     return out
+
+
+def describe_evaluation(about: dict | None) -> str:
+    """One line saying what an evaluation measured: split, overrides, halting head and threshold,
+    weights, checkpoint."""
+    if not about:
+        return ""
+    halt = about.get("halt", {})
+    parts = [f"split {about.get('split', 'test')}",
+             f"halting {halt.get('kind', '?')}" + (f", threshold {halt['threshold']}" if "threshold" in halt else ""),
+             f"overrides {' '.join(about['overrides'])}" if about.get("overrides") else "no overrides",
+             f"{about.get('weights', '?')} weights of {about.get('checkpoint', '?')}"]
+    return "Evaluated: " + "; ".join(parts) + "."

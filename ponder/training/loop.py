@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed
+from ponder.core.progress import silenced
 from ponder.core.settings import check, setting
 from ponder.core.task import TaskData
 from ponder.training.calibrate import calibrate
@@ -413,7 +414,8 @@ def _train(run: Run) -> str:
                                 steps=f"{record['halted_mean_steps'] or 0:.1f}")
             evaluated = None
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
-                evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
+                with silenced():  # the training bar stays the one line on the terminal
+                    evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
             out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
             # every rank must stop at the same step: a signal or a clock seen by any rank counts for all
             stopping, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
@@ -423,7 +425,8 @@ def _train(run: Run) -> str:
             if tc.target > 0 and evaluated is not None and (evaluated.get(f"test_{headline}") or 0) >= tc.target:
                 why = "target"
             if why == "time" and evaluated is None:
-                evaluate_during_training(run, done, time.perf_counter() - t_start)
+                with silenced():
+                    evaluate_during_training(run, done, time.perf_counter() - t_start)
             if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps or stopping \
                     or why != "done":
                 with stop.critical():

@@ -18,6 +18,7 @@ from typing import Callable
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
 from ponder.core.lock import DirectoryLock, command_line
+from ponder.core.progress import silenced
 from ponder.tasks.arc.baselines import score_baselines
 from ponder.tasks.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
 from ponder.tasks.arc.evaluation import evaluate_arc, score_command, write_arc_eval
@@ -66,6 +67,7 @@ def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> Non
     e.add_argument("--ttft-lr", default="1e-4", help="test-time fine-tuning learning rate (AdamW; default 1e-4)")
     e.add_argument("--ttft-batch", default="8", help="test-time fine-tuning batch size (default 8)")
     e.add_argument("--batch-size", default=None, help="inference batch size (default the run's eval.batch_size)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=run_arc, load_run=load_run)
 
 
@@ -224,7 +226,8 @@ def _cmd_eval(args) -> int:
     if args.out is None or _inside(Path(args.out), run_dir_of(resolve_checkpoint(run_dir))):
         lock = DirectoryLock(run_dir_of(resolve_checkpoint(run_dir)), command_line()).acquire()  # writes into the run
     try:
-        return _eval_run(args, run_dir, max_tasks, ttft, batch)
+        with silenced(args.quiet):
+            return _eval_run(args, run_dir, max_tasks, ttft, batch)
     finally:
         if lock is not None:
             lock.release()

@@ -26,6 +26,7 @@ import torch
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
 from ponder.core.metrics import Metric
+from ponder.core.progress import bar
 from ponder.core.types import IGNORE
 from ponder.tasks.arc.baselines import score_baselines
 from ponder.tasks.arc.canvas import COLOUR0
@@ -36,6 +37,8 @@ from ponder.tasks.arc.scoring import RULES, ScoreReport, format_score_table, sco
 from ponder.tasks.arc.task import ArcConfig
 from ponder.tasks.arc.ttft import TTFTSettings, finetuned
 from ponder.tasks.arc.vote import Candidate, to_kaggle, vote_views
+from ponder.training.distributed import SINGLE, Shard
+from ponder.training.evaluate import describe_evaluation
 
 __all__ = ["ArcEval", "evaluate_arc", "write_arc_eval", "score_command", "view_accuracy"]
 
@@ -135,7 +138,7 @@ def _ttft_predictions(model, cfg, samples: ViewSamples, settings: TTFTSettings, 
     tokens = np.zeros((n, samples.split.inputs.shape[1]), dtype=np.int64)
     conf, steps = np.zeros(n), np.zeros(n, dtype=np.int64)
     seconds = 0.0
-    for task in samples.tasks:
+    for task in bar(samples.tasks, desc="test-time fine-tuning", unit="task"):
         rows = np.array([i for i, v in enumerate(samples.views) if v.task == task.id])
         t0 = time.perf_counter()
         tuned, log = finetuned(model, task, cfg.task, settings, max_steps=cfg.halt.max_steps, metric=metric,
@@ -212,7 +215,8 @@ def markdown(result: ArcEval, sub_cmd: str | None) -> str:
              f"- {info['n_tasks']} tasks whose grids all fit {info['max_side']}x{info['max_side']}, "
              f"{info['n_samples']} samples ({info['views']} views per task, de-duplicated), "
              f"conditioning {info['conditioning']}, M = {result.max_steps}",
-             "- two attempts per test input, voted over the views (ties by mean halting confidence)", "",
+             "- two attempts per test input, voted over the views (ties by mean halting confidence)",
+             *([f"- {describe_evaluation(info['evaluation'])}"] if info.get("evaluation") else []), "",
              format_score_table([(f"{a.name} [{result.label}]", a.report) for a in result.answers]
                                 + [(f"baseline: {n}", r) for n, r in result.baselines.items()]), ""]
     for rule, text in RULES.items():
@@ -267,3 +271,24 @@ def write_arc_eval(result: ArcEval, out: Path, *, gallery_tasks: int = 6) -> dic
     draw_gallery(result.samples.tasks, result.adaptive.report, result.adaptive.voted, paths["gallery"],
                  per_group=gallery_tasks, title=f"{result.split} ({result.label}): {result.adaptive.name}")
     return paths
+
+
+def evaluate_arc_run(model, task, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
+                     quiet: bool = False, shard: Shard = SINGLE, out: Path | None, about: dict | None = None) -> dict:
+    """The ARC task's own evaluation of a trained run: every view of every test input, voted,
+    both scoring rules beside the baselines, written into `out` (RUN_DIR/eval: report.md/.json,
+    tasks.csv, gallery.png, submission.json; None writes nothing). Rank 0 evaluates; the other
+    ranks return {}."""
+    if not shard.main:
+        return {}
+    arc_split = f"{cfg.task.dataset}-{'eval' if split == 'test' else 'train'}"
+    result = evaluate_arc(model, cfg, arc_split, metric=task.metric, device=device, run=str(run_dir))
+    result.info["evaluation"] = about
+    if out is None:
+        if not quiet:
+            print(markdown(result, None))
+        return to_dict(result)
+    paths = write_arc_eval(result, out)
+    if not quiet:
+        print(paths["report"].read_text())
+    return json.loads(paths["json"].read_text())

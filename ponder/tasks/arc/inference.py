@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ponder.core.errors import PonderError
+from ponder.core.progress import bar
 from ponder.core.task import Split
 from ponder.core.types import IGNORE
 from ponder.tasks.arc.augment import task_views
@@ -174,7 +175,8 @@ def predict(model, split: Split, *, max_steps: int, batch_size: int, device: tor
     model.eval()
     tokens, conf, steps = [], [], []
     t0 = time.perf_counter()
-    for lo in range(0, len(split), batch_size):
+    for lo in bar(range(0, len(split), batch_size), desc=f"ARC views ({'adaptive' if adaptive else 'always M'})",
+                  unit="batch"):
         batch = batch_of(split.slice(lo, lo + batch_size)).to(device)
         if adaptive:
             rec = _Recorder(model.halting, len(batch), max_steps)

@@ -43,7 +43,7 @@ from ponder.core.errors import PonderError
 from ponder.core.metrics import exact_and_cells
 from ponder.core.render import UNKNOWN, cells_caption, grid_body, panels_svg, sample_arrays, wrong_cells
 from ponder.core.settings import check, setting
-from ponder.core.task import TASKS, Split, TaskData, most_frequent_label
+from ponder.core.task import Split, TaskData, most_frequent_label
 from ponder.core.types import IGNORE
 from ponder.tasks.arc.augment import IDENTITY, Transform, random_transform, task_views
 from ponder.tasks.arc.canvas import COLOUR0, EOS, PAD, VOCAB_SIZE, decode, encode
@@ -218,7 +218,6 @@ def build_arc(cfg: ArcConfig) -> ArcTaskData:
     )
 
 
-TASKS.add("arc", (ArcConfig, build_arc))
 
 
 def score_predictions(task: ArcTaskData, preds: np.ndarray, confidences: np.ndarray, k: int = 2) -> ScoreReport:

@@ -22,12 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core.files import atomic_write_text
+from ponder.core.metrics import figure_formats, lower_is_better
+from ponder.core.progress import bar
 from ponder.core.render import samples_html
 from ponder.core.stats import spearman_or_none
 from ponder.core.task import Split
 from ponder.core.types import IGNORE
 from ponder.training.checkpoint import write_eval_report
 from ponder.training.distributed import SINGLE, Shard
+from ponder.training.evaluate import describe_evaluation
 
 TOP_TOKENS = 20
 MIN_COUNT = 10  # a token enters the depth ranking only with this many occurrences
@@ -59,7 +62,7 @@ def token_arrays(model, split: Split, *, batch_size: int, device: torch.device, 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     applications = full = 0
     t0 = time.perf_counter()
-    for lo in range(0, len(mine), batch_size):
+    for lo in bar(range(0, len(mine), batch_size), desc="tokens", unit="batch"):
         part = mine.slice(lo, lo + batch_size)
         inputs, labels = torch.as_tensor(part.inputs).to(device), torch.as_tensor(part.labels).to(device)
         inf = model.infer(inputs)
@@ -163,9 +166,10 @@ def evaluate_tokens(model, split: Split, *, batch_size: int, device: torch.devic
     return report
 
 
-def depth_samples_html(model, split: Split, tokenizer, k: int, *, device: torch.device, title: str) -> str:
+def depth_sample_figures(model, split: Split, k: int, device: torch.device, *, tokenizer) -> list[str]:
     """The first `k` windows of `split` as text, each token shaded by the depth the model ran
-    to predict the token after it (darker = deeper), with the depth in its tooltip."""
+    to predict the token after it (darker = deeper), with the depth in its tooltip; a caption
+    first. The LM task's `sample_figures`."""
     sub = split.slice(0, k)
     was_training = model.training
     model.eval()
@@ -181,8 +185,7 @@ def depth_samples_html(model, split: Split, tokenizer, k: int, *, device: torch.
             spans.append(f'<span title="depth {int(d)}" style="background:rgba(200,60,20,{shade:.2f})">'
                          f"{html.escape(tokenizer.token(int(tok)))}</span>")
         figures.append('<pre style="white-space:pre-wrap;font-size:12px">' + "".join(spans) + "</pre>")
-    caption = f"<p>Tokens shaded by depth, 1 (clear) to {m} (dark).</p>"
-    return samples_html([caption, *figures], title)
+    return [f"<p>Tokens shaded by depth, 1 (clear) to {m} (dark).</p>", *figures]
 
 
 def format_lm_report(r: dict) -> str:
@@ -190,6 +193,7 @@ def format_lm_report(r: dict) -> str:
     h, t = r["held_out"], r["train"]
     lines = [f"## {r['preset'] or r['task']}: {r['model_kind']}, {r['parameters']:,} parameters, "
              f"{h['tokens']:,} held-out tokens ({r['held_out_split']})", "",
+             *([describe_evaluation(r["evaluation"]), ""] if r.get("evaluation") else []),
              "| model / baseline | perplexity | loss (nats/token) | accuracy | train perplexity |", "|---|---|---|---|---|",
              f"| model | {h['perplexity']:.2f} | {h['loss']:.4f} | {100 * h['accuracy']:.1f}% | {t['perplexity']:.2f} |"]
     for name, b in r["baselines"].items():
@@ -219,7 +223,7 @@ def format_lm_report(r: dict) -> str:
 
 
 def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, split: str = "test",
-                    quiet: bool = False, shard: Shard = SINGLE, out: Path | None) -> dict:
+                    quiet: bool = False, shard: Shard = SINGLE, out: Path | None, about: dict | None = None) -> dict:
     """`ponder eval` of a language model: the held-out split (validation; `split="train"`: the
     training windows), a training subset, the n-gram baselines, parameters and FLOPs per token;
     writes OUT/report.json, report.md and samples.html (tokens shaded by depth; OUT is usually
@@ -237,8 +241,9 @@ def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, sp
     n = task.seq_len
     m = int(getattr(model, "max_steps", 1))
     report = {
-        "preset": cfg.preset, "task": task.name, "split": split,
+        "preset": cfg.preset, "task": task.name, "split": split, "evaluation": about,
         "held_out_split": "validation" if split == "test" else "train", "columns": list(task.metric.columns),
+        "formats": figure_formats(task.metric), "lower_is_better": sorted(lower_is_better(task.metric)),
         "model_kind": cfg.kind("model"), "parameters": model.num_parameters(),
         "flops_per_token_inference": model.flops_per_token(n, h["mean_steps"]),
         "flops_per_token_train_forward": model.flops_per_token(n, m),
@@ -250,9 +255,9 @@ def write_lm_report(model, task, cfg, run_dir: Path, *, device: torch.device, sp
     if out is not None:
         write_eval_report(out, report, text)
     if out is not None and ec.samples_drawn > 0:
-        atomic_write_text(out / "samples.html", depth_samples_html(
-            model, held_out, task.tokenizer, ec.samples_drawn, device=device,
-            title=f"{cfg.preset or task.name}: held-out windows by depth"))
+        figures = depth_sample_figures(model, held_out, ec.samples_drawn, device, tokenizer=task.tokenizer)
+        atomic_write_text(out / "samples.html", samples_html(figures, f"{cfg.preset or task.name}: held-out windows "
+                                                                      f"by depth"), what="the sample pictures")
     if not quiet:
         print(text)
     return report

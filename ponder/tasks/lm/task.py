@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import ponder.tasks.lm.evaluate as lm_evaluate
+import ponder.tasks.lm.tokenizer as lm_tokenizer
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
+from ponder.core.metrics import FRACTION, NUMBER
 from ponder.core.settings import check, setting
-from ponder.core.task import TASKS, Split, TaskData
+from ponder.core.task import Split, TaskData
 from ponder.core.types import IGNORE
-from ponder.tasks.lm import evaluate as lm_evaluate
-from ponder.tasks.lm import tokenizer as lm_tokenizer
 from ponder.tasks.lm.corpus import load_corpus
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -81,6 +82,8 @@ class NextToken:
     split are exact, not means of window means)."""
 
     columns = ("perplexity", "loss", "accuracy")
+    formats = {"perplexity": NUMBER, "loss": NUMBER, "accuracy": FRACTION}
+    lower_is_better = ("perplexity", "loss")
 
     def __init__(self, tokenizer=None):
         self.tokenizer = tokenizer
@@ -123,9 +126,6 @@ class LMTaskData(TaskData):
         """Copy the tokenizer into the run directory (RUN_DIR/tokenizer.json)."""
         atomic_write_text(Path(run_dir) / TOKENIZER_FILE, self.tokenizer.tokenizer.to_str(), what="the tokenizer")
 
-    def evaluate_run(self, model, cfg, run_dir: Path, **kw: Any) -> dict:  # kw: device, split, quiet, shard, out
-        """The task-owned `ponder eval` report (ponder.tasks.lm.evaluate.write_lm_report)."""
-        return lm_evaluate.write_lm_report(model, self, cfg, run_dir, **kw)
 
 
 def windows(ids: np.ndarray, n: int) -> Split:
@@ -201,7 +201,5 @@ def build_lm(cfg: LMTaskConfig) -> LMTaskData:
     return LMTaskData(name="lm", vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, grid_shape=(1, cfg.seq_len),
                       train=train, test=held_out, difficulty_name="none (text)", metric=NextToken(tok),
                       baselines=baselines, tokenizer=tok, ids=ids, corpus_name=corpus.name,
-                      render=partial(render_tokens, tokenizer=tok))
-
-
-TASKS.add("lm", (LMTaskConfig, build_lm))
+                      render=partial(render_tokens, tokenizer=tok),
+                      sample_figures=partial(lm_evaluate.depth_sample_figures, tokenizer=tok))

@@ -32,7 +32,7 @@ from ponder.core.cache import cached_arrays
 from ponder.core.errors import PonderError
 from ponder.core.render import NEUTRAL, UNKNOWN, cells_caption, grid_body, panels_svg, sample_arrays, wrong_cells
 from ponder.core.settings import check, setting
-from ponder.core.task import TASKS, Split, TaskData, token_augment
+from ponder.core.task import Split, TaskData, token_augment
 from ponder.core.types import IGNORE
 from ponder.tasks.common.published import read_splits
 from ponder.tasks.mazes.published import maze_format
@@ -275,7 +275,6 @@ def build_maze(cfg: MazeConfig) -> TaskData:
     )
 
 
-TASKS.add("maze", (MazeConfig, build_maze))
 
 
 # ----------------------------------------------------------------------------- symmetries

@@ -33,7 +33,7 @@ from ponder.core.cache import cached_arrays
 from ponder.core.errors import PonderError
 from ponder.core.render import UNKNOWN, grid_body, panels_svg, sample_arrays, wrong_cells
 from ponder.core.settings import check, setting
-from ponder.core.task import TASKS, Split, TaskData, most_frequent_label
+from ponder.core.task import Split, TaskData, most_frequent_label
 from ponder.core.types import IGNORE
 
 __all__ = ["ParityConfig", "build_parity", "count_vectors", "k_range", "to_tokens", "parity_labels", "parity_baselines",
@@ -216,7 +216,6 @@ def build_parity(cfg: ParityConfig) -> TaskData:
     )
 
 
-TASKS.add("parity", (ParityConfig, build_parity))
 
 
 # ----------------------------------------------------------------------------- baselines and picture

@@ -34,7 +34,7 @@ from ponder.core.errors import PonderError
 from ponder.core.render import (GIVEN_FILL, INK, NEUTRAL, SOLVED_INK, WRONG, cells_caption, grid_body, panels_svg,
                                 sample_arrays, wrong_cells)
 from ponder.core.settings import check, setting
-from ponder.core.task import TASKS, Split, TaskData, token_augment
+from ponder.core.task import Split, TaskData, token_augment
 from ponder.tasks.common.published import read_splits
 from ponder.tasks.sudoku.hard import generate_hard
 from ponder.tasks.sudoku.published import SUDOKU_EXTREME
@@ -256,7 +256,6 @@ def build_sudoku(cfg: SudokuConfig) -> TaskData:
     )
 
 
-TASKS.add("sudoku", (SudokuConfig, build_sudoku))
 _LATER_DEFAULTS = {"generator": "random", "min_backtracks": 0, "source": None, "min_rating": 0.0}
 
 
