@@ -68,6 +68,8 @@ def fast_form(command: str, places: dict[str, Path]) -> list[str] | None:
     for flag in ("--out", "--json"):
         if flag in args:
             args[args.index(flag) + 1] = str(root / Path(args[args.index(flag) + 1]).name)
+    if args[:2] == ["arc", "leakage"] and "--out" not in args:
+        args += ["--out", str(root / "arc-leakage.md")]  # its default is the working directory
     if args[:2] == ["diagnose", "decisive"]:
         args += ["--train-steps", "2", "--steps", "3"]
     if args[:2] == ["diagnose", "gradients"]:
