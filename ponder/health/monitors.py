@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ponder.core.autocast import fp32_region
 from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.events import StepEvent
@@ -43,8 +44,9 @@ PEAKS = {"grad_norm": "grad_norm_max", "logit_absmax": "logit_absmax", "nonfinit
 def attention_stats(attn: Attention, x: torch.Tensor) -> tuple[float, float]:
     """Mean max-attention and mean entropy (nats) of `attn` on input x (b, n, d), over rows,
     heads and queries. Uniform attention gives 1/n and log(n)."""
-    q, k, _ = split_heads(attn.qkv(x), attn.n_heads, attn.rotary)  # (b, h, n, hd)
-    p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
+    with fp32_region(x):  # the statistics are judged at fp32 resolution, whatever the run's precision
+        q, k, _ = split_heads(attn.qkv(x.float()), attn.n_heads, attn.rotary)  # (b, h, n, hd)
+        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
     entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)  # (b, h, n)
     return float(p.amax(-1).mean()), float(entropy.mean())
 
@@ -154,7 +156,8 @@ class HealthMonitor:
     def _keep_input(self, name: str):
         def hook(module, args):
             if self._attn_armed:
-                self._attn_inputs[name] = args[0][: self.cfg.attention_samples].detach().clone()
+                # float32 copy: the input may be bf16 under autocast (the no-grad forwards)
+                self._attn_inputs[name] = args[0][: self.cfg.attention_samples].detach().to(torch.float32, copy=True)
         return hook
 
     # Hooks are closures, not bound methods: deep-copying the model (the EMA evaluation copy)

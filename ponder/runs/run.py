@@ -41,9 +41,11 @@ from ponder.training.checkpoint import (atomic_write_text, format_load_report, n
                                         read_config, read_training_state, read_weights, resolve_checkpoint, run_dir_of)
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
-from ponder.training.loop import Run, check_accelerator_settings, resolve_device, set_threads, train
+from ponder.training.compiling import settle
+from ponder.training.loop import Run, resolve_device, set_threads, train
 from ponder.training.objectives import build_objective
 from ponder.training.optim import ExponentialMovingAverage, build_optimizer
+from ponder.training.precision import autocast, check_precision, record_setup
 from ponder.training.tensorboard import make_mirror
 
 
@@ -158,7 +160,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     tc = cfg.train
     shard, device = join(resolve_device(tc.device))  # torchrun: this process among W
     shard.local_size(tc.batch_size)  # the global batch must divide among the processes
-    check_accelerator_settings(tc, device)
+    check_precision(tc.precision, device)  # an explicit bf16 the device cannot run: refused before any work
     set_threads(tc.threads)
     if not resume and (run_dir / "checkpoints").exists():
         raise PonderError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
@@ -175,9 +177,10 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     torch.manual_seed(tc.seed)
     task = build_task(cfg.task)
     model = build_model(cfg, task).to(device)
-    if tc.compile:
-        for net in model.networks():
-            net.compile()  # in place: parameter names (checkpoints) unchanged
+    # "auto" precision and compile resolved (and compiled) here, saved in the config below
+    cfg, arithmetic = settle(cfg, model, training_split(task.train, cfg), device, shard=shard,
+                             start_step=saved["state"].get("step", 0) if resume else 0)
+    tc = cfg.train
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
@@ -204,6 +207,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     if shard.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
+        record_setup(run_dir, run.step, **arithmetic)
         save_assets = getattr(task, "save_assets", None)  # e.g. a language model's tokenizer
         if save_assets is not None:
             save_assets(run_dir)
@@ -241,10 +245,11 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
             write_health_report(run.run_dir, cfg, records)
         if not final_eval:
             return records[-1] if records else {}
-        model = run.eval_model()
-        calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # halt.threshold=auto: the final weights'
-        return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
-                            quiet=not run.shard.main)
+        model, cfg = run.eval_model(), run.cfg  # run.cfg: precision and compile resolved
+        with autocast(run.device, cfg.train.precision):  # evaluated in the arithmetic it trained with
+            calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # halt.threshold=auto: the final weights'
+            return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                                quiet=not run.shard.main)
     finally:
         leave()
 
@@ -273,19 +278,23 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
         config's model, or hold NaN or inf, is a PonderError. With halt.threshold=auto (saved or
         given as an override, e.g. on a run trained with a fixed threshold) the model comes back
-        calibrated (ponder.training.calibrate), on cfg.train.device with cfg.train.threads set.
+        calibrated (ponder.training.calibrate). The model is on cfg.train.device (cfg.train.threads
+        set): callers evaluate it there, under the run's precision (`autocast`), where it trained.
     """
     ckpt_dir = resolve_checkpoint(Path(path))
     saved = read_run_config(ckpt_dir)
     cfg = apply_overrides(saved, overrides or [])
+    device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)  # e.g. a bf16 run read on a CPU without native bf16
     weights, source = read_trained_weights(ckpt_dir, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
     task = build_task(cfg.task)
     model = build_model(cfg, task)
     load_weights(model, weights, source)
+    model.to(device)
+    set_threads(cfg.train.threads)
     if wants_calibration(cfg):
-        device = resolve_device(cfg.train.device)
-        set_threads(cfg.train.threads)
-        calibrate(model.to(device), task, cfg, device=device, held_out=wants_calibration(saved))
+        with autocast(device, cfg.train.precision):
+            calibrate(model, task, cfg, device=device, held_out=wants_calibration(saved))
     return model, task, cfg, ckpt_dir
 
 
@@ -318,5 +327,5 @@ def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test") -> d
     """`ponder eval`: the full evaluation of a run or checkpoint, written under RUN_DIR/eval/."""
     model, task, cfg, ckpt_dir = load_trained(path, overrides)
     device = resolve_device(cfg.train.device)
-    set_threads(cfg.train.threads)
-    return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split)
+    with autocast(device, cfg.train.precision):
+        return evaluate_run(model, task, cfg, run_dir_of(ckpt_dir), device=device, split=split)

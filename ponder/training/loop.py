@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from ponder.training.checkpoint import save_checkpoint
 from ponder.training.distributed import SINGLE, Shard, local_world
 from ponder.training.evaluate import evaluate_split
 from ponder.training.optim import ExponentialMovingAverage, lr_factor
+from ponder.training.precision import PRECISIONS, autocast
 from ponder.training.tensorboard import tensorboard_available
 
 
@@ -59,8 +60,12 @@ class TrainConfig:
             headline score (exact match for puzzles) reaches this (0 = off).
         tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
             "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
-        precision: "fp32", or "bf16" (autocast of the training forward to bfloat16; CUDA only).
-        compile: compile the model's reasoning network with torch.compile (CUDA only).
+        precision: "auto", "fp32" or "bf16" (autocast of the forward to bfloat16, in training
+            and evaluation; ponder.training.precision says where, and what stays float32).
+            "auto" is resolved when the run opens and the result saved in its config.
+        compile: torch.compile of the recursion's networks: True, False or "auto" (on only where
+            a recorded measurement says it pays over the run's length; ponder.training.compiling),
+            resolved when the run opens like `precision`.
     """
 
     seed: int = setting(0, ge=0)
@@ -83,8 +88,8 @@ class TrainConfig:
     max_minutes: float = setting(0.0, ge=0)
     target: float = setting(0.0, ge=0, le=1)
     tensorboard: str = setting("auto", choices=("auto", "on", "off"))
-    precision: str = setting("fp32", choices=("fp32", "bf16"))
-    compile: bool = False
+    precision: str = setting("auto", choices=PRECISIONS)
+    compile: bool | Literal["auto"] = "auto"
 
     def inactive(self) -> dict[str, str]:
         out = {}
@@ -101,15 +106,6 @@ class TrainConfig:
                               "(pip install 'ponder[tensorboard]')")
         if not (self.device in ("cpu", "cuda", "mps", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
             raise PonderError(f"train.device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
-
-
-def check_accelerator_settings(tc: TrainConfig, device: torch.device) -> None:
-    """bf16 autocast and torch.compile are GPU settings: on another device they are refused
-    (one line), so a CPU run is never silently changed or silently left unchanged."""
-    if device.type != "cuda" and (tc.precision != "fp32" or tc.compile):
-        used = ", ".join(s for s, on in (("train.precision=bf16", tc.precision == "bf16"),
-                                         ("train.compile=true", tc.compile)) if on)
-        raise PonderError(f"{used}: CUDA only; this run is on {device.type}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -264,6 +260,11 @@ def evaluate_during_training(run: Run, step: int, seconds: float | None = None) 
     record (with `time_since_start`, the wall time of this session's loop so far, when given).
     With halt.threshold=auto the threshold is calibrated on these weights first and logged as
     `halt_threshold`."""
+    with autocast(run.device, run.cfg.train.precision):  # evaluated in the arithmetic it trains with
+        return _evaluate_during_training(run, step, seconds)
+
+
+def _evaluate_during_training(run: Run, step: int, seconds: float | None) -> dict:
     cfg, task = run.cfg, run.task
     model = run.eval_model()
     calibration = calibrate(model, task, cfg, device=run.device, shard=run.shard)
@@ -339,7 +340,7 @@ def train_step(run: Run) -> dict:
     step = run.step
     _set_lr(run, step)
     run.callbacks.call("on_step_start", run, step)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+    with autocast(run.device, run.cfg.train.precision):  # one region: each weight is cast once per step
         loss, metrics = run.objective.forward(step)
     # the global batch's figures (each rank computed its share's)
     metrics = run.shard.mean_metrics({"loss": loss.item(), **metrics}, run.shard.local_size(run.cfg.train.batch_size))

@@ -35,7 +35,9 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
     logp = s.log() - s.sum(-1, keepdim=True).log()
     loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
+    # at least float32: under bf16 autocast the logits are bf16, and the loss must not be
+    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(torch.promote_types(logits.dtype,
+                                                                                                torch.float32))
 
 
 def per_sample_task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
@@ -229,11 +231,13 @@ class Trajectory(_Counters):
         with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
             memo = self.head.start(len(batch), self.device)
             stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
-            answer = torch.zeros_like(outs[0].logits)
+            answer = None  # in the head's answer dtype (ACT's running answer is float32 under bf16)
             for t, out in enumerate(outs, start=1):
                 halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
                 new = halt & (stop == 0)
-                answer[new] = self.head.answer(out, memo)[new]
+                given = self.head.answer(out, memo)  # (b, n, v)
+                answer = torch.zeros_like(given) if answer is None else answer
+                answer[new] = given[new]
                 stop[new] = t
             scores = self.metric.score(answer, batch.labels)
         self._stop = stop
