@@ -131,7 +131,7 @@ def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple
     for t in thresholds:
         model, task, cfg, _ = load_trained(run_dir, [f"--halt.threshold={t}"])
         r = evaluate_split(model, task.test, task.metric, max_steps=cfg.halt.max_steps, batch_size=250,
-                           device=torch.device("cpu"), budgets=False)
+                           device=next(model.parameters()).device, budgets=False)  # the run's device
         rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
                      "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})
     m = cfg.halt.max_steps

@@ -80,8 +80,11 @@ MODEL_BUILDERS = {
 
 
 def build_model(cfg: Config, task: TaskData | None) -> torch.nn.Module:
-    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None)."""
-    return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
+    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None), built on
+    the CPU whatever the default device: its initial weights come from the CPU generator, the same
+    on every device, and the caller moves it."""
+    with torch.device("cpu"):
+        return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
 
 
 def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:

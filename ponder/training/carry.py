@@ -57,9 +57,12 @@ class SampleStream:
 
 
 def batch_of(split: Split) -> Batch:
-    """The samples of a split (numpy) as a Batch of tensors (on the CPU)."""
-    opt = (None if a is None else torch.as_tensor(a) for a in (split.puzzle_id, split.context))
-    return Batch(torch.as_tensor(split.inputs), torch.as_tensor(split.labels), torch.as_tensor(split.difficulty), *opt)
+    """The samples of a split (numpy) as a Batch of tensors on the CPU (whatever the default
+    device; the caller moves them to the model's)."""
+    def cpu(a):
+        return None if a is None else torch.as_tensor(a, device="cpu")
+
+    return Batch(cpu(split.inputs), cpu(split.labels), cpu(split.difficulty), cpu(split.puzzle_id), cpu(split.context))
 
 
 class Carry:
@@ -92,8 +95,9 @@ class Carry:
             return 0
         fresh = stream.take(k)
         # TRM's exploration: with probability p a slot must run at least U{2..M} steps
-        explore = torch.rand(k, generator=generator) < explore_prob
-        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator)
+        # drawn on the CPU generator, whatever the device: the same draws on CPU and GPU, every rank
+        explore = torch.rand(k, generator=generator, device="cpu") < explore_prob
+        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator, device="cpu")
         lo = self.shard.rank * len(self.steps)
         mine = ((needed >= lo) & (needed < lo + len(self.steps))).cpu()
         if not mine.any():

@@ -141,6 +141,26 @@ def set_threads(threads: int) -> int:
     return n
 
 
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The RNG state of an accelerator `device` (None on the CPU, whose generator is torch's global one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    """Restore `device_rng_state`; None (a checkpoint of a CPU run, or of one saved before it was
+    kept) leaves the device's RNG as it is."""
+    if state is None:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state.cpu())
+
+
 class Window:
     """Running sums of per-step metrics between two log records."""
 
@@ -192,9 +212,11 @@ class Run:
     window: Window = field(default_factory=Window)
 
     def training_state(self) -> dict:
-        """Everything besides the weights that a bit-exact resume needs."""
+        """Everything besides the weights that a bit-exact resume needs (the device's own RNG
+        too: PonderNet's eval_rule=sample draws on it on a GPU)."""
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
                 "objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(),
+                "device_rng": device_rng_state(self.device),
                 "window": self.window.state_dict(), "skipped_steps": self.skipped_steps,
                 "callbacks": self.callbacks.state_dict()}
 
@@ -203,6 +225,7 @@ class Run:
         self.stream.load_state_dict(st["stream"])
         self.objective.load_state_dict(st["objective"])
         torch.set_rng_state(st["torch_rng"])
+        set_device_rng_state(self.device, st.get("device_rng"))
         self.window.load_state_dict(st["window"])
         self.skipped_steps = st["skipped_steps"]
         self.callbacks.load_state_dict(st.get("callbacks", []))

@@ -98,7 +98,7 @@ class _Counters:
         batch = self.stream.take(self.batch_size)
         self.counters["samples_taken"] += len(batch)
         if self.shard.active:
-            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+            batch = batch.index(torch.arange(self.batch_size, device="cpu")[self.rows])  # the stream's batch is on the CPU
         return batch.to(self.device)
 
     # an objective with no carry: the counters are its whole state, and nothing is in flight
