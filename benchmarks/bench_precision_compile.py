@@ -15,6 +15,7 @@ longest compile time seen (printed at the end as the table to paste there).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -59,6 +60,8 @@ def measure(name: str, precision: str, compiled: bool) -> dict:
     torch._dynamo.reset()
     cfg = _config(name, precision, compiled)
     with tempfile.TemporaryDirectory() as d:
+        # a cold compile, as a run's first: inductor's on-disk caches start empty for each measurement
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(d) / "inductor")
         run = open_run(cfg, Path(d) / "run")
         if compiled and name not in _STACKED:  # no stack: compile the model's whole step here
             attr = "loss" if getattr(run.model, "token_objective", False) else "step"

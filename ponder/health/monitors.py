@@ -175,6 +175,11 @@ class HealthMonitor:
                 self._act[name] = out.detach().flatten(1).norm(dim=1)  # (b,)
         return hook
 
+    def step_tensors(self, run) -> dict:
+        """The step's largest token logit, read with the loop's one host transfer of the step
+        (it comes back in `on_step_end`'s metrics)."""
+        return {} if self._logit_max is None else {"_logit_absmax": self._logit_max}
+
     def on_step_start(self, run, step: int) -> None:
         self._armed = True
         every = self.cfg.attention_every
@@ -223,9 +228,9 @@ class HealthMonitor:
                 share = max(0.0, (loss - lm) / loss)
                 w.add("aux_share", share)
                 ev.aux_share = share
-        if self._logit_max is not None:
-            w.add("logit_absmax", float(self._logit_max))
-            self._logit_max = None
+        if "_logit_absmax" in m:
+            w.add("logit_absmax", float(m["_logit_absmax"]))
+        self._logit_max = None
         std = m.get("halt_logit_std")
         if std is not None and math.isfinite(std):
             w.add("halt_logit_var", std * std)

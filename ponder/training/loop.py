@@ -34,6 +34,7 @@ from ponder.training.evaluate import evaluate_split
 from ponder.training.optim import ExponentialMovingAverage, lr_factor
 from ponder.training.precision import PRECISIONS, autocast
 from ponder.training.tensorboard import tensorboard_available
+from ponder.training.transfer import fetch
 
 
 @dataclass(kw_only=True)
@@ -316,30 +317,42 @@ def _set_lr(run: Run, step: int) -> None:
                                                                       schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
 
 
-def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, float]:
-    """Backward, clip, step; a non-finite loss or gradient is refused before the optimizer sees
-    it. Returns (skipped, pre-clip gradient norm)."""
+def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, float, dict, dict]:
+    """Backward, clip, then the step's one host transfer (the loss, its figures, the pre-clip
+    gradient norm, what the objective's commit and the callbacks need), then step or refuse: a
+    non-finite loss or gradient never reaches the optimizer. The backward runs on a non-finite
+    loss too (deciding to skip it would be a host read of its own); its gradients are refused
+    with it. Returns (skipped, pre-clip gradient norm, the fetched values, the global batch's
+    figures: each rank computed its share's)."""
     clip = run.cfg.train.grad_clip
+    params = list(run.model.parameters())
     run.optimizer.zero_grad(set_to_none=True)
-    skipped = not torch.isfinite(loss).item()
-    grad_norm = float("nan")
-    if not skipped:
-        loss.backward()
+    loss.backward()
     # one all-reduce averages the gradients across processes and tells every rank whether any
-    # rank's loss was not finite (then all refuse the step together); one process: no-op
-    skipped = run.shard.average_gradients(list(run.model.parameters()), skipped)
-    if not skipped:
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip if clip > 0 else float("inf")).item()
-        skipped = not math.isfinite(grad_norm)
+    # rank's loss was not finite (then all refuse the step together); one process: the flag itself
+    bad = run.shard.average_gradients(params, ~torch.isfinite(loss.detach()))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    host = fetch({"_ok": ~bad & torch.isfinite(grad_norm), "_grad_norm": grad_norm, "loss": loss, **metrics,
+                  **run.objective.pending(), **run.callbacks.collect("step_tensors", run)})
+    skipped, grad_norm = not host.pop("_ok"), host.pop("_grad_norm")
+    figures = run.shard.mean_metrics({k: v for k, v in host.items() if _loggable(k, v)},
+                                     run.shard.local_size(run.cfg.train.batch_size))
     if skipped:
         run.skipped_steps += 1
         run.optimizer.zero_grad(set_to_none=True)
+        grad_norm = float("nan") if not math.isfinite(host["loss"]) else grad_norm
     else:
         run.optimizer.step()
         if run.ema is not None:
             run.ema.update(run.model)
-        run.window.add({**metrics, "grad_norm": grad_norm})
-    return skipped, grad_norm
+        run.window.add({**figures, "grad_norm": grad_norm})
+    return skipped, grad_norm, host, figures
+
+
+def _loggable(key: str, value: Any) -> bool:
+    """A figure of the training log: a number whose key is not private (a leading underscore marks
+    what the objective or a callback fetched for itself)."""
+    return not key.startswith("_") and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _log_train(run: Run, done: int, seconds: float) -> dict:
@@ -365,14 +378,12 @@ def train_step(run: Run) -> dict:
     run.callbacks.call("on_step_start", run, step)
     with autocast(run.device, run.cfg.train.precision):  # one region: each weight is cast once per step
         loss, metrics = run.objective.forward(step)
-    # the global batch's figures (each rank computed its share's)
-    metrics = run.shard.mean_metrics({"loss": loss.item(), **metrics}, run.shard.local_size(run.cfg.train.batch_size))
-    skipped, grad_norm = _optimizer_step(run, loss, metrics)
-    run.objective.commit(not skipped)
+    skipped, grad_norm, host, figures = _optimizer_step(run, loss, metrics)
+    run.objective.commit(not skipped, host)
     run.step = step + 1
-    metrics = {**metrics, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
+    metrics = {**host, **figures, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
     run.callbacks.call("on_step_end", run, metrics)  # grad_norm: before clipping
-    return metrics
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
 
 def train(run: Run) -> str:

@@ -126,9 +126,10 @@ class ACTHead(ProbeHead):
         weight = self.weight(segment.train_step)
         loss = task + weight * rho.mean() + self.probe.penalty(tr["shaped"])
         with torch.no_grad():
-            stats = {"ponder_cost": rho.mean().item(), "expected_steps": tr["N"].float().mean().item(),
-                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean().item(), "task_loss": task.item(),
-                     "lm_loss": task.item()}
+            # detached 0-dim tensors: the training loop reads them in its one host transfer
+            stats = {"ponder_cost": rho.mean(), "expected_steps": tr["N"].float().mean(),
+                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean(), "task_loss": task.detach(),
+                     "lm_loss": task.detach()}
         return loss, stats
 
     # -- inference ------------------------------------------------------------------------------
