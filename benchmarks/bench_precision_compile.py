@@ -105,19 +105,27 @@ def main() -> None:
                 rows.append(r)
                 print(r, flush=True)
     rate_after = {"fp32": matmul_gflops(THREADS), "bf16": matmul_gflops(THREADS, dtype=torch.bfloat16)}
+    write(rows, rate, rate_after, native)
+
+
+def write(rows: list[dict], rate: dict, rate_after: dict, native: list[str]) -> None:
+    """The BENCHMARKS.md section and its JSON from the measured rows (a preset without compiled
+    rows shows n/a there)."""
     get = {(r["preset"], r["precision"], r["compiled"]): r for r in rows}
+    presets = [p for p in PRESETS if (p, "fp32", False) in get]
     md = ["## Precision and compile on the CPU", "",
           f"`python -m benchmarks.bench_precision_compile`, {THREADS} threads. Native bf16 flags of this CPU: "
           f"{', '.join(native) or 'none'}. Same-run 1024x1024 matmul: fp32 {rate['fp32']:.0f} GFLOP/s, bf16 "
           f"{rate['bf16']:.0f} GFLOP/s at the start ({rate_after['fp32']:.0f} / {rate_after['bf16']:.0f} at the end). "
           "A step is `train_step` (forward, backward, clip, optimizer) after warm-up, median of "
-          f"{TIMED}; FLOPs are the matrix FLOPs the step really ran (counted); \"of matmul\" is the achieved rate "
+          f"{TIMED} (the TRM-size step: fewer, see the JSON); FLOPs are the matrix FLOPs the step really ran (counted); \"of matmul\" is the achieved rate "
           "over the same-run matmul rate of that precision. Compile time: the first steps' excess over the "
-          "steady step.", "",
+          f"steady step. Load average when the section was written: {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (other jobs shared the machine: compare the matmul rates with an idle run's).", "",
           "| preset | params | GFLOP/step | fp32 ms | bf16 ms | bf16 speed-up | fp32 of matmul | bf16 of matmul | "
           "compiled fp32 ms (x) | compiled bf16 ms (x) | compile s |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in PRESETS:
+    for name in presets:
         e32, e16 = get[(name, "fp32", False)], get[(name, "bf16", False)]
         c32, c16 = get.get((name, "fp32", True)), get.get((name, "bf16", True))
         gf = e32["flops"] / 1e9

@@ -14,8 +14,9 @@ DEFAULT_PRESET = "demo"
 def fp32_train(**settings) -> TrainConfig:
     """The `train` section of a preset whose published figures (README.md, BENCHMARKS.md, the
     golden tests) were measured in float32 without compile: it keeps that arithmetic on every
-    machine instead of `train.precision=auto` (which picks bf16 where a CPU has native bf16 and it
-    measures faster, 1.8-2.2x on the sudoku presets here: BENCHMARKS.md) and `train.compile=auto`.
+    machine instead of `train.precision=auto` (which picks bf16 where a CPU has native bf16 and a
+    probe of the model measures it faster: BENCHMARKS.md, precision and compile) and
+    `train.compile=auto`.
     The GPU recipes (trm-*) keep both on auto."""
     return TrainConfig(precision="fp32", compile=False, **settings)
 
