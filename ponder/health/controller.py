@@ -317,7 +317,7 @@ class StabilityController:
         self.run.optimizer.load_state_dict(snap["optimizer"])
         if self.run.ema is not None and snap["ema"] is not None:
             self.run.ema.load_state_dict(snap["ema"])
-        self.run.objective.commit(False, {})  # latents computed by the bad weights are dropped
+        self.run.objective.commit(False)  # latents computed by the bad weights are dropped
         self.rollbacks += 1
         self.hard_windows = 0
         # the LR that failed: the highest used since the good snapshot (a backoff since may have lowered
