@@ -43,7 +43,7 @@ def _evaluate(run_dir: Path) -> dict:
 
     model, task, cfg, _ = load_trained(run_dir)
     torch.set_num_threads(THREADS)
-    return evaluate_run(model, task, cfg, run_dir, device=torch.device("cpu"), quiet=True)
+    return evaluate_run(model, task, cfg, run_dir, device=next(model.parameters()).device, quiet=True)  # the run's
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity", "parity_cell", "throughput", "contention",
-         "scale_out", "deltanet", "lm_compare", "arc_baselines", "arc_runs", "arc_cycles",
+         "precision_compile", "scale_out", "deltanet", "lm_compare", "arc_baselines", "arc_runs", "arc_cycles",
          "health", "rescue", "estimators", "decisive"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
@@ -40,14 +40,15 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}")
 
 
-def matmul_gflops(threads: int | None = None, size: int = 1024, repeats: int = 7, inner: int = 10) -> float:
-    """fp32 size x size matmul rate in GFLOP/s (median over repeats), on `threads` torch threads
-    (default: the current setting, which is restored)."""
+def matmul_gflops(threads: int | None = None, size: int = 1024, repeats: int = 7, inner: int = 10,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """size x size matmul rate in GFLOP/s of `dtype` (fp32 by default; median over repeats), on
+    `threads` torch threads (default: the current setting, which is restored)."""
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
         a @ b
         times = []
         for _ in range(repeats):
@@ -58,6 +59,26 @@ def matmul_gflops(threads: int | None = None, size: int = 1024, repeats: int = 7
     finally:
         torch.set_num_threads(old)
     return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def counted_flops(fn) -> int:
+    """Matrix FLOPs that `fn()` really runs (forward and backward alike), counted by
+    torch.utils.flop_counter as the ops dispatch: what an objective computes, trajectories,
+    extra forwards and all, rather than an analytic formula of one step."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    # the CPU kernel of scaled_dot_product_attention has no formula in torch's table (CUDA's do)
+    # (tensor arguments arrive as their shapes)
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v),
+    }
+    with fc.FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def run_jobs(commands: list[list[str]], jobs: int, *, env: dict | None = None) -> None:
@@ -110,7 +131,7 @@ def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple
     for t in thresholds:
         model, task, cfg, _ = load_trained(run_dir, [f"--halt.threshold={t}"])
         r = evaluate_split(model, task.test, task.metric, max_steps=cfg.halt.max_steps, batch_size=250,
-                           device=torch.device("cpu"), budgets=False)
+                           device=next(model.parameters()).device, budgets=False)  # the run's device
         rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
                      "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})
     m = cfg.halt.max_steps

@@ -93,7 +93,7 @@ def carry_samples(shard: Shard, steps: int, batch_size: int) -> dict:
     orig_refill = obj.carry.refill
 
     def refill(*a, **k):
-        before = obj.carry.needs_sample.clone()
+        before = torch.as_tensor(obj.carry.needs_sample.copy())  # the carry keeps its needs on the host
         n = orig_refill(*a, **k)
         received.extend(_sample_id(obj.carry.batch.inputs[before]))
         return n

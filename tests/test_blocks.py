@@ -177,3 +177,20 @@ def test_reasoning_net_row_chunks_match_whole_batch() -> None:
     assert torch.allclose(chunked, whole, atol=1e-5) and torch.allclose(g_chunked, g_whole, atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(net(hidden, injection), whole, atol=1e-5)
+
+
+def test_row_chunks_are_chosen_by_device(monkeypatch):
+    """CPU: chunks under the glibc mmap threshold; a GPU runs TRM's batch 768 in one call (before:
+    about 29 chunks per layer there) unless one intermediate would take 1/8 of its memory."""
+    from types import SimpleNamespace
+
+    from ponder.models.blocks import ACCELERATOR_CHUNK_SHARE, CHUNK_BYTES, chunk_rows
+
+    row = 81 * 2 * 1408 * 4  # TRM size: n * 2h floats per row of the SwiGLU projection
+    assert chunk_rows(768, row, torch.device("cpu")) == CHUNK_BYTES // row < 768
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30))
+    assert chunk_rows(768, row, torch.device("cuda")) >= 768  # one call
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2**30))
+    assert chunk_rows(768, row, torch.device("cuda")) == 2**30 // ACCELERATOR_CHUNK_SHARE // row < 768
+    assert chunk_rows(768, row, torch.device("mps")) == 768
+    assert chunk_rows(768, 0, torch.device("cpu")) == 768

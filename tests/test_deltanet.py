@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core.errors import PonderError
-from ponder.models.lm.deltanet import FLA_AVAILABLE, GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_recurrent
+from ponder.models.lm.deltanet import (FLA_AVAILABLE, GatedDeltaNet, fla_inputs, gated_delta_rule_chunked,
+                                       gated_delta_rule_recurrent)
 from ponder.models.lm.hybrid import HybridConfig, HybridLM
 
 
@@ -145,3 +146,14 @@ def test_fla_kernel_agrees_with_plain_pytorch():  # pragma: no cover - needs CUD
     y_fla, s_fla = layer(x, return_state=True)
     torch.testing.assert_close(y_fla.float(), y_torch, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(s_fla.float(), s_torch, atol=2e-3, rtol=2e-3)
+
+
+def test_fla_gets_q_k_v_in_one_16_bit_dtype():
+    """The fla kernel takes one non-fp32 dtype for q, k, v; under autocast the layer's own q and k
+    come out of F.normalize in fp32 beside a bf16 v (before: the comparison could never run)."""
+    layer = GatedDeltaNet(16, n_heads=2, head_dim=8)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = layer._split(layer.conv(layer._project(x)))
+        assert {t.dtype for t in fla_inputs(q, k, v)} == {torch.bfloat16}
+    assert {t.dtype for t in fla_inputs(*(t.float() for t in (q, k, v)))} == {torch.bfloat16}

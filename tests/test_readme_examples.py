@@ -26,7 +26,8 @@ TINY = {  # preset -> overrides that make it train in seconds (each test kind's,
     **{preset: extra for preset, extra in KINDS.values()},
 }
 # lines that need what a test machine does not have: (a piece of the line, the one-line refusal expected)
-REFUSALS = [("submission.json", "submission.json"), ("--task.source=DIR", "DIR")]
+REFUSALS = [("--train.device=cuda", "no CUDA device is available"), ("submission.json", "submission.json"),
+            ("--task.source=DIR", "DIR")]  # first match wins
 # lines tested elsewhere, with why
 ELSEWHERE = {"torchrun": "tests/test_distributed.py starts torchrun itself"}
 REPLACE = {"--seeds 3": "--seeds 1", "--budget flops:8e11": "--budget steps:2", "--steps 8": "--steps 2",

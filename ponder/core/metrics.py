@@ -37,8 +37,9 @@ class Metric(Protocol):
     def summarize(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
         """Per-sample scores of a whole split (arrays (N,)) -> the figures named in `columns`."""
 
-    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
-        """The same figures of one batch's score tensors (the training objectives log them per step)."""
+    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The same figures of one batch's score tensors, as 0-dim tensors on their device (the
+        training objectives log them per step; the loop reads every figure in one host transfer)."""
 
 
 def figure_formats(metric) -> dict[str, str]:
@@ -87,10 +88,10 @@ class ExactMatch:
         return {"exact": float(exact.mean()) if exact.size else float("nan"),
                 "cell": float(np.sum(scores["correct_cells"]) / cells) if cells else float("nan")}
 
-    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, float]:
-        """`summarize` of one batch's tensors, without leaving the device until the end."""
+    def summarize_batch(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`summarize` of one batch's tensors, without leaving the device (0-dim tensors)."""
         total = scores["cells"].sum().clamp(min=1)
-        return {"exact": scores["exact"].float().mean().item(), "cell": (scores["correct_cells"].sum() / total).item()}
+        return {"exact": scores["exact"].float().mean(), "cell": scores["correct_cells"].sum() / total}
 
 
 def concat_scores(parts: list[dict[str, Tensor]]) -> dict[str, np.ndarray]:

@@ -70,9 +70,9 @@ def token_augment(fn: Callable[[np.ndarray, np.ndarray, np.random.Generator], tu
 def grid_baselines(split: Split, train: Split) -> dict[str, dict[str, float]]:
     """Trivial baselines of token-grid tasks on `split`: copy the input; the training split's most
     frequent label at each position."""
-    labels = torch.as_tensor(split.labels)
+    labels = torch.as_tensor(split.labels, device="cpu")
     out = {}
-    copy_ex, copy_c, tot = exact_and_cells(torch.as_tensor(split.inputs), labels)
+    copy_ex, copy_c, tot = exact_and_cells(torch.as_tensor(split.inputs, device="cpu"), labels)
     out["copy input"] = {"exact": copy_ex.float().mean().item(), "cell": (copy_c.sum() / tot.sum()).item()}
     out["most frequent label"] = most_frequent_label(split, train)
     return out
@@ -81,12 +81,12 @@ def grid_baselines(split: Split, train: Split) -> dict[str, dict[str, float]]:
 def most_frequent_label(split: Split, train: Split) -> dict[str, float]:
     """Exact and cell accuracy on `split` of predicting, at each position, the training split's
     most frequent label there."""
-    labels = torch.as_tensor(split.labels)
+    labels = torch.as_tensor(split.labels, device="cpu")
     train_labels = np.where(train.labels == IGNORE, 0, train.labels)
     vocab = int(max(train_labels.max(), split.labels.max())) + 1
     counts = np.stack([np.bincount(col, minlength=vocab) for col in train_labels.T])  # (n, v)
     counts[:, 0] = np.where(counts[:, 1:].sum(1) > 0, 0, counts[:, 0])  # never prefer PAD/IGNORE
-    modal = torch.as_tensor(counts.argmax(1)).expand_as(labels)
+    modal = torch.as_tensor(counts.argmax(1), device="cpu").expand_as(labels)
     ex, c, tot = exact_and_cells(modal, labels)
     return {"exact": ex.float().mean().item(), "cell": (c.sum() / tot.sum()).item()}
 

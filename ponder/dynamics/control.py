@@ -40,7 +40,7 @@ def _differentiable_jvp(step_fn: StepFn, z: Tensor, x: Tensor, v: Tensor, mode: 
 
 
 def _probe(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    return torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device)
 
 
 def _vjp_graph(step_fn: StepFn, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -162,7 +162,8 @@ def spectral_radius(step_fn: StepFn, z: Tensor, x: Tensor, *, iters: int = 100, 
         raise PonderError(f"spectral_radius tol must be > 0 or None, got {tol!r}")
     lin = Linearization(step_fn, z, x, jvp_mode=mode if mode != "vjp" else "jvp")
     apply = lin.vjp if mode == "vjp" else lin.jvp
-    v, _ = _normalize(torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device), per_sample)
+    # probes drawn on the CPU (a CPU generator), then moved: the same probe on every device
+    v, _ = _normalize(torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device), per_sample)
     tiny = torch.finfo(z.dtype).tiny  # log(0) guard that is representable in float32
     growth: list[Tensor] = []
     rayleigh = None
@@ -191,7 +192,7 @@ class SpectralNorm:
 def spectral_norm(step_fn: StepFn, z: Tensor, x: Tensor, *, iters: int = 30, jvp_mode: str = "jvp",
                   per_sample: bool = True, generator: torch.Generator | None = None) -> SpectralNorm:
     lin = Linearization(step_fn, z, x, jvp_mode=jvp_mode)
-    v, _ = _normalize(torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device), per_sample)
+    v, _ = _normalize(torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device), per_sample)
     sigma = None
     for _ in range(iters):
         jv = lin.jvp(v)
@@ -216,7 +217,7 @@ def jacobian_asymmetry(step_fn: StepFn, z: Tensor, x: Tensor, *, samples: int = 
     lin = Linearization(step_fn, z, x, jvp_mode=jvp_mode)
     asym = frob = 0.0
     for _ in range(samples):
-        v = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+        v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device)
         jv = lin.jvp(v)
         asym = asym + torch.linalg.vector_norm(flat_rows(jv - lin.vjp(v), per_sample), dim=1) ** 2 / samples
         frob = frob + torch.linalg.vector_norm(flat_rows(jv, per_sample), dim=1) ** 2 / samples

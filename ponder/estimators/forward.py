@@ -148,7 +148,8 @@ class ForwardGradient:
     seed: int | None = setting(None, ge=0)
 
     def sample_directions(self, params: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
-        return [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+        # drawn on the CPU (the generator is a CPU one), then moved: the same directions on every device
+        return [torch.randn(p.shape, generator=generator, dtype=p.dtype, device="cpu").to(p.device) for p in params]
 
     def estimate(self, step_fn: StepFn, z0: Tensor, x: Tensor, loss_fn: LossFn, *, steps: int,
                  params: Sequence[Tensor]) -> Rollout:

@@ -39,7 +39,7 @@ from ponder.runs.run import build_model, load_trained
 from ponder.tasks import build_task
 from ponder.training.carry import batch_of
 from ponder.training.estimator_hook import recursion_problem
-from ponder.training.loop import set_threads
+from ponder.training.loop import resolve_device, set_threads
 from ponder.training.objectives import task_loss
 
 MEMORY_METHOD = ("peak live bytes of the PyTorch CPU allocator during the call, from torch.profiler "
@@ -196,13 +196,13 @@ def diagnose_problem(step_fn, z0, x, loss_fn, params, names: list[str], *, steps
 def load_model_and_batch(source: str, batch: int, overrides: list[str] | None = None):
     """(model, held-out Batch, config, description) from a preset name or a run directory."""
     if Path(source).exists():
-        model, task, cfg, ckpt = load_trained(source, overrides)
+        model, task, cfg, ckpt = load_trained(source, overrides)  # on cfg.train.device
         what = f"trained run {source} ({ckpt.name})"
     elif source in PRESETS:
         cfg = apply_overrides(get_config(source), overrides or [])
         task = build_task(cfg.task)
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg, task)
+        model = build_model(cfg, task).to(resolve_device(cfg.train.device))
         what = f"preset {source} at initialisation (seed {cfg.train.seed})"
     elif "/" in source or source.startswith("."):
         raise PonderError(f"no such run directory: {source}")
@@ -210,7 +210,8 @@ def load_model_and_batch(source: str, batch: int, overrides: list[str] | None = 
         raise PonderError(f"{source!r} is neither a run directory nor a preset; presets: {', '.join(PRESETS.names())}")
     if batch < 1:
         raise PonderError(f"--batch must be >= 1, got {batch}")
-    return model, batch_of(task.test.slice(0, batch)), cfg, what
+    device = next(model.parameters()).device
+    return model, batch_of(task.test.slice(0, batch)).to(device), cfg, what
 
 
 def diagnose_gradients(source: str, *, steps: int | None = None, ref_steps: int | None = None, batch: int = 32,

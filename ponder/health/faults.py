@@ -66,9 +66,10 @@ class ExplodeAdapter(_AtSteps):
     @torch.no_grad()
     def inject(self, model) -> None:
         w = model.adapter.to_u.weight
-        if not w.abs().max() > 0:  # still at its zero init: give it a direction first
-            w.normal_(generator=torch.Generator().manual_seed(0))
-        w.mul_(self.factor)
+        # drawn on the CPU generator and moved to the weights' device (a CPU generator cannot draw
+        # into CUDA memory); still at its zero init, the head gets that direction first
+        direction = torch.randn(w.shape, generator=torch.Generator().manual_seed(0), device="cpu").to(w)
+        w.copy_(torch.where(w.abs().amax() > 0, w, direction)).mul_(self.factor)
 
 
 class CollapseAttention(_AtSteps):
@@ -88,4 +89,4 @@ class ScrambleReadout(_AtSteps):
     @torch.no_grad()
     def inject(self, model) -> None:
         w = model.readout.weight
-        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * w.std() * 3)
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1), device="cpu").to(w) * w.std() * 3)

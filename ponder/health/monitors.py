@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ponder.core.autocast import fp32_region
 from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.events import StepEvent
@@ -44,8 +45,9 @@ PEAKS = {"grad_norm": "grad_norm_max", "logit_absmax": "logit_absmax", "nonfinit
 def attention_stats(attn: Attention, x: torch.Tensor) -> tuple[float, float]:
     """Mean max-attention and mean entropy (nats) of `attn` on input x (b, n, d), over rows,
     heads and queries. Uniform attention gives 1/n and log(n)."""
-    q, k, _ = split_heads(attn.qkv(x), attn.n_heads, attn.rotary)  # (b, h, n, hd)
-    p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
+    with fp32_region(x):  # the statistics are judged at fp32 resolution, whatever the run's precision
+        q, k, _ = split_heads(attn.qkv(x.float()), attn.n_heads, attn.rotary)  # (b, h, n, hd)
+        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
     entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)  # (b, h, n)
     return float(p.amax(-1).mean()), float(entropy.mean())
 
@@ -163,7 +165,8 @@ class HealthMonitor:
     def _keep_input(self, name: str):
         def hook(module, args):
             if self._attn_armed:
-                self._attn_inputs[name] = args[0][: self.cfg.attention_samples].detach().clone()
+                # float32 copy: the input may be bf16 under autocast (the no-grad forwards)
+                self._attn_inputs[name] = args[0][: self.cfg.attention_samples].detach().to(torch.float32, copy=True)
         return hook
 
     # Hooks are closures, not bound methods: deep-copying the model (the EMA evaluation copy)
@@ -180,6 +183,11 @@ class HealthMonitor:
             if self._armed and torch.is_grad_enabled():
                 self._act[name] = out.detach().flatten(1).norm(dim=1)  # (b,)
         return hook
+
+    def step_tensors(self, run) -> dict:
+        """The step's largest token logit, read with the loop's one host transfer of the step
+        (it comes back in `on_step_end`'s metrics)."""
+        return {} if self._logit_max is None else {"_logit_absmax": self._logit_max}
 
     def on_step_start(self, run, step: int) -> None:
         self._armed = True
@@ -232,9 +240,9 @@ class HealthMonitor:
                 share = max(0.0, (loss - lm) / loss)
                 w.add("aux_share", share)
                 ev.aux_share = share
-        if self._logit_max is not None:
-            w.add("logit_absmax", float(self._logit_max))
-            self._logit_max = None
+        if "_logit_absmax" in m:
+            w.add("logit_absmax", float(m["_logit_absmax"]))
+        self._logit_max = None
         std = m.get("halt_logit_std")
         if std is not None and math.isfinite(std):
             w.add("halt_logit_var", std * std)

@@ -21,7 +21,9 @@ forward-mode differentiation (torch.func.jvp / vmap: the forward-mode gradient e
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import types
 from typing import Iterator, Sequence
 
 import torch
@@ -30,7 +32,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
-CHUNK_BYTES = 24 * 2**20  # ReasoningNet runs big batches in row chunks with intermediates below this
+CHUNK_BYTES = 24 * 2**20  # ReasoningNet runs big batches in row chunks with intermediates below this (CPU)
+ACCELERATOR_CHUNK_SHARE = 8  # on a GPU, chunk only if one intermediate would take 1/8 of its memory
 TRUNC_STDS = 2.0  # truncated-normal init cuts at +- this many standard deviations
 _PLAIN_OPS = [False]  # set by plain_ops(): use ops every autodiff mode supports
 
@@ -48,6 +51,14 @@ def plain_ops() -> Iterator[None]:
         _PLAIN_OPS[0] = previous
 
 
+def _plain() -> bool:
+    """Use plain out-of-place ops instead of the hand-fused autograd Functions and in-place
+    buffers: under `plain_ops()` (forward-mode AD) and while torch.compile traces (a custom
+    Function's `once_differentiable` backward and the rotary's strided `out=` writes break its
+    graph, and inductor fuses the elementwise glue itself)."""
+    return _PLAIN_OPS[0] or torch.compiler.is_compiling()
+
+
 def trunc_normal_(weight: Tensor, std: float) -> Tensor:
     """Fill `weight` in place from N(0, std^2) truncated to +- TRUNC_STDS * std."""
     return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-TRUNC_STDS * std, b=TRUNC_STDS * std)
@@ -63,8 +74,10 @@ def lecun_linear(in_features: int, out_features: int) -> nn.Linear:
 
 def _rstd(x: Tensor, eps: float) -> Tensor:
     """(..., 1) reciprocal root-mean-square of x (..., d): one reduction pass, no (..., d) temporary."""
-    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])  # (..., 1)
-    return ms.add_(eps).rsqrt_()
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
+    if torch.is_grad_enabled() and x.requires_grad:  # plain autograd (plain_ops, compile) keeps the norm
+        return (norm.square() / x.shape[-1] + eps).rsqrt()
+    return norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -98,7 +111,7 @@ def rms_norm(x: Tensor, eps: float) -> Tensor:
     Returns:
         (..., d) with unit root-mean-square along the last axis.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and x.requires_grad and not _plain():
         return _RMSNorm.apply(x, eps)
     return x * _rstd(x, eps)
 
@@ -157,6 +170,9 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (..., width). Returns: (..., width)."""
         gate_up = self.gate_up(x)  # (..., 2 * hidden)
+        if _plain():
+            gate, up = gate_up.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)  # (..., width)
         if torch.is_grad_enabled():
             return self.down(_SwiGLUGate.apply(gate_up))  # (..., width)
         # no graph to keep: activate in the fresh gate_up buffer instead of two new tensors
@@ -255,7 +271,7 @@ def split_heads(qkv: Tensor, n_heads: int, rotary: Rotary | None = None) -> tupl
     """
     n = qkv.shape[1]
     cos, sin = (rotary.cos[:n], rotary.sin[:n]) if rotary is not None else (None, None)
-    if _PLAIN_OPS[0]:
+    if _plain():
         return _split_heads_plain(qkv, cos, sin, n_heads)
     return _Heads.apply(qkv.contiguous(), cos, sin, n_heads)
 
@@ -337,12 +353,19 @@ class TransformerBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Args: h (b, n, d). Returns: (b, n, d) with unit RMS over d."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or _plain():
             h = rms_norm(h + self.mixer(h), self.eps)  # (b, n, d)
             return rms_norm(h + self.mlp(h), self.eps)  # (b, n, d)
         # no graph to keep: add the residual into the fresh sublayer output and normalise in place
-        h = rms_norm_(self.mixer(h).add_(h), self.eps)  # (b, n, d)
-        return rms_norm_(self.mlp(h).add_(h), self.eps)  # (b, n, d)
+        h = rms_norm_(_residual(self.mixer(h), h), self.eps)  # (b, n, d)
+        return rms_norm_(_residual(self.mlp(h), h), self.eps)  # (b, n, d)
+
+
+def _residual(sub: Tensor, h: Tensor) -> Tensor:
+    """sub + h for a fresh sublayer output `sub`: in place when `sub` holds the stream's dtype. Under
+    bf16 autocast `sub` is bf16 while the residual stream (and the carried state) stays float32,
+    so the sum is a new float32 tensor: adding into the bf16 buffer would round the stream."""
+    return sub.add_(h) if sub.dtype == h.dtype else h + sub
 
 
 class ReasoningNet(nn.Module):
@@ -364,21 +387,78 @@ class ReasoningNet(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.row_elements = row_elements
+        self.compile_backend: str | None = None  # set by `compile_stack`
+
+    def compile_stack(self, backend: str = "inductor") -> None:
+        """Run the stack through torch.compile from now on (`train.compile`). The batch axis is
+        marked dynamic, so one graph serves every batch size (training's, evaluation's, the
+        early-exit batches that shrink): one graph per grad mode and autocast dtype. A deep copy
+        (the EMA evaluation's) compiles its own weights: only the backend's name is kept here,
+        never a function bound to this instance."""
+        self.compile_backend = backend
 
     def forward(self, hidden: Tensor, injection: Tensor) -> Tensor:
         """Args: hidden (b, n, d), injection (b, n, d). Returns: (b, n, d) updated state."""
-        b = hidden.shape[0]
-        rows = CHUNK_BYTES // max(1, self.row_elements * hidden.element_size())
-        if self.row_elements == 0 or b <= rows:
-            return self._run(hidden, injection)
+        h = hidden + injection  # (b, n, d)
+        if self.compile_backend is not None:
+            # the sum stays outside the graph: in grad mode it always requires grad (the
+            # injection carries the embedding's or the latent's graph) while `hidden` sometimes
+            # does not, and each requires_grad pattern of an input would be a graph of its own
+            torch._dynamo.maybe_mark_dynamic(h, 0)
+            return _compiled_stack(self.compile_backend, _signature(self))(self, h)
+        b = h.shape[0]
+        rows = chunk_rows(b, self.row_elements * h.element_size(), h.device)
+        if b <= rows:
+            return _run_stack(self, h)
         n_chunks = -(-b // max(1, rows))
         sizes = [b // n_chunks + (i < b % n_chunks) for i in range(n_chunks)]
         # split (one backward cat), not tensor_split (a zero-filled full gradient per chunk)
-        parts = zip(hidden.split(sizes), injection.split(sizes))
-        return torch.cat([self._run(h, i) for h, i in parts])  # (b, n, d)
+        return torch.cat([_run_stack(self, part) for part in h.split(sizes)])  # (b, n, d)
 
-    def _run(self, hidden: Tensor, injection: Tensor) -> Tensor:
-        h = hidden + injection  # (b, n, d)
-        for block in self.blocks:
-            h = block(h)  # (b, n, d)
-        return h
+
+def chunk_rows(b: int, row_bytes: int, device: torch.device) -> int:
+    """Batch rows per chunk of a `ReasoningNet` call whose widest intermediate takes `row_bytes`
+    per row (`b` or more: no chunking).
+
+    CPU: chunks under CHUNK_BYTES (the glibc mmap threshold; see ReasoningNet). An accelerator
+    runs the whole batch in one call (about 29 small GEMMs per layer at TRM's batch 768 would
+    leave a GPU idle between launches) unless that intermediate would take more than
+    1/ACCELERATOR_CHUNK_SHARE of the device's memory.
+    """
+    if row_bytes <= 0:
+        return b
+    if device.type == "cpu":
+        return max(1, CHUNK_BYTES // row_bytes)
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory // ACCELERATOR_CHUNK_SHARE
+        return max(1, budget // row_bytes)
+    return b
+
+
+def _run_stack(net: ReasoningNet, h: Tensor) -> Tensor:
+    """The blocks of `net` on h (b, n, d) -> (b, n, d)."""
+    for block in net.blocks:
+        h = block(h)  # (b, n, d)
+    return h
+
+
+def _signature(net: ReasoningNet) -> tuple:
+    """The structure of `net`: module types and parameter shapes (equal for a deep copy)."""
+    return tuple((name, type(m).__name__) for name, m in net.named_modules()) + tuple(
+        (name, tuple(p.shape)) for name, p in net.named_parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_stack(backend: str, signature: tuple):
+    """`_run_stack` compiled with `backend` for nets of one structure. The net is an argument, so
+    its weights are graph inputs and a copy of the net (the EMA evaluation's) reuses the graph.
+    TorchDynamo caches graphs per code object up to its recompile limit (8): each structure gets
+    its own copy of the code, so several models in one process (a comparison, the GPU smoke
+    test's presets) never push a later one past the limit into silent eager execution."""
+    code = _run_stack.__code__.replace(co_name=f"_run_stack_{len(_STRUCTURES)}")
+    _STRUCTURES.append(signature)
+    fn = types.FunctionType(code, _run_stack.__globals__, code.co_name)
+    return torch.compile(fn, backend=backend)
+
+
+_STRUCTURES: list[tuple] = []

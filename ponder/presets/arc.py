@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ponder.models.halting import halt_config
 from ponder.models.recursive import ModelConfig
-from ponder.presets.base import preset
+from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.arc.task import ArcConfig
 from ponder.training.evaluate import EvalConfig
@@ -22,7 +22,7 @@ def _arc_small(conditioning: str) -> Config:
         model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="attention", positions="rope", h_cycles=2,
                           l_cycles=2, conditioning="none" if demos else "puzzle"),
         halt=halt_config(max_steps=6),
-        train=TrainConfig(batch_size=16 if demos else 64, steps=4000, lr=1e-3, warmup_steps=100, ema_decay=0.99,
+        train=fp32_train(batch_size=16 if demos else 64, steps=4000, lr=1e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=1000, checkpoint_every=500, max_minutes=45.0),
         eval=EvalConfig(batch_size=64, train_samples=128, during_training_samples=128),
     )

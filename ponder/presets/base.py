@@ -6,8 +6,19 @@ from typing import Callable
 
 from ponder.core.registry import Registry
 from ponder.runs.config import Config
+from ponder.training.loop import TrainConfig
 
 DEFAULT_PRESET = "demo"
+
+
+def fp32_train(**settings) -> TrainConfig:
+    """The `train` section of a preset whose published figures (README.md, BENCHMARKS.md, the
+    golden tests) were measured in float32 without compile: it keeps that arithmetic on every
+    machine instead of `train.precision=auto` (which picks bf16 where a CPU has native bf16 and a
+    probe of the model measures it faster: BENCHMARKS.md, precision and compile) and
+    `train.compile=auto`.
+    The GPU recipes (trm-*) keep both on auto."""
+    return TrainConfig(precision="fp32", compile=False, **settings)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 from ponder.models.halting import halt_config
 from ponder.models.lm.hybrid import HybridConfig
 from ponder.models.lm.recursive_lm import RecursiveLMConfig
-from ponder.presets.base import preset
+from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.lm.task import LMTaskConfig
 from ponder.training.evaluate import EvalConfig
-from ponder.training.loop import TrainConfig
 
 
 def _lm_small(model) -> Config:
@@ -18,7 +17,7 @@ def _lm_small(model) -> Config:
     return Config(
         task=LMTaskConfig(corpus="stdlib", max_files=400, vocab_size=1024, seq_len=64),
         model=model,
-        train=TrainConfig(batch_size=16, steps=400, lr=2e-3, warmup_steps=40, schedule="cosine", log_every=20,
+        train=fp32_train(batch_size=16, steps=400, lr=2e-3, warmup_steps=40, schedule="cosine", log_every=20,
                           eval_every=100, checkpoint_every=100),
         eval=EvalConfig(batch_size=32, max_samples=256, train_samples=64, during_training_samples=64, samples_drawn=4),
     )

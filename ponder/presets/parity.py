@@ -5,11 +5,10 @@ from __future__ import annotations
 from ponder.models.cell import CellConfig
 from ponder.models.halting import halt_config
 from ponder.models.recursive import ModelConfig
-from ponder.presets.base import preset
+from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.parity.task import ParityConfig
 from ponder.training.evaluate import EvalConfig
-from ponder.training.loop import TrainConfig
 
 
 def _parity(length: int, split: str, *, d_model: int, n_layers: int, max_steps: int, steps: int) -> Config:
@@ -22,7 +21,7 @@ def _parity(length: int, split: str, *, d_model: int, n_layers: int, max_steps: 
         model=ModelConfig(d_model=d_model, n_heads=4, n_layers=n_layers, mixer="attention", positions="none",
                           h_cycles=1, l_cycles=1, readout_init_scale=1.0),
         halt=halt_config("pondernet", max_steps=max_steps, bias_init=-2.0, prior_lambda=0.2, kl_weight=0.01),
-        train=TrainConfig(batch_size=128, steps=steps, lr=3e-4, warmup_steps=100, log_every=50, eval_every=500,
+        train=fp32_train(batch_size=128, steps=steps, lr=3e-4, warmup_steps=100, log_every=50, eval_every=500,
                           checkpoint_every=500),
         eval=EvalConfig(batch_size=1000, train_samples=1000, during_training_samples=1000),
     )
@@ -73,7 +72,7 @@ def _parity_cell(length: int, split: str, halt: str, steps: int) -> Config:
         task=ParityConfig(length=length, split=split, n_train=200000, n_test=1000, seed=0),
         model=CellConfig(cell="rnn", d_model=128, embed_dim=128),
         halt=halting,
-        train=TrainConfig(batch_size=128, steps=steps, lr=1e-3, warmup_steps=0, log_every=100, eval_every=1000,
+        train=fp32_train(batch_size=128, steps=steps, lr=1e-3, warmup_steps=0, log_every=100, eval_every=1000,
                           checkpoint_every=1000, threads=1),
         eval=EvalConfig(batch_size=1000, train_samples=1000, during_training_samples=1000),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ponder.models.halting import halt_config
 from ponder.models.recursive import ModelConfig
-from ponder.presets.base import preset
+from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.mazes.task import MazeConfig
 from ponder.tasks.sudoku.task import SudokuConfig
@@ -19,7 +19,7 @@ def debug() -> Config:
         task=SudokuConfig(box_rows=2, box_cols=2, n_train=200, n_test=64, min_givens=5, max_givens=7, seed=0),
         model=ModelConfig(d_model=32, n_heads=2, n_layers=1, h_cycles=2, l_cycles=1),
         halt=halt_config(max_steps=4),
-        train=TrainConfig(batch_size=16, steps=30, lr=3e-3, warmup_steps=5, log_every=5, eval_every=10,
+        train=fp32_train(batch_size=16, steps=30, lr=3e-3, warmup_steps=5, log_every=5, eval_every=10,
                           checkpoint_every=10, threads=1, progress=False),
         eval=EvalConfig(batch_size=64, train_samples=64, during_training_samples=64),
     )
@@ -36,7 +36,7 @@ def demo() -> Config:
         model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         # min_steps=2: Q-halt otherwise stops some puzzles after step 1 with a wrong answer
         halt=halt_config(max_steps=8, min_steps=2),
-        train=TrainConfig(batch_size=64, steps=2000, lr=2e-3, warmup_steps=100, schedule="cosine", ema_decay=0.99,
+        train=fp32_train(batch_size=64, steps=2000, lr=2e-3, warmup_steps=100, schedule="cosine", ema_decay=0.99,
                           log_every=50, eval_every=100, checkpoint_every=500, target=0.99),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=0),
     )
@@ -48,7 +48,7 @@ def sudoku9() -> Config:
         task=SudokuConfig(box_rows=3, box_cols=3, n_train=5000, n_test=500, min_givens=28, max_givens=36, seed=0),
         model=ModelConfig(d_model=96, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         halt=halt_config(max_steps=16),
-        train=TrainConfig(batch_size=64, steps=5000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
+        train=fp32_train(batch_size=64, steps=5000, lr=1e-3, warmup_steps=200, ema_decay=0.995,
                           log_every=50, eval_every=1000, checkpoint_every=500),
         eval=EvalConfig(batch_size=250, train_samples=500, during_training_samples=256),
     )
@@ -70,7 +70,7 @@ def maze9() -> Config:
         task=MazeConfig(size=9, n_train=3000, n_test=500, seed=0),
         model=ModelConfig(d_model=64, n_heads=4, n_layers=2, mixer="mlp", h_cycles=2, l_cycles=2),
         halt=halt_config(max_steps=8),
-        train=TrainConfig(batch_size=128, steps=1500, lr=1e-3, warmup_steps=100, ema_decay=0.99,
+        train=fp32_train(batch_size=128, steps=1500, lr=1e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=500, train_samples=500, during_training_samples=256),
     )
@@ -139,7 +139,7 @@ def maze_hard_cpu() -> Config:
         model=ModelConfig(d_model=32, n_heads=2, n_layers=2, mixer="attention", positions="rope", h_cycles=2,
                           l_cycles=1),
         halt=halt_config(max_steps=8),
-        train=TrainConfig(batch_size=16, steps=1000000, max_minutes=30.0, lr=1e-3, warmup_steps=100, ema_decay=0.99,
+        train=fp32_train(batch_size=16, steps=1000000, max_minutes=30.0, lr=1e-3, warmup_steps=100, ema_decay=0.99,
                           log_every=50, eval_every=500, checkpoint_every=500),
         eval=EvalConfig(batch_size=100, train_samples=100, during_training_samples=100),
     )

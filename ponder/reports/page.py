@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
@@ -357,7 +356,7 @@ def samples_section(v: RunView, k: int) -> str:
         return f'<p class="note">The task {task.name!r} has no renderer.</p>'
     held_out = task.test
     figures = sample_figures(model, task, held_out, min(k, len(held_out)), cfg.halt.max_steps,
-                             device=torch.device("cpu"))
+                             device=next(model.parameters()).device)  # load_trained put it on the run's device
     return '<div class="samples">' + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
 
 

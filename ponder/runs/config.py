@@ -108,6 +108,9 @@ class Config:
         if not isinstance(self.estimator, TRMRule) and HALTING.get(self.halt.kind).trains_on != "step":
             raise PonderError(f"estimator.kind={self.estimator.name} needs a halting head trained one step at a time "
                               f"(q_halt, q_continue); halt.kind={self.halt.kind} trains on whole trajectories")
+        if self.train.compile is True and self.kind("model") == "cell":
+            raise PonderError("train.compile=true does not apply to model.kind=cell: it compiles the recursive "
+                              "reasoner's networks only")
         self._validate_model_kind()
 
     def _validate_model_kind(self) -> None:
@@ -132,7 +135,7 @@ class Config:
                    (self.train.target > 0, f"train.target={self.train.target:g}",
                     "a language model's headline figure is a perplexity, not a share to reach"),
                    (self.health.controller, "health.controller=true", "language models declare no controller knobs"),
-                   (self.train.compile, "train.compile=true", "it compiles the recursive reasoner's networks only")]
+                   (self.train.compile is True, "train.compile=true", "it compiles the recursive reasoner's networks only")]
         if kind == "hybrid_lm":
             default = QHaltSettings()  # the section's default (Config.halt)
             refused += [(self.halt != default, "a non-default halt section", "model.kind=hybrid_lm has no halting head"),
@@ -223,7 +226,9 @@ def _migrate(data: dict) -> dict:
     """A config saved by an earlier version in today's layout: the one `HaltConfig` for every
     head becomes the chosen head's own settings (the settings it never used are dropped); the
     optimizer and estimator settings move from `train` to their own sections (AdamATan2 runs of
-    that time used a = 1.27); a model section saved before model kinds is the recursive reasoner."""
+    that time used a = 1.27); a model section saved before model kinds is the recursive reasoner;
+    a train section without `precision` or `compile` (older than their "auto") trained in fp32
+    without compile."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     model = data.get("model")
     if isinstance(model, dict) and "kind" not in model and model.get("_type") == "ModelConfig":
@@ -234,6 +239,10 @@ def _migrate(data: dict) -> dict:
         keep = {f.name for f in fields(cls)}
         data["halt"] = {"_type": cls.__name__, **{k: v for k, v in halt.items() if k in keep}}
     train = data.get("train")
+    if isinstance(train, dict):
+        # runs saved before "auto" existed trained in fp32 without compile: they resume that way
+        train.setdefault("precision", "fp32")
+        train.setdefault("compile", False)
     if isinstance(train, dict) and "optimizer" in train and "optim" not in data:
         kind = train.pop("optimizer")
         optim = {k: train.pop(k) for k in ("beta1", "beta2", "weight_decay") if k in train}

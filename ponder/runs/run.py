@@ -44,11 +44,13 @@ from ponder.training.carry import SampleStream
 from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, partial_load, read_config, read_latest,
                                         read_training_state, read_weights, remove_stale_temporaries, resolve_checkpoint,
                                         run_dir_of, stopped_by_write)
+from ponder.training.compiling import settle
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
-from ponder.training.loop import Run, check_accelerator_settings, resolve_device, set_threads, train
+from ponder.training.loop import Run, resolve_device, set_threads, train
 from ponder.training.objectives import build_objective
 from ponder.training.optim import ExponentialMovingAverage, build_optimizer
+from ponder.training.precision import autocast, check_precision, record_setup
 from ponder.training.tensorboard import make_mirror
 
 
@@ -83,8 +85,11 @@ MODEL_BUILDERS = {
 
 
 def build_model(cfg: Config, task: TaskData | None) -> torch.nn.Module:
-    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None)."""
-    return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
+    """The model of `cfg.model`'s kind for `task` (a language model needs no task: None), built on
+    the CPU whatever the default device: its initial weights come from the CPU generator, the same
+    on every device, and the caller moves it."""
+    with torch.device("cpu"):
+        return MODEL_BUILDERS[cfg.kind("model")](cfg, task)
 
 
 def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -176,7 +181,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     tc = cfg.train
     shard, device = join(resolve_device(tc.device))  # torchrun: this process among W
     shard.local_size(tc.batch_size)  # the global batch must divide among the processes
-    check_accelerator_settings(tc, device)
+    check_precision(tc.precision, device)  # an explicit bf16 the device cannot run: refused before any work
     set_threads(tc.threads)
     lock = _lock_run_dir(run_dir, shard)
     try:
@@ -224,9 +229,10 @@ def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: boo
     torch.manual_seed(tc.seed)
     task = build_task(cfg.task)
     model = build_model(cfg, task).to(device)
-    if tc.compile:
-        for net in model.networks():
-            net.compile()  # in place: parameter names (checkpoints) unchanged
+    # "auto" precision and compile resolved (and compiled) here, saved in the config below
+    cfg, arithmetic = settle(cfg, model, training_split(task.train, cfg), device, shard=shard,
+                             start_step=saved["state"].get("step", 0) if resume else 0)
+    tc = cfg.train
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
@@ -254,6 +260,7 @@ def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: boo
     if shard.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
+        record_setup(run_dir, run.step, **arithmetic)
         save_assets = getattr(task, "save_assets", None)  # e.g. a language model's tokenizer
         if save_assets is not None:
             save_assets(run_dir)
@@ -296,11 +303,12 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
                 write_health_report(run.run_dir, cfg, records)
             if not final_eval:
                 return records[-1] if records else {}
-            model = run.eval_model()
-            calibrate(model, run.task, cfg, device=run.device, shard=run.shard)  # auto threshold: the final weights'
+            model, cfg = run.eval_model(), run.cfg  # run.cfg: precision and compile resolved
             about = about_evaluation(cfg, run.run_dir / "checkpoints" / f"step-{run.step:07d}", split="test",
                                      overrides=[], use_ema=cfg.eval.use_ema)
-            with silenced(not cfg.train.progress or not run.shard.main):
+            with autocast(run.device, cfg.train.precision), silenced(not cfg.train.progress or not run.shard.main):
+                # evaluated in the arithmetic it trained with; halt.threshold=auto: calibrated on the final weights
+                calibrate(model, run.task, cfg, device=run.device, shard=run.shard)
                 return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
                                     quiet=not run.shard.main, about=about)
         except WriteFailed as e:
@@ -336,7 +344,8 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
         config's model, or hold NaN or inf, is a PonderError. With halt.threshold=auto (saved or
         given as an override, e.g. on a run trained with a fixed threshold) the model comes back
-        calibrated (ponder.training.calibrate), on cfg.train.device with cfg.train.threads set.
+        calibrated (ponder.training.calibrate). The model is on cfg.train.device (cfg.train.threads
+        set): callers evaluate it there, under the run's precision (`autocast`), where it trained.
     """
     def read(ckpt: Path):
         saved = read_run_config(ckpt)
@@ -349,13 +358,16 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
         return saved, cfg, weights, source
 
     ckpt_dir, (saved, cfg, weights, source) = read_latest(Path(path), read)
+    device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)  # e.g. a bf16 run read on a CPU without native bf16
     task = build_task(cfg.task)
     model = build_model(cfg, task)
     load_weights(model, weights, source)
+    model.to(device)
+    set_threads(cfg.train.threads)
     if wants_calibration(cfg):
-        device = resolve_device(cfg.train.device)
-        set_threads(cfg.train.threads)
-        calibrate(model.to(device), task, cfg, device=device, held_out=wants_calibration(saved))
+        with autocast(device, cfg.train.precision):
+            calibrate(model, task, cfg, device=device, held_out=wants_calibration(saved))
     return model, task, cfg, ckpt_dir
 
 
@@ -432,11 +444,10 @@ def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test", writ
     try:
         model, task, cfg, ckpt_dir = load_trained(path, overrides, change_head=change_head)
         device = resolve_device(cfg.train.device)
-        set_threads(cfg.train.threads)
         sub = evaluation_name(overrides, split) if name is None else name
         about = about_evaluation(cfg, ckpt_dir, split=split, overrides=overrides, use_ema=cfg.eval.use_ema)
-        with silenced(quiet):
-            return evaluate_run(model.to(device), task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
+        with autocast(device, cfg.train.precision), silenced(quiet):  # in the arithmetic it trained with
+            return evaluate_run(model, task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
                                 out=(Path("eval") / sub).as_posix() if write else None, about=about)
     finally:
         if lock is not None:

@@ -4,6 +4,8 @@ A callback is any object with some of `on_train_start(run)`, `on_step_start(run,
 scheduled LR is set, before the forward pass), `on_step_end(run, metrics)`, `on_eval_end(run,
 metrics)`, `on_train_end(run)` and optionally `state_dict()` / `load_state_dict()` (saved in
 checkpoints); `run` is the ponder.training.loop.Run being trained. `Callbacks` calls them in list order.
+`step_tensors(run) -> {name: tensor}` hands the loop device values to read in the step's one host
+transfer; they come back as numbers in `on_step_end`'s metrics.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 from ponder.core.errors import PonderError
 from ponder.core.files import append_text, atomic_write_text
 
-HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval_end", "on_train_end")
+HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval_end", "on_train_end", "step_tensors")
 
 
 class Callbacks:
@@ -32,6 +34,16 @@ class Callbacks:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(*args)
+
+    def collect(self, hook: str, *args: Any) -> dict[str, Any]:
+        """The merged dicts a hook returns (e.g. `step_tensors`)."""
+        assert hook in HOOKS, hook
+        out: dict[str, Any] = {}
+        for cb in self.items:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                out.update(fn(*args))
+        return out
 
     def state_dict(self) -> list[Any]:
         return [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.items]

@@ -57,9 +57,12 @@ class SampleStream:
 
 
 def batch_of(split: Split) -> Batch:
-    """The samples of a split (numpy) as a Batch of tensors (on the CPU)."""
-    opt = (None if a is None else torch.as_tensor(a) for a in (split.puzzle_id, split.context))
-    return Batch(torch.as_tensor(split.inputs), torch.as_tensor(split.labels), torch.as_tensor(split.difficulty), *opt)
+    """The samples of a split (numpy) as a Batch of tensors on the CPU (whatever the default
+    device; the caller moves them to the model's)."""
+    def cpu(a):
+        return None if a is None else torch.as_tensor(a, device="cpu")
+
+    return Batch(cpu(split.inputs), cpu(split.labels), cpu(split.difficulty), cpu(split.puzzle_id), cpu(split.context))
 
 
 class Carry:
@@ -80,26 +83,34 @@ class Carry:
         self.state: State = model.init_state(local, device)
         self.steps = torch.zeros(local, dtype=torch.long, device=device)
         self.min_steps = torch.zeros(local, dtype=torch.long, device=device)
-        self.needs_sample = torch.ones(local, dtype=torch.bool, device=device)
+        # on the host (numpy): the stream draws for these slots, so deciding which slots draw needs
+        # no read from the device (the loop fetches the halted slots with the step's figures)
+        self.needs_sample = np.ones(local, dtype=bool)
 
     def refill(self, model, stream: SampleStream, *, max_steps: int, explore_prob: float,
                generator: torch.Generator) -> int:
         """Give every finished slot a fresh sample and fresh latents. Returns how many slots of
         the global carry (all ranks) took one."""
-        needed = self.shard.gather_cat(self.needs_sample).nonzero().squeeze(1)  # global slot indices
-        k = int(needed.numel())
+        needs = self.needs_sample
+        if self.shard.active:
+            needs = self.shard.gather_cat(torch.as_tensor(needs, device="cpu")).numpy()
+        needed = np.flatnonzero(needs)  # global slot indices
+        k = len(needed)
         if k == 0:
             return 0
         fresh = stream.take(k)
         # TRM's exploration: with probability p a slot must run at least U{2..M} steps
-        explore = torch.rand(k, generator=generator) < explore_prob
-        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator)
+        # drawn on the CPU generator, whatever the device: the same draws on CPU and GPU, every rank
+        explore = torch.rand(k, generator=generator, device="cpu") < explore_prob
+        floor = torch.randint(2, max(3, max_steps + 1), (k,), generator=generator, device="cpu")
         lo = self.shard.rank * len(self.steps)
-        mine = ((needed >= lo) & (needed < lo + len(self.steps))).cpu()
-        if not mine.any():
+        mine = np.flatnonzero((needed >= lo) & (needed < lo + len(self.steps)))  # positions among the k
+        if len(mine) == 0:
             return k
-        slots = (needed.cpu()[mine] - lo).to(self.device)
-        fresh = fresh.index(mine).to(self.device)
+        host_slots = needed[mine] - lo
+        slots = torch.as_tensor(host_slots, device=self.device)
+        mine_t = torch.as_tensor(mine, device="cpu")  # the stream's batch and draws are on the CPU
+        fresh = fresh.index(mine_t).to(self.device)
         if self.batch is None:  # first fill: every slot is empty, the stream's batch is the carry's
             self.batch = fresh
         else:
@@ -107,10 +118,10 @@ class Carry:
                 new = getattr(fresh, name)
                 if new is not None:
                     getattr(self.batch, name)[slots] = new.to(getattr(self.batch, name).dtype)
-        self.state = model.reset_state(self.state, self.needs_sample)
+        self.state = model.reset_state(self.state, torch.as_tensor(self.needs_sample, device=self.device))
         self.steps[slots] = 0
-        self.min_steps[slots] = torch.where(explore, floor, torch.zeros_like(floor))[mine].to(self.device)
-        self.needs_sample[slots] = False
+        self.min_steps[slots] = torch.where(explore, floor, torch.zeros_like(floor))[mine_t].to(self.device)
+        self.needs_sample[host_slots] = False
         return k
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -119,7 +130,7 @@ class Carry:
         batch = {} if b is None else {k: getattr(b, k) for k in ("inputs", "labels", "difficulty", "puzzle_id",
                                                                     "context") if getattr(b, k) is not None}
         local = {**batch, "y": self.state.y, "z": self.state.z, "steps": self.steps, "min_steps": self.min_steps,
-                 "needs_sample": self.needs_sample}
+                 "needs_sample": torch.as_tensor(self.needs_sample, device="cpu")}
         if self.shard.active and b is not None:
             return {k: self.shard.gather_cat(v) for k, v in local.items()}
         if self.shard.active:  # before the first refill no rank has a batch
@@ -139,4 +150,4 @@ class Carry:
             *(s[k].to(d) if k in s else None for k in ("puzzle_id", "context")))
         self.state = State(s["y"].to(d), s["z"].to(d))
         self.steps, self.min_steps = s["steps"].to(d), s["min_steps"].to(d)
-        self.needs_sample = s["needs_sample"].to(d)
+        self.needs_sample = s["needs_sample"].cpu().numpy().astype(bool)

@@ -74,9 +74,10 @@ class Shard:
         """Concatenate equal-shaped tensors of every rank along dim 0, in rank order."""
         if not self.active:
             return t
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts, 0)
+        src = t.to(self._device()).contiguous()  # host-side bookkeeping (the carry's needs) goes through the device
+        parts = [torch.empty_like(src) for _ in range(self.world)]
+        dist.all_gather(parts, src)
+        return torch.cat(parts, 0).to(t.device)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (picklable), in rank order."""
@@ -129,22 +130,23 @@ class Shard:
             out[k] = (var * total / max(1, total - 1)) ** 0.5
         return out
 
-    def average_gradients(self, params: list[torch.nn.Parameter], bad: bool) -> bool:
+    def average_gradients(self, params: list[torch.nn.Parameter], bad: Tensor) -> Tensor:
         """Average the gradients of `params` over ranks in place, in one all-reduce that also
-        carries this rank's `bad` flag (a non-finite loss: it contributes no gradient).
-        Returns whether any rank was bad. A parameter gets a gradient when any rank has one."""
+        carries this rank's `bad` flag (0-dim bool on the device: a non-finite loss, whose rank
+        contributes no gradient). Returns whether any rank was bad, on the device (no host read:
+        the loop refuses such a step with its one host transfer). A parameter gets a gradient when
+        any rank has one."""
         if not self.active:
             return bad
         dev = params[0].device
-        has = torch.tensor([0.0 if bad or p.grad is None else 1.0 for p in params], dtype=torch.float64, device=dev)
-        flat = torch.cat([torch.zeros(p.numel(), dtype=torch.float32, device=dev)
-                          if bad or p.grad is None else p.grad.detach().reshape(-1).float() for p in params])
-        head = torch.cat([torch.tensor([float(bad)], dtype=torch.float64, device=dev), has])
+        bad = bad.to(dev)
+        has = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], dtype=torch.float64, device=dev)
+        flat = torch.cat([torch.zeros(p.numel(), dtype=torch.float32, device=dev) if p.grad is None else
+                          torch.where(bad, 0.0, p.grad.detach().reshape(-1).float()) for p in params])
+        head = torch.cat([bad.double().view(1), has])
         dist.all_reduce(head)
         dist.all_reduce(flat)
-        if head[0] > 0:
-            return True
-        flat /= self.world
+        flat /= self.world  # a bad step's average is refused by the loop
         offset = 0
         for p, h in zip(params, head[1:].tolist()):
             n = p.numel()
@@ -155,7 +157,7 @@ class Shard:
                 else:
                     p.grad.copy_(g)
             offset += n
-        return False
+        return head[0] > 0
 
     def barrier(self) -> None:
         if self.active:

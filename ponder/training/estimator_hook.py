@@ -27,6 +27,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ponder.core.autocast import fp32_region
 from ponder.core.errors import PonderError
 from ponder.core.settings import KindRegistry, check
 from ponder.core.types import State, StepOutput
@@ -139,7 +140,10 @@ def estimated_step(model: RecursiveReasoner, state: State, ctx: StepContext,
         gradient for the recursion and the context), the estimator's statistics).
     """
     prob = recursion_problem(model, state, ctx, loss_of_logits)
-    with torch.enable_grad():
+    # float32 whatever the run's precision: a solver's tolerance (floored at 10 float32 epsilons),
+    # Anderson's Gram matrix, GMRES's small solves and the VJPs lose their meaning in bf16, where
+    # every solve would run to its cap (ponder.estimators.solvers.dtype_floor)
+    with torch.enable_grad(), fp32_region(prob.z0):
         roll = estimator.estimate(prob.step_fn, prob.z0, prob.leaf, prob.loss_fn,
                                   steps=steps or model.cfg.h_cycles, params=prob.params)
     y, z = unpack_state(roll.state.detach())

@@ -169,7 +169,7 @@ def evaluate_split(model, split: Split, metric: Metric, *, max_steps: int, batch
     seconds_adaptive = max(shard.gather_objects(time.perf_counter() - t0))
     scores = _gather(shard, concat_scores(parts))
     steps = scores.pop("_steps")
-    solved = metric.correct({k: torch.as_tensor(v) for k, v in scores.items()}).numpy()
+    solved = metric.correct({k: torch.as_tensor(v, device="cpu") for k, v in scores.items()}).numpy()
     halted_early = steps < max_steps  # halts decided by the head, not forced by the cap
     report = {
         "n": len(split),

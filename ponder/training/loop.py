@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from ponder.training.checkpoint import save_checkpoint, stopped_by_write
 from ponder.training.distributed import SINGLE, Shard, local_world
 from ponder.training.evaluate import evaluate_split
 from ponder.training.optim import ExponentialMovingAverage, lr_factor
+from ponder.training.precision import PRECISIONS, autocast
 from ponder.training.tensorboard import tensorboard_available
+from ponder.training.transfer import fetch
 
 
 @dataclass(kw_only=True)
@@ -62,8 +64,12 @@ class TrainConfig:
             headline score (exact match for puzzles) reaches this (0 = off).
         tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
             "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
-        precision: "fp32", or "bf16" (autocast of the training forward to bfloat16; CUDA only).
-        compile: compile the model's reasoning network with torch.compile (CUDA only).
+        precision: "auto", "fp32" or "bf16" (autocast of the forward to bfloat16, in training
+            and evaluation; ponder.training.precision says where, and what stays float32).
+            "auto" is resolved when the run opens and the result saved in its config.
+        compile: torch.compile of the recursion's networks: True, False or "auto" (on only where
+            a recorded measurement says it pays over the run's length; ponder.training.compiling),
+            resolved when the run opens like `precision`.
     """
 
     seed: int = setting(0, ge=0)
@@ -86,8 +92,8 @@ class TrainConfig:
     max_minutes: float = setting(0.0, ge=0)
     target: float = setting(0.0, ge=0, le=1)
     tensorboard: str = setting("auto", choices=("auto", "on", "off"))
-    precision: str = setting("fp32", choices=("fp32", "bf16"))
-    compile: bool = False
+    precision: str = setting("auto", choices=PRECISIONS)
+    compile: bool | Literal["auto"] = "auto"
 
     def inactive(self) -> dict[str, str]:
         out = {}
@@ -104,15 +110,6 @@ class TrainConfig:
                               "(pip install 'ponder[tensorboard]')")
         if not (self.device in ("cpu", "cuda", "mps", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
             raise PonderError(f"train.device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
-
-
-def check_accelerator_settings(tc: TrainConfig, device: torch.device) -> None:
-    """bf16 autocast and torch.compile are GPU settings: on another device they are refused
-    (one line), so a CPU run is never silently changed or silently left unchanged."""
-    if device.type != "cuda" and (tc.precision != "fp32" or tc.compile):
-        used = ", ".join(s for s, on in (("train.precision=bf16", tc.precision == "bf16"),
-                                         ("train.compile=true", tc.compile)) if on)
-        raise PonderError(f"{used}: CUDA only; this run is on {device.type}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +143,26 @@ def set_threads(threads: int) -> int:
     n = threads if threads > 0 else auto_threads()
     torch.set_num_threads(n)
     return n
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The RNG state of an accelerator `device` (None on the CPU, whose generator is torch's global one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    """Restore `device_rng_state`; None (a checkpoint of a CPU run, or of one saved before it was
+    kept) leaves the device's RNG as it is."""
+    if state is None:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state.cpu())
 
 
 class Window:
@@ -207,9 +224,11 @@ class Run:
             self.lock = None
 
     def training_state(self) -> dict:
-        """Everything besides the weights that a bit-exact resume needs."""
+        """Everything besides the weights that a bit-exact resume needs (the device's own RNG
+        too: PonderNet's eval_rule=sample draws on it on a GPU)."""
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
                 "objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(),
+                "device_rng": device_rng_state(self.device),
                 "window": self.window.state_dict(), "skipped_steps": self.skipped_steps,
                 "callbacks": self.callbacks.state_dict()}
 
@@ -218,6 +237,7 @@ class Run:
         self.stream.load_state_dict(st["stream"])
         self.objective.load_state_dict(st["objective"])
         torch.set_rng_state(st["torch_rng"])
+        set_device_rng_state(self.device, st.get("device_rng"))
         self.window.load_state_dict(st["window"])
         self.skipped_steps = st["skipped_steps"]
         self.callbacks.load_state_dict(st.get("callbacks", []))
@@ -294,6 +314,11 @@ def evaluate_during_training(run: Run, step: int, seconds: float | None = None) 
     record (with `time_since_start`, the wall time of this session's loop so far, when given).
     With halt.threshold=auto the threshold is calibrated on these weights first and logged as
     `halt_threshold`."""
+    with autocast(run.device, run.cfg.train.precision):  # evaluated in the arithmetic it trains with
+        return _evaluate_during_training(run, step, seconds)
+
+
+def _evaluate_during_training(run: Run, step: int, seconds: float | None) -> dict:
     cfg, task = run.cfg, run.task
     model = run.eval_model()
     calibration = calibrate(model, task, cfg, device=run.device, shard=run.shard)
@@ -322,30 +347,42 @@ def _set_lr(run: Run, step: int) -> None:
                                                                       schedule=tc.schedule, min_ratio=tc.min_lr_ratio)
 
 
-def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, float]:
-    """Backward, clip, step; a non-finite loss or gradient is refused before the optimizer sees
-    it. Returns (skipped, pre-clip gradient norm)."""
+def _optimizer_step(run: Run, loss: torch.Tensor, metrics: dict) -> tuple[bool, float, dict, dict]:
+    """Backward, clip, then the step's one host transfer (the loss, its figures, the pre-clip
+    gradient norm, what the objective's commit and the callbacks need), then step or refuse: a
+    non-finite loss or gradient never reaches the optimizer. The backward runs on a non-finite
+    loss too (deciding to skip it would be a host read of its own); its gradients are refused
+    with it. Returns (skipped, pre-clip gradient norm, the fetched values, the global batch's
+    figures: each rank computed its share's)."""
     clip = run.cfg.train.grad_clip
+    params = list(run.model.parameters())
     run.optimizer.zero_grad(set_to_none=True)
-    skipped = not torch.isfinite(loss).item()
-    grad_norm = float("nan")
-    if not skipped:
-        loss.backward()
+    loss.backward()
     # one all-reduce averages the gradients across processes and tells every rank whether any
-    # rank's loss was not finite (then all refuse the step together); one process: no-op
-    skipped = run.shard.average_gradients(list(run.model.parameters()), skipped)
-    if not skipped:
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip if clip > 0 else float("inf")).item()
-        skipped = not math.isfinite(grad_norm)
+    # rank's loss was not finite (then all refuse the step together); one process: the flag itself
+    bad = run.shard.average_gradients(params, ~torch.isfinite(loss.detach()))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    host = fetch({"_ok": ~bad & torch.isfinite(grad_norm), "_grad_norm": grad_norm, "loss": loss, **metrics,
+                  **run.objective.pending(), **run.callbacks.collect("step_tensors", run)})
+    skipped, grad_norm = not host.pop("_ok"), host.pop("_grad_norm")
+    figures = run.shard.mean_metrics({k: v for k, v in host.items() if _loggable(k, v)},
+                                     run.shard.local_size(run.cfg.train.batch_size))
     if skipped:
         run.skipped_steps += 1
         run.optimizer.zero_grad(set_to_none=True)
+        grad_norm = float("nan") if not math.isfinite(host["loss"]) else grad_norm
     else:
         run.optimizer.step()
         if run.ema is not None:
             run.ema.update(run.model)
-        run.window.add({**metrics, "grad_norm": grad_norm})
-    return skipped, grad_norm
+        run.window.add({**figures, "grad_norm": grad_norm})
+    return skipped, grad_norm, host, figures
+
+
+def _loggable(key: str, value: Any) -> bool:
+    """A figure of the training log: a number whose key is not private (a leading underscore marks
+    what the objective or a callback fetched for itself)."""
+    return not key.startswith("_") and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _log_train(run: Run, done: int, seconds: float) -> dict:
@@ -369,16 +406,14 @@ def train_step(run: Run) -> dict:
     step = run.step
     _set_lr(run, step)
     run.callbacks.call("on_step_start", run, step)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.train.precision == "bf16"):
+    with autocast(run.device, run.cfg.train.precision):  # one region: each weight is cast once per step
         loss, metrics = run.objective.forward(step)
-    # the global batch's figures (each rank computed its share's)
-    metrics = run.shard.mean_metrics({"loss": loss.item(), **metrics}, run.shard.local_size(run.cfg.train.batch_size))
-    skipped, grad_norm = _optimizer_step(run, loss, metrics)
-    run.objective.commit(not skipped)
+    skipped, grad_norm, host, figures = _optimizer_step(run, loss, metrics)
+    run.objective.commit(not skipped, host)
     run.step = step + 1
-    metrics = {**metrics, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
+    metrics = {**host, **figures, "step": run.step, "skipped": skipped, "grad_norm": grad_norm}
     run.callbacks.call("on_step_end", run, metrics)  # grad_norm: before clipping
-    return metrics
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
 
 def train(run: Run) -> str:

@@ -10,12 +10,15 @@
   takes a fresh batch of token windows and the model's own `loss(tokens, labels, train_step)`.
 
 Both hand the halting head a `Segment` and return its loss plus the model's auxiliary loss (the
-adapter's regulariser): `forward(train_step) -> (loss, metrics)`, then `commit(ok)` once the
-optimizer step was taken (ok) or refused (not ok, non-finite), and `state_dict()` for exact
-resume. `context` is the StepContext of the last forward (read by the health monitors).
+adapter's regulariser): `forward(train_step) -> (loss, metrics)` (figures as 0-dim tensors: the
+loop reads them with everything else in the step's one host transfer), `pending()` (the device
+values `commit` needs, read in that same transfer), then `commit(ok, host)` once the optimizer
+step was taken (ok) or refused (not ok, non-finite) with the fetched values, and `state_dict()`
+for exact resume. `context` is the StepContext of the last forward (read by the health monitors).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +30,7 @@ from ponder.models.halting import Segment
 from ponder.training.carry import Carry, SampleStream
 from ponder.training.distributed import SINGLE, Shard
 from ponder.training.estimator_hook import estimated_step
+from ponder.training.transfer import fetch
 
 
 def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -35,7 +39,9 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))
     logp = s.log() - s.sum(-1, keepdim=True).log()
     loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(logits.dtype)
+    # at least float32: under bf16 autocast the logits are bf16, and the loss must not be
+    return torch.where(labels == IGNORE, torch.zeros_like(loss), loss).to(torch.promote_types(logits.dtype,
+                                                                                                torch.float32))
 
 
 def per_sample_task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
@@ -52,11 +58,12 @@ def task_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
     return per_sample_task_loss(logits, labels, kind).mean()
 
 
-def _halt_spread(halt_logits: Tensor) -> dict[str, float]:
-    """Mean and spread across inputs of the halt logits, and the mean halting probability."""
-    return {"halt_logit_mean": halt_logits.mean().item(),
-            "halt_logit_std": halt_logits.std().item() if len(halt_logits) > 1 else 0.0,
-            "halt_prob_mean": torch.sigmoid(halt_logits).mean().item()}
+def _halt_spread(halt_logits: Tensor) -> dict[str, Tensor | float]:
+    """Mean and spread across inputs of the halt logits, and the mean halting probability (0-dim
+    tensors, read with the step's one host transfer)."""
+    h = halt_logits.detach()
+    return {"halt_logit_mean": h.mean(), "halt_logit_std": h.std() if len(h) > 1 else 0.0,
+            "halt_prob_mean": torch.sigmoid(h).mean()}
 
 
 def _with_aux(loss: Tensor, ctx) -> Tensor:
@@ -75,9 +82,12 @@ class _Counters:
         self.halt_steps: list[int] = []
 
     def complete(self, steps: Tensor, done: Tensor) -> None:
-        """Count the samples whose slots are `done` (bool, this rank's rows), with their `steps`."""
+        """Count the samples whose slots are `done` (bool, this rank's rows), with their `steps`
+        (host tensors: the loop fetched them)."""
+        steps, done = np.asarray(steps), np.asarray(done, dtype=bool)
         if self.shard.active:
-            steps, done = self.shard.gather_cat(steps), self.shard.gather_cat(done)
+            steps = self.shard.gather_cat(torch.as_tensor(steps, device="cpu")).numpy()
+            done = self.shard.gather_cat(torch.as_tensor(done, device="cpu")).numpy()
         steps = steps[done]
         self.counters["samples_completed"] += len(steps)
         self.counters["steps_completed_total"] += int(steps.sum())
@@ -96,7 +106,7 @@ class _Counters:
         batch = self.stream.take(self.batch_size)
         self.counters["samples_taken"] += len(batch)
         if self.shard.active:
-            batch = batch.index(torch.arange(self.batch_size)[self.rows])
+            batch = batch.index(torch.arange(self.batch_size, device="cpu")[self.rows])  # the stream's batch is on the CPU
         return batch.to(self.device)
 
     # an objective with no carry: the counters are its whole state, and nothing is in flight
@@ -108,6 +118,9 @@ class _Counters:
 
     def in_flight(self) -> int:
         return 0
+
+    def pending(self) -> dict[str, Tensor]:
+        return {}
 
 
 class DeepSupervision(_Counters):
@@ -126,13 +139,14 @@ class DeepSupervision(_Counters):
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
         carry, cfg = self.carry, self.halt_cfg
-        fresh = carry.needs_sample.clone()
+        fresh = carry.needs_sample.copy()  # on the host: which slots take a sample needs no device read
         self.counters["samples_taken"] += carry.refill(self.model, self.stream, max_steps=cfg.max_steps,
                                                        explore_prob=cfg.explore_prob, generator=self.explore_gen)
         if fresh.any():  # fresh samples start with a fresh halting memo
-            start = self.head.start(int(fresh.sum()), carry.steps.device)
-            for k in self.memo:
-                self.memo[k][fresh] = start[k]
+            start = self.head.start(len(fresh), carry.steps.device)
+            mask = torch.as_tensor(fresh, device=carry.steps.device)
+            self.memo = {k: torch.where(mask.view(-1, *[1] * (v.dim() - 1)), start[k], v) if k in start else v
+                         for k, v in self.memo.items()}
         batch = carry.batch
         labels = batch.labels
         ctx = self.context = self.model.prepare(batch)
@@ -159,20 +173,31 @@ class DeepSupervision(_Counters):
     def _task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return per_sample_task_loss(logits, labels, self.loss_kind)
 
-    def commit(self, ok: bool) -> None:
+    def pending(self) -> dict[str, Tensor]:
+        """Which slots halt if the step is taken, and their step counts: the head's own `decide`
+        on this step's output (the memo it would leave is kept until `commit`)."""
+        carry = self.carry
+        steps = carry.steps + 1
+        with torch.no_grad():
+            halted, self._next_memo = self.head.decide(self._out, steps, self.memo)
+        halted = (halted & (steps >= carry.min_steps)) | (steps >= self.halt_cfg.max_steps)
+        return {"_halted": halted, "_steps": steps}
+
+    def commit(self, ok: bool, host: dict | None = None) -> None:
+        """Keep the step (ok) or drop it; `host`: `pending()` as the loop fetched it (None: read here)."""
         carry = self.carry
         if not ok:  # a refused step: every slot keeps its sample but restarts from fresh latents
-            everyone = torch.ones_like(carry.needs_sample)
+            everyone = torch.ones(len(carry.steps), dtype=torch.bool, device=carry.steps.device)
             carry.state = self.model.reset_state(carry.state, everyone)
             carry.steps.zero_()
             self.memo = self.head.start(len(everyone), carry.steps.device)
             return
+        host = fetch(self.pending()) if host is None else host
         carry.state = self._new_state
         carry.steps += 1
-        with torch.no_grad():
-            halted, self.memo = self.head.decide(self._out, carry.steps, self.memo)
-        halted = (halted & (carry.steps >= carry.min_steps)) | (carry.steps >= self.halt_cfg.max_steps)
-        self.complete(carry.steps, halted)
+        self.memo = self._next_memo
+        halted = host["_halted"]  # (b,) on the host
+        self.complete(host["_steps"], halted)
         carry.needs_sample |= halted
 
     def state_dict(self) -> dict:
@@ -190,7 +215,10 @@ class DeepSupervision(_Counters):
 
     def in_flight(self) -> int:
         """Samples in flight in the global carry (a collective under several processes)."""
-        return int((~self.shard.gather_cat(self.carry.needs_sample)).sum())
+        needs = self.carry.needs_sample
+        if self.shard.active:
+            needs = self.shard.gather_cat(torch.as_tensor(needs, device="cpu")).numpy()
+        return int((~needs).sum())
 
 
 class Trajectory(_Counters):
@@ -229,12 +257,15 @@ class Trajectory(_Counters):
         with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
             memo = self.head.start(len(batch), self.device)
             stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
-            answer = torch.zeros_like(outs[0].logits)
+            answer = None  # in the head's answer dtype (ACT's running answer is float32 under bf16)
             for t, out in enumerate(outs, start=1):
                 halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
                 new = halt & (stop == 0)
-                answer[new] = self.head.answer(out, memo)[new]
-                stop[new] = t
+                given = self.head.answer(out, memo)  # (b, n, v)
+                answer = torch.zeros_like(given) if answer is None else answer
+                # where, not a boolean-mask write: that would read the mask back to the host
+                answer = torch.where(new.view(-1, 1, 1), given, answer)
+                stop = torch.where(new, t, stop)
             scores = self.metric.score(answer, batch.labels)
         self._stop = stop
         halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
@@ -242,9 +273,13 @@ class Trajectory(_Counters):
                    **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
         return loss if aux is None else loss + aux / len(outs), metrics
 
-    def commit(self, ok: bool) -> None:
+    def pending(self) -> dict[str, Tensor]:
+        return {"_stop": self._stop}  # where the deployed rule stops each sample
+
+    def commit(self, ok: bool, host: dict | None = None) -> None:
         if ok:
-            self.complete(self._stop, torch.ones_like(self._stop, dtype=torch.bool))
+            host = fetch(self.pending()) if host is None else host
+            self.complete(host["_stop"], np.ones(len(host["_stop"]), dtype=bool))
 
 
 class TokenObjective(_Counters):
@@ -268,10 +303,11 @@ class TokenObjective(_Counters):
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
         batch = self._take_share()
         loss, stats = self.model.loss(batch.inputs, batch.labels, train_step)
-        self._depth = float(stats.get("mean_depth", 1.0))
+        self._depth = stats.get("mean_depth", 1.0)  # read by commit, fetched by the loop with the figures
         return loss, stats
 
-    def commit(self, ok: bool) -> None:
+    def commit(self, ok: bool, host: dict | None = None) -> None:
+        self._depth = float((host or {}).get("mean_depth", self._depth))  # fetched with the step's figures
         if ok:  # every window of the global batch completed; this rank's mean depth stands for them
             self.counters["samples_completed"] += self.batch_size
             self.counters["steps_completed_total"] += self._depth * self.batch_size

@@ -117,17 +117,19 @@ class ACTHead(ProbeHead):
         steps = segment.steps.view(-1, 1) + torch.arange(len(outs), device=halt_logits.device)  # (b, M)
         tr = self._trajectory(halt_logits, steps)
         p = tr["p"]
-        mean_field = torch.zeros_like(outs[0].logits)
-        for i, o in enumerate(outs):  # same order of additions as the inference memo
-            mean_field = mean_field + p[:, i].view(-1, 1, 1).to(o.logits.dtype) * o.logits
+        # in float32 under bf16 autocast too, the same additions as the inference memo's
+        mean_field = torch.zeros_like(outs[0].logits, dtype=p.dtype)
+        for i, o in enumerate(outs):
+            mean_field = mean_field + p[:, i].view(-1, 1, 1) * o.logits.to(p.dtype)
         task = segment.task_loss(mean_field, labels).mean()
         rho = tr["N"].to(tr["R"].dtype) + tr["R"]  # gradient only through R
         weight = self.weight(segment.train_step)
         loss = task + weight * rho.mean() + self.probe.penalty(tr["shaped"])
         with torch.no_grad():
-            stats = {"ponder_cost": rho.mean().item(), "expected_steps": tr["N"].float().mean().item(),
-                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean().item(), "task_loss": task.item(),
-                     "lm_loss": task.item()}
+            # detached 0-dim tensors: the training loop reads them in its one host transfer
+            stats = {"ponder_cost": rho.mean(), "expected_steps": tr["N"].float().mean(),
+                     "halt_prob_mean": torch.sigmoid(tr["shaped"]).mean(), "task_loss": task.detach(),
+                     "lm_loss": task.detach()}
         return loss, stats
 
     # -- inference ------------------------------------------------------------------------------
@@ -139,13 +141,13 @@ class ACTHead(ProbeHead):
         _, h = self._h(out.halt_logits, steps)
         prev = memo["cum"].to(h.dtype)
         done = memo["halted"]
-        y = out.logits
+        y = out.logits.to(h.dtype)  # (b, n, v): the running answer in the halting mass's dtype (float32)
         weighted = memo["weighted"] if "weighted" in memo else torch.zeros_like(y)
         rem = 1.0 - prev
         cum = prev + h
         now = ~done & (self._crossed(cum, steps) | (steps >= self.cfg.max_steps))
-        answer = weighted + rem.view(-1, 1, 1).to(y.dtype) * y
-        new_weighted = weighted + h.view(-1, 1, 1).to(y.dtype) * y
+        answer = weighted + rem.view(-1, 1, 1) * y
+        new_weighted = weighted + h.view(-1, 1, 1) * y
         keep = done.view(-1, 1, 1)  # halted samples keep their memo: the answer stays the step-N one
         memo = {"cum": torch.where(done, prev, cum), "halted": done | now,
                 "weighted": torch.where(keep, weighted, new_weighted),

@@ -17,6 +17,7 @@ from typing import Callable, ClassVar, Literal, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
+from ponder.core.autocast import fp32_region
 from ponder.core.errors import PonderError
 from ponder.core.registry import Registry
 from ponder.core.settings import KindRegistry, check, setting
@@ -196,10 +197,15 @@ class HaltProbe(nn.Module):
             self.cycle_embedding = nn.Parameter(torch.zeros(cfg.max_steps))
 
     def forward(self, y: Tensor) -> Tensor:
-        pooled = y[:, 0] if self.cfg.pool == "first" else y.mean(dim=1)  # (b, d)
-        raw = self.linear(pooled)  # (b, outputs)
-        if self.cfg.logit_bound > 0:
-            raw = self.cfg.logit_bound * torch.tanh(raw / self.cfg.logit_bound)
+        """(b, n, d) answer state -> (b, outputs) raw halting logits, always float32: under bf16
+        autocast the halting rule (ACT's running sum against 1 - epsilon, PonderNet's remaining
+        mass, a threshold) would otherwise be decided at bf16 resolution in training and at fp32
+        in an evaluation without autocast."""
+        with fp32_region(y):
+            pooled = y[:, 0].float() if self.cfg.pool == "first" else y.float().mean(dim=1)  # (b, d)
+            raw = self.linear(pooled)  # (b, outputs)
+            if self.cfg.logit_bound > 0:
+                raw = self.cfg.logit_bound * torch.tanh(raw / self.cfg.logit_bound)
         return raw
 
     def shape(self, logit: Tensor, steps: Tensor) -> Tensor:

@@ -156,9 +156,10 @@ class PonderNetHead(ThresholdRule, ProbeHead):
         loss = reconstruction + weight * kl + self.probe.penalty(d["shaped"])
         with torch.no_grad():
             n = torch.arange(1, len(outs) + 1, device=p.device, dtype=p.dtype)
-            stats = {"kl": kl.item(), "expected_steps": (p * n).sum(1).mean().item(),
-                     "reconstruction": reconstruction.item(), "lm_loss": reconstruction.item(),
-                     "halt_prob_mean": torch.sigmoid(d["shaped"]).mean().item()}
+            # detached 0-dim tensors: the training loop reads them in its one host transfer
+            stats = {"kl": kl.detach(), "expected_steps": (p * n).sum(1).mean(),
+                     "reconstruction": reconstruction.detach(), "lm_loss": reconstruction.detach(),
+                     "halt_prob_mean": torch.sigmoid(d["shaped"]).mean()}
         return loss, stats
 
     # -- inference ------------------------------------------------------------------------------

@@ -86,10 +86,11 @@ def q_loss(head: ProbeHead, segment: Segment,
         halts.append(halt_bce)
         with torch.no_grad():
             accs.append(((q_halt > 0) == correct).float().mean())
-    stats = {"lm_loss": _mean_over_steps(lms).item(), "halt_loss": _mean_over_steps(halts).item()}
+    # figures as detached 0-dim tensors: the training loop reads them in its one host transfer
+    stats = {"lm_loss": _mean_over_steps(lms).detach(), "halt_loss": _mean_over_steps(halts).detach()}
     if conts:
-        stats["continue_loss"] = _mean_over_steps(conts).item()
-    stats["q_halt_acc"] = _mean_over_steps(accs).item()
+        stats["continue_loss"] = _mean_over_steps(conts).detach()
+    stats["q_halt_acc"] = _mean_over_steps(accs).detach()
     return _mean_over_steps(totals), stats
 
 

@@ -167,6 +167,15 @@ class DeltaCache:
     state: Tensor
 
 
+def fla_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v in the one 16-bit dtype flash-linear-attention's kernel takes: autocast's dtype when
+    autocast is on, else bf16. Under autocast F.normalize (on autocast's float32 list) gives q and
+    k in fp32 while v, a convolution output, is bf16; without autocast all three are fp32."""
+    kind = v.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.bfloat16
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 class GatedDeltaNet(nn.Module):
     """The Gated DeltaNet token mixer (module docstring).
 
@@ -237,7 +246,7 @@ class GatedDeltaNet(nn.Module):
         if self.backend == "fla":
             if _fla_chunk is None or not x.is_cuda:
                 raise PonderError("deltanet backend fla needs the fla package (fla-core) and CUDA tensors")
-            o, state = _fla_chunk(q, k, v, g, beta, scale=self.dk ** -0.5, output_final_state=True)
+            o, state = _fla_chunk(*fla_inputs(q, k, v), g, beta, scale=self.dk ** -0.5, output_final_state=True)
         else:
             rule = gated_delta_rule_chunked if self.mode == "chunk" else gated_delta_rule_recurrent
             kw = {"chunk_size": self.chunk_size} if self.mode == "chunk" else {}

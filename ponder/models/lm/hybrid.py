@@ -139,8 +139,9 @@ class HybridLM(nn.Module):
             raise PonderError("the batch has no supervised tokens")
         loss = F.cross_entropy(logits[mask].float(), labels[mask])
         with torch.no_grad():
-            acc = (logits[mask].argmax(-1) == labels[mask]).float().mean().item()
-        return loss, {"lm_loss": loss.item(), "token_accuracy": acc, "mean_depth": 1.0, "halt_rate": 0.0}
+            acc = (logits[mask].argmax(-1) == labels[mask]).float().mean()
+        # 0-dim tensors: the training loop reads every figure in its one host transfer
+        return loss, {"lm_loss": loss.detach(), "token_accuracy": acc, "mean_depth": 1.0, "halt_rate": 0.0}
 
     @torch.no_grad()
     def infer(self, tokens: Tensor) -> Inference:

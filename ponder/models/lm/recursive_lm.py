@@ -246,10 +246,11 @@ class RecursiveLM(nn.Module):
         with torch.no_grad():
             depth = tr.depth.reshape(-1)[rows].float()
             halt_logits = torch.stack([o.halt_logits for o in outs])  # (M, T)
-            stats.update(mean_depth=depth.mean().item(), halt_rate=(depth < self.max_steps).float().mean().item(),
-                         halt_logit_mean=halt_logits.mean().item(), halt_logit_std=halt_logits.std().item(),
+            # 0-dim tensors: the training loop reads every figure in its one host transfer
+            stats.update(mean_depth=depth.mean(), halt_rate=(depth < self.max_steps).float().mean(),
+                         halt_logit_mean=halt_logits.mean(), halt_logit_std=halt_logits.std(),
                          token_accuracy=(tr.answer.reshape(-1, tr.answer.shape[-1])[rows].argmax(-1)
-                                         == targets.squeeze(1)).float().mean().item())
+                                         == targets.squeeze(1)).float().mean())
         return loss, stats
 
     # -- inference: only running tokens are computed ------------------------------------------------

@@ -124,8 +124,8 @@ class _Recorder:
 
     def __init__(self, head, batch_size: int, max_steps: int):
         self.head, self.max_steps = head, max_steps
-        self.active = torch.arange(batch_size)
-        self.confidence = torch.zeros(batch_size)
+        self.active = torch.arange(batch_size, device="cpu")  # bookkeeping on the host, as the .cpu() reads below
+        self.confidence = torch.zeros(batch_size, device="cpu")
         self.t = 0
 
     def __getattr__(self, name):
@@ -184,7 +184,7 @@ def predict(model, split: Split, *, max_steps: int, batch_size: int, device: tor
             c = rec.confidence
         else:
             answers, c = _all_steps(model, batch, max_steps)
-            used = torch.full((len(batch),), max_steps)
+            used = torch.full((len(batch),), max_steps, device="cpu")
         tokens.append(answers.argmax(-1).cpu().numpy()), conf.append(c.cpu().numpy()), steps.append(used.cpu().numpy())
     seconds = time.perf_counter() - t0
     model.train(was_training)

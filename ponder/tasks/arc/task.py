@@ -286,7 +286,7 @@ def arc_sample_baselines(split: Split, train: Split, *, side: int) -> dict[str, 
         zeros[r, n - side * side:] = encode(np.zeros_like(grid), side).ravel() if grid is not None else PAD
     out = {}
     for name, pred in (("copy input", copy), ("all zeros (input's shape)", zeros)):
-        ex, c, tot = exact_and_cells(torch.as_tensor(pred), labels)
+        ex, c, tot = exact_and_cells(torch.as_tensor(pred, device="cpu"), labels)
         out[name] = {"exact": ex.float().mean().item(), "cell": (c.sum() / tot.sum().clamp(min=1)).item()}
     out["most frequent label"] = most_frequent_label(split, train)
     return out

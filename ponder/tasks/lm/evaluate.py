@@ -64,7 +64,7 @@ def token_arrays(model, split: Split, *, batch_size: int, device: torch.device, 
     t0 = time.perf_counter()
     for lo in bar(range(0, len(mine), batch_size), desc="tokens", unit="batch"):
         part = mine.slice(lo, lo + batch_size)
-        inputs, labels = torch.as_tensor(part.inputs).to(device), torch.as_tensor(part.labels).to(device)
+        inputs, labels = torch.as_tensor(part.inputs, device=device), torch.as_tensor(part.labels, device=device)
         inf = model.infer(inputs)
         mask = labels != IGNORE
         logits, labels = inf.logits[mask].float(), labels[mask]
@@ -174,7 +174,7 @@ def depth_sample_figures(model, split: Split, k: int, device: torch.device, *, t
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        inf = model.infer(torch.as_tensor(sub.inputs).to(device))
+        inf = model.infer(torch.as_tensor(sub.inputs, device=device))
     model.train(was_training)
     m = int(getattr(model, "max_steps", 1))
     figures = []

@@ -99,10 +99,13 @@ def generate(model, tokenizer: BPETokenizer, prompt: str, *, max_tokens: int = 1
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eos_id]
     gen = torch.Generator().manual_seed(seed)
     out = Generated(prompt, [], [], [], int(getattr(model, "max_steps", 1)))
+    device = next(model.parameters()).device
     for _ in range(max_tokens):
-        window = torch.tensor([ids[-max_len:]], dtype=torch.long)
+        window = torch.tensor([ids[-max_len:]], dtype=torch.long, device=device)
         inf = model.infer(window)
-        nxt = sample_next(inf.logits[0, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+        # sampled on the CPU generator: the same text for a seed on every device
+        nxt = sample_next(inf.logits[0, -1].float().cpu(), temperature=temperature, top_k=top_k, top_p=top_p,
+                          generator=gen)
         out.ids.append(nxt)
         out.pieces.append(tokenizer.token(nxt))
         out.depths.append(int(inf.depth[0, -1]))
