@@ -25,18 +25,20 @@ def test_the_shipped_presets_get_a_clean_bill(tmp_path, preset, capsys):
     assert report["passed"] and not [c["name"] for c in report["checks"] if c["passed"] is False]
 
 
+def _spike_check(steps: int, where: list[list]):
+    """The "no loss spikes" check of a run of `steps` logged steps with these spikes."""
+    records = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, steps + 1)]
+    records.append({"step": steps // 2, "kind": "health", "spikes": len(where), "where": {"spikes": where}})
+    (check,) = [c for c in build_checks(records, get_config("debug")) if c.name == "no loss spikes"]
+    return check
+
+
 def test_a_failing_spike_check_says_where_and_how_much():
-    cfg = get_config("debug")
-    records = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, 101)]
-    records.append({"step": 50, "kind": "health", "spikes": 1, "where": {"spikes": [[37, 6.5]]}})
-    (check,) = [c for c in build_checks(records, cfg) if c.name == "no loss spikes"]
+    check = _spike_check(100, [[37, 6.5]])
     assert check.passed is False and "step 37 (6.5x)" in check.summary
     assert check.figures["where"] == [[37, 6.5]] and check.figures["worst_ratio"] == 6.5
 
 
 def test_a_small_isolated_spike_is_listed_but_passes():
-    cfg = get_config("debug")
-    records = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, 1001)]
-    records.append({"step": 500, "kind": "health", "spikes": 1, "where": {"spikes": [[437, 2.2]]}})
-    (check,) = [c for c in build_checks(records, cfg) if c.name == "no loss spikes"]
+    check = _spike_check(1000, [[437, 2.2]])
     assert check.passed is True and "step 437 (2.2x)" in check.summary
