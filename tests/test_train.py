@@ -14,12 +14,15 @@ import torch
 from run_support import CrashAt
 from run_support import records as _records
 
+import ponder.training.loop as loop
 import ponder.training.objectives as objectives
 from ponder.core.errors import PonderError
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides
+from ponder.reports.page import build_page
 from ponder.runs.run import train_run
 from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
+from ponder.training.loop import evaluation_cost, target_reached
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,3 +184,67 @@ def test_single_cycle_deep_supervision_trains_the_init_vectors(tmp_path, style):
                "--train.eval_every=0", "--train.checkpoint_every=0")
     record = train_run(cfg, tmp_path, final_eval=False)
     assert math.isfinite(record["loss"])
+
+
+def test_in_training_evaluation_scores_fixed_subsets_and_logs_its_seconds(tmp_path):
+    """Each in-training evaluation scores the same `eval.during_training_samples` held-out samples
+    (and as many training samples), at the inference batch size, and logs its wall time; the
+    page shows what evaluating cost."""
+    train_run(_cfg("--eval.during_training_samples=16", "--eval.train_samples=40"), tmp_path, final_eval=False)
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert len(evals) == 3
+    for r in evals:
+        assert sum(r["test_steps_histogram"]) == 16 and sum(r["train_steps_histogram"]) == 16
+        assert r["time_eval_sec"] > 0 and "full_test_exact" not in r  # no target: nothing to confirm
+    cost = evaluation_cost(log)
+    assert cost["evaluations"] == 3 and cost["seconds"] == pytest.approx(sum(r["time_eval_sec"] for r in evals))
+    assert 0 < cost["share"] < 1
+    assert 'data-key="eval_cost"' in build_page([tmp_path])
+
+
+def test_evaluation_cost_sums_the_sessions_of_a_resumed_run():
+    evals = [{"kind": "eval", "step": 10, "time_since_start": 10.0, "time_eval_sec": 1.0},
+             {"kind": "eval", "step": 20, "time_since_start": 21.0, "time_eval_sec": 1.0},
+             {"kind": "eval", "step": 30, "time_since_start": 8.0, "time_eval_sec": 2.0},  # resumed at step 20
+             {"kind": "train", "step": 30}]
+    cost = evaluation_cost(evals)
+    assert cost == {"evaluations": 3, "seconds": 4.0, "loop_seconds": 22.0 + 10.0, "share": 4.0 / 32.0}
+    assert evaluation_cost([{"kind": "eval", "step": 1}]) is None  # logged before evaluations were timed
+
+
+@pytest.mark.parametrize("full_exact, stops_at", [(1.0, 10), (0.5, 30)])
+def test_a_target_reached_on_the_subset_is_confirmed_on_the_whole_split(tmp_path, monkeypatch, full_exact,
+                                                                          stops_at):
+    """train.target stops training only when the whole held-out split confirms what the subset
+    says: the subset's score (here always 1.0) starts a whole-split evaluation, whose score decides."""
+    cfg = _cfg("--eval.during_training_samples=16", "--train.target=0.9")
+    real = loop.evaluate_split
+    sizes = []
+
+    def scored(model, split, metric, **kw):
+        r = real(model, split, metric, **kw)
+        sizes.append(len(split))
+        return {**r, "exact": full_exact if len(split) == cfg.task.n_test else 1.0}
+
+    monkeypatch.setattr(loop, "evaluate_split", scored)
+    train_run(cfg, tmp_path, final_eval=False)
+    evals = [r for r in _records(tmp_path) if r["kind"] == "eval"]
+    assert evals[-1]["step"] == stops_at
+    assert all(r["test_exact"] == 1.0 and r["full_test_exact"] == full_exact for r in evals)
+    assert sizes[:3] == [16, 16, cfg.task.n_test]  # held-out subset, training subset, whole held-out split
+
+
+def test_a_subset_within_its_sampling_error_of_the_target_has_the_whole_split_scored():
+    cfg = _cfg("--train.target=0.99")
+    assert loop._may_reach(0.98, 100, cfg) and loop._may_reach(0.99, 100, cfg)  # 98/100: 99% not ruled out
+    assert not loop._may_reach(0.90, 100, cfg) and not loop._may_reach(0.98, 2000, cfg)
+    assert not loop._may_reach(None, 100, cfg)
+
+
+def test_a_target_reached_on_the_whole_split_needs_no_confirmation(tmp_path):
+    cfg = _cfg("--eval.during_training_samples=0", "--train.target=0.01")  # the whole split every time
+    train_run(cfg, tmp_path, final_eval=False)
+    evals = [r for r in _records(tmp_path) if r["kind"] == "eval"]
+    assert all("full_test_exact" not in r for r in evals)
+    assert target_reached(evals[-1], "exact", cfg) == (evals[-1]["test_exact"] >= 0.01)

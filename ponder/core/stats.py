@@ -1,6 +1,7 @@
 """Small statistics shared by evaluation and the health checks."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,3 +24,14 @@ def largest_drop(values: Sequence[float]) -> tuple[float, float, float]:
         peak = max(peak, v)
         drop = max(drop, peak - v)
     return drop, max(values), values[-1]
+
+
+def wilson_upper(successes: float, n: int, z: float = 1.645) -> float:
+    """One-sided upper confidence bound of a proportion observed as `successes` of `n` (Wilson
+    score interval; z=1.645 is 95% one-sided). 1.0 when n is 0."""
+    if n <= 0:
+        return 1.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))

@@ -30,6 +30,7 @@ from ponder.runs.report import sample_figures
 from ponder.runs.run import health_report, load_trained
 from ponder.tasks import TASKS
 from ponder.training.callbacks import MetricsLog
+from ponder.training.loop import evaluation_cost
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#111;padding:0 1em}
@@ -249,6 +250,7 @@ def summary_table(views: list[RunView]) -> str:
     row("task", "task", lambda v: v.config.get("task", {}).get("name"), str)
     row("optimizer steps logged", "steps", lambda v: max((r["step"] for r in v.records), default=0), str)
     row("evaluated", "evaluation", lambda v: _evaluated(v), str)
+    row("evaluation inside training", "eval_cost", lambda v: evaluation_cost(v.records), _cost_text)
     cols = sorted({c for v in views if v.eval for c in v.columns},
                   key=lambda c: [_head(v) for v in views].count(c), reverse=True)
     fmt = {c: next(v.fmt(c) for v in views if c in v.columns) for c in cols}
@@ -303,6 +305,12 @@ def _evaluated(v: RunView) -> str | None:
     split = about.get("split", v.report.get("split", "test"))
     over = " ".join(about.get("overrides", [])) or "no overrides"
     return f"{'held-out' if split == 'test' else split + ' split'}, {over}"
+
+
+def _cost_text(cost: dict) -> str:
+    """What evaluation inside training cost (ponder.training.loop.evaluation_cost), in words."""
+    share = "" if cost["share"] is None else f", {100 * cost['share']:.1f}% of the loop's {cost['loop_seconds']:.0f} s"
+    return f"{cost['evaluations']} evaluations, {cost['seconds']:.1f} s{share}"
 
 
 def _mark(passed) -> str:

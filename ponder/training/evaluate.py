@@ -32,8 +32,13 @@ class EvalConfig:
     Attributes:
         batch_size: samples per inference batch.
         max_samples: cap on held-out samples for `ponder eval` (0 = the whole split).
-        train_samples: training-split samples scored beside the held-out ones.
-        during_training_samples: held-out samples scored at each evaluation inside training.
+        train_samples: training-split samples scored beside the held-out ones (0 = all of them).
+        during_training_samples: held-out samples scored at each evaluation inside training, a
+            fixed subset (0 = the whole split); the training split is scored on at most as many
+            (and at most train_samples). Sized so that evaluating costs little of a run (each
+            record logs its `time_eval_sec`); the run's final evaluation scores the whole split, and
+            a `train.target` within the subset's sampling error is checked on the whole split, whose
+            score decides the stop.
         use_ema: evaluate the EMA weights when the run keeps them.
         samples_drawn: held-out samples drawn as pictures by `ponder eval` (eval/samples.html).
     """

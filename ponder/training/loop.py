@@ -16,6 +16,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed
 from ponder.core.progress import silenced
 from ponder.core.settings import check, setting
+from ponder.core.stats import wilson_upper
 from ponder.core.task import TaskData
 from ponder.training.calibrate import calibrate
 from ponder.training.callbacks import Callbacks, MetricsLog
@@ -61,7 +63,8 @@ class TrainConfig:
         progress: show a progress bar with ETA.
         max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
         target: stop (checkpoint, final evaluation) at the first evaluation whose held-out
-            headline score (exact match for puzzles) reaches this (0 = off).
+            headline score (exact match for puzzles) reaches this on the whole held-out split
+            (0 = off); a subset within its sampling error of the target has the whole split scored.
         tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
             "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
         precision: "auto", "fp32" or "bf16" (autocast of the forward to bfloat16, in training
@@ -309,16 +312,37 @@ class _StopRequest:
 EVAL_KEYS = ("mean_steps", "halt_first_frac", "halt_max_frac", "wrong_halt_frac", "steps_histogram")
 
 
+def in_training_subset(split, k: int, rng: np.random.Generator):
+    """A fixed subset of `k` rows of `split` (all of it when k is 0 or covers it), drawn from `rng`."""
+    return split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
+
+
 def evaluate_during_training(run: Run, step: int, seconds: float | None = None) -> dict:
-    """Score fixed subsets of the held-out and training splits with adaptive halting; log the
-    record (with `time_since_start`, the wall time of this session's loop so far, when given).
+    """Score fixed subsets of the held-out and training splits with adaptive halting (early exit,
+    at the inference batch size) and log the record.
+
+    The held-out subset has `eval.during_training_samples` samples, the training subset at most
+    as many (and at most `eval.train_samples`); both are drawn once from a fixed seed, so every
+    evaluation of every run scores the same samples. When `train.target` is set, the subset is
+    smaller than the held-out split and its headline score may reach the target (`_may_reach`:
+    it does, or its 95% upper bound does), the whole held-out split is scored too
+    (`full_test_*`), and that score decides the stop. The record carries
+    `time_eval_sec` (this evaluation's wall time, calibration and the target's confirmation
+    included) and `time_since_start` (the loop's wall time before it, when given).
     With halt.threshold=auto the threshold is calibrated on these weights first and logged as
     `halt_threshold`."""
+    t0 = time.perf_counter()
     with autocast(run.device, run.cfg.train.precision):  # evaluated in the arithmetic it trains with
-        return _evaluate_during_training(run, step, seconds)
+        record = _evaluate_during_training(run, step)
+    if seconds is not None:
+        record["time_since_start"] = seconds
+    record["time_eval_sec"] = time.perf_counter() - t0
+    run.log.write(record)
+    run.callbacks.call("on_eval_end", run, record)
+    return record
 
 
-def _evaluate_during_training(run: Run, step: int, seconds: float | None) -> dict:
+def _evaluate_during_training(run: Run, step: int) -> dict:
     cfg, task = run.cfg, run.task
     model = run.eval_model()
     calibration = calibrate(model, task, cfg, device=run.device, shard=run.shard)
@@ -326,18 +350,69 @@ def _evaluate_during_training(run: Run, step: int, seconds: float | None) -> dic
     record: dict[str, Any] = {"step": step, "kind": "eval"}
     if calibration is not None:
         record["halt_threshold"] = calibration["threshold"]
-    for name, split, k in (("test", task.test, cfg.eval.during_training_samples),
-                           ("train", task.train, cfg.eval.train_samples)):
-        sub = split if k <= 0 or k >= len(split) else split.subset(np.sort(rng.choice(len(split), k, replace=False)))
-        r = evaluate_split(model, sub, task.metric, max_steps=cfg.halt.max_steps, batch_size=cfg.eval.batch_size,
-                           device=run.device, budgets=False, shard=run.shard)
-        record.update({f"{name}_{k}": r[k] for k in (*task.metric.columns, *EVAL_KEYS)})
+    k_test = cfg.eval.during_training_samples
+    k_train = min(k for k in (k_test, cfg.eval.train_samples) if k > 0) if k_test or cfg.eval.train_samples else 0
+    score = partial(evaluate_split, model, metric=task.metric, max_steps=cfg.halt.max_steps,
+                    batch_size=cfg.eval.batch_size, device=run.device, budgets=False, shard=run.shard)
+    scored = {}
+    for name, split, k in (("test", task.test, k_test), ("train", task.train, k_train)):
+        sub = in_training_subset(split, k, rng)
+        r = score(sub)
+        record.update({f"{name}_{c}": r[c] for c in (*task.metric.columns, *EVAL_KEYS)})
         record[f"{name}_spearman"] = r["spearman_steps_difficulty"]
-    if seconds is not None:
-        record["time_since_start"] = seconds
-    run.log.write(record)
-    run.callbacks.call("on_eval_end", run, record)
+        scored[name] = len(sub)
+    headline = task.metric.columns[0]
+    if cfg.train.target > 0 and scored["test"] < len(task.test) and _may_reach(record[f"test_{headline}"],
+                                                                                  scored["test"], cfg):
+        full = score(task.test)  # the subset says the target may be reached: the whole split decides
+        record.update({f"full_test_{c}": full[c] for c in (*task.metric.columns, "mean_steps")})
+        record["full_test_n"] = len(task.test)
     return record
+
+
+def _may_reach(value: float | None, n: int, cfg) -> bool:
+    """Whether a subset of `n` samples scoring `value` leaves the target within reach of the whole
+    split: the score reaches it, or (a fraction of the samples) the one-sided 95% upper bound of
+    the proportion does. A subset of 100 at 98% does not rule out 99% on the split; at 90% it does."""
+    if value is None:
+        return False
+    return _reaches(value, cfg) or (0 <= value <= 1 and _reaches(wilson_upper(value * n, n), cfg))
+
+
+def _reaches(value: float | None, cfg) -> bool:
+    """Whether a headline score reaches `train.target` (at or above it)."""
+    return value is not None and value >= cfg.train.target
+
+
+def target_reached(record: dict, headline: str, cfg) -> bool:
+    """Whether an evaluation record stops training at `train.target`: the whole held-out split's
+    headline score reaches it (the whole split's, `full_test_*`, when the subset was smaller and
+    came within reach; else the subset's, which is then the whole split or out of reach)."""
+    full = record.get(f"full_test_{headline}")
+    return cfg.train.target > 0 and _reaches(full if full is not None else record.get(f"test_{headline}"), cfg)
+
+
+def evaluation_cost(records: list[dict]) -> dict | None:
+    """What evaluation inside training cost, from a run's records: evaluations, their seconds
+    (`time_eval_sec`) and the share of the loop's wall time they took (sessions of a resumed run
+    summed: a session is the records up to a fall of `time_since_start`). None without timed
+    evaluations (a run logged before they were timed, or none evaluated)."""
+    evals = [r for r in records if r.get("kind") == "eval" and isinstance(r.get("time_eval_sec"), (int, float))]
+    if not evals:
+        return None
+    spent = sum(r["time_eval_sec"] for r in evals)
+    wall, last = 0.0, None
+    for r in evals:
+        t = r.get("time_since_start")
+        if not isinstance(t, (int, float)):
+            continue
+        if last is not None and t < last[0]:  # a new session began: close the last one
+            wall += last[0] + last[1]
+        last = (t, r["time_eval_sec"])
+    if last is not None:
+        wall += last[0] + last[1]
+    return {"evaluations": len(evals), "seconds": spent, "loop_seconds": wall or None,
+            "share": spent / wall if wall > 0 else None}
 
 
 def _set_lr(run: Run, step: int) -> None:
@@ -435,6 +510,7 @@ def _train(run: Run) -> str:
     bar = tqdm(total=tc.steps, initial=run.step, disable=not tc.progress or not run.shard.main, desc="train",
                unit="step", dynamic_ncols=True)
     t_window = t_start = time.perf_counter()
+    start = run.step
     why = "done"
     with _StopRequest() as stop:
         while run.step < tc.steps:
@@ -451,13 +527,14 @@ def _train(run: Run) -> str:
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 with silenced():  # the training bar stays the one line on the terminal
                     evaluated = evaluate_during_training(run, done, time.perf_counter() - t_start)
+                t_window += evaluated["time_eval_sec"]  # time_sec_per_step counts training alone
             out_of_time = tc.max_minutes > 0 and time.perf_counter() - t_start > 60 * tc.max_minutes
             # every rank must stop at the same step: a signal or a clock seen by any rank counts for all
             stopping, out_of_time = run.shard.any_flags([stop.requested, out_of_time])
             if out_of_time:
                 why = "time"
             headline = run.task.metric.columns[0]
-            if tc.target > 0 and evaluated is not None and (evaluated.get(f"test_{headline}") or 0) >= tc.target:
+            if evaluated is not None and target_reached(evaluated, headline, run.cfg):
                 why = "target"
             if why == "time" and evaluated is None:
                 with silenced():
@@ -469,13 +546,19 @@ def _train(run: Run) -> str:
             if why != "done":
                 if run.shard.main:
                     tqdm.write(f"time limit of {tc.max_minutes:g} min reached at step {done}" if why == "time" else
-                               f"target {tc.target:g} held-out {headline} reached at step {done}")
+                               f"target {tc.target:g} held-out {headline} reached at step {done}"
+                               + (" (subset, confirmed on the whole split)" if "full_test_n" in evaluated else ""))
                 break
             if stopping:
                 bar.close()
                 raise PonderError(f"interrupted at step {done}; checkpoint saved, continue with: ponder train "
                                   f"{run.cfg.preset or 'PRESET'} --resume {run.run_dir}")
     bar.close()
+    cost = evaluation_cost([r for r in run.log.records() if r.get("step", 0) > start]) if (
+        run.shard.main and tc.progress) else None
+    if cost and cost["share"] is not None:
+        tqdm.write(f"evaluation during training: {cost['evaluations']} evaluations, {cost['seconds']:.1f} s, "
+                   f"{100 * cost['share']:.0f}% of the loop's {cost['loop_seconds']:.0f} s")
     run.callbacks.call("on_train_end", run)
     run.log.write_csv()
     if run.log.mirror is not None:
