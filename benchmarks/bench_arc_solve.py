@@ -77,7 +77,8 @@ def speed(task_ids=SPEED_TASKS, iters: int = 300) -> dict:
                 times.append(time.perf_counter() - t0)
         torch.set_flush_denormal(True)
         enc = runs[next(iter(runs))][5]
-        out[tid] = {"examples": enc.n_train + enc.n_test, "colours": len(enc.colours), "canvas": [enc.height, enc.width],
+        out[tid] = {"examples": enc.n_train + enc.n_test, "colours": len(enc.colours),
+                    "canvas": [enc.height, enc.width],
                     "iters": iters, "variants": {
                         name: {"it_per_s": 1 / statistics.median(r[-1]),
                                "first_half": 1 / statistics.median(r[-1][: iters // 2]),

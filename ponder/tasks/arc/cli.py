@@ -1,4 +1,5 @@
-"""`ponder arc ...` sub-commands: score a Kaggle-format submission, the baselines, the leakage report.
+"""`ponder arc ...` sub-commands: score a Kaggle-format submission, the baselines, the leakage report,
+evaluate a trained run, solve tasks with a fresh model per task (mode c).
 
     ponder arc score SUBMISSION.json --split arc1-eval [--max-side N] [--allow-missing] [--strict] [--out F.json]
     ponder arc baselines [--split arc1-eval|...|all] [--max-side N] [--out F.json]
@@ -39,7 +40,8 @@ def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> Non
     """The `arc` sub-commands. `load_run(path) -> (model, task, cfg, checkpoint dir)` loads a trained
     run (ponder.runs.run.load_trained); the command line hands it in, so the wing never imports the
     run layer above it."""
-    p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report")
+    p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report, evaluate a run, "
+                                   "solve tasks from scratch (mode c)")
     arc = p.add_subparsers(dest="arc_command", required=True)
     s = arc.add_parser("score", help="score a Kaggle-format submission under both rules")
     s.add_argument("submission", nargs="?", help="SUBMISSION.json: {task_id: [{attempt_1: grid, attempt_2: grid}, ...]}")
@@ -74,7 +76,8 @@ def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> Non
     so = arc.add_parser("solve", help="mode (c): a fresh model per task, trained from scratch on its demonstrations "
                         "alone; submission, CSV, gallery, scores beside the baselines; resumable")
     so.add_argument("--split", help=f"one of {', '.join(SPLITS)}")
-    so.add_argument("--small", action="store_true", help=f"only the tasks whose grids all fit {SMALL_SIDE}x{SMALL_SIDE}")
+    so.add_argument("--small", action="store_true",
+                    help=f"only the tasks whose grids all fit {SMALL_SIDE}x{SMALL_SIDE}")
     so.add_argument("--max-side", default=None, help="only the tasks whose grids all fit N x N")
     so.add_argument("--tasks", default=None, help="only these task ids (comma-separated) of the selection")
     so.add_argument("--minutes-per-task", default=None, help="wall-clock budget of each task, in minutes")

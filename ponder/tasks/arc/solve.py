@@ -239,7 +239,8 @@ def markdown(run: SolveRun, sub_cmd: str) -> str:
     n = len(run.tasks)
     res = [run.results[t.id] for t in run.tasks]
     lines = [f"# ARC mode (c): {run.split}, from scratch per task", "", f"- data: {DATA_VERSION}",
-             f"- {n} tasks" + ("" if run.max_side >= MAX_SIDE else f" whose grids all fit {run.max_side}x{run.max_side}")
+             f"- {n} tasks"
+             + ("" if run.max_side >= MAX_SIDE else f" whose grids all fit {run.max_side}x{run.max_side}")
              + f"; {s.seconds:g} s per task, {s.n_steps} tied recursion steps with adaptive halting, seed {s.seed}",
              "- each task's model sees its demonstrations and test inputs only; two attempts per test input", "",
              format_score_table(score_rows(run)), ""]
