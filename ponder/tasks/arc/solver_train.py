@@ -83,8 +83,10 @@ class SolverSettings:
 
 
 def cpu_setup(threads: int = 1, flush_denormal: bool = True) -> None:
-    """One torch thread per solver process; subnormal floats flushed to zero (the small recurrent
-    state produces many, and each costs a slow microcode path on x86: see BENCHMARKS.md)."""
+    """One torch thread per solver process, and subnormal floats flushed to zero. The flush is a guard
+    (subnormals cost small recurrent models elsewhere in this package up to 5x); this model keeps its
+    state layer-normalized, and measured with and without it, interleaved, it ran at the same speed
+    (BENCHMARKS.md, mode c)."""
     torch.set_num_threads(threads)
     torch.set_flush_denormal(flush_denormal)
 
