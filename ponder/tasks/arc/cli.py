@@ -1,9 +1,11 @@
-"""`ponder arc ...` sub-commands: score a Kaggle-format submission, the baselines, the leakage report.
+"""`ponder arc ...` sub-commands: score a Kaggle-format submission, the baselines, the leakage report,
+evaluate a trained run, solve tasks with a fresh model per task (mode c).
 
     ponder arc score SUBMISSION.json --split arc1-eval [--max-side N] [--allow-missing] [--strict] [--out F.json]
     ponder arc baselines [--split arc1-eval|...|all] [--max-side N] [--out F.json]
     ponder arc leakage [--out F.md]   (also writes F.json)
     ponder arc eval RUN_DIR [--split S] [--out DIR] [--ttft-seconds S] [--max-tasks N]
+    ponder arc solve --split arc1-eval --small --minutes-per-task M [--jobs J] [--out DIR] [--tasks ID,ID]
 
 Both scoring rules are printed side by side, with the data version. Every bad input is one line
 `ponder: error: ...` (exit 2); a malformed task of a submission scores 0 and is listed as invalid.
@@ -20,10 +22,12 @@ from ponder.core.files import atomic_write_text
 from ponder.core.lock import DirectoryLock, command_line
 from ponder.core.progress import silenced
 from ponder.tasks.arc.baselines import score_baselines
-from ponder.tasks.arc.data import DATA_VERSION, MAX_SIDE, SPLITS, load_split, small_tasks
+from ponder.tasks.arc.data import DATA_VERSION, MAX_SIDE, SMALL_SIDE, SPLITS, load_split, small_tasks
 from ponder.tasks.arc.evaluation import evaluate_arc, score_command, write_arc_eval
 from ponder.tasks.arc.leakage import dumps, format_leakage, leakage_report
 from ponder.tasks.arc.scoring import RULES, format_score_table, parse_submission, read_submission, score_attempts
+from ponder.tasks.arc.solve import run_solve, score_rows, settings_with
+from ponder.tasks.arc.solve import score_command as solve_score_command
 from ponder.tasks.arc.task import ArcTaskData
 from ponder.tasks.arc.ttft import TTFTSettings
 from ponder.training.checkpoint import resolve_checkpoint, run_dir_of
@@ -36,7 +40,8 @@ def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> Non
     """The `arc` sub-commands. `load_run(path) -> (model, task, cfg, checkpoint dir)` loads a trained
     run (ponder.runs.run.load_trained); the command line hands it in, so the wing never imports the
     run layer above it."""
-    p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report")
+    p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report, evaluate a run, "
+                                   "solve tasks from scratch (mode c)")
     arc = p.add_subparsers(dest="arc_command", required=True)
     s = arc.add_parser("score", help="score a Kaggle-format submission under both rules")
     s.add_argument("submission", nargs="?", help="SUBMISSION.json: {task_id: [{attempt_1: grid, attempt_2: grid}, ...]}")
@@ -68,6 +73,18 @@ def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> Non
     e.add_argument("--ttft-batch", default="8", help="test-time fine-tuning batch size (default 8)")
     e.add_argument("--batch-size", default=None, help="inference batch size (default the run's eval.batch_size)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    so = arc.add_parser("solve", help="mode (c): a fresh model per task, trained from scratch on its demonstrations "
+                        "alone; submission, CSV, gallery, scores beside the baselines; resumable")
+    so.add_argument("--split", help=f"one of {', '.join(SPLITS)}")
+    so.add_argument("--small", action="store_true",
+                    help=f"only the tasks whose grids all fit {SMALL_SIDE}x{SMALL_SIDE}")
+    so.add_argument("--max-side", default=None, help="only the tasks whose grids all fit N x N")
+    so.add_argument("--tasks", default=None, help="only these task ids (comma-separated) of the selection")
+    so.add_argument("--minutes-per-task", default=None, help="wall-clock budget of each task, in minutes")
+    so.add_argument("--jobs", default="1", help="tasks solved at once, each in its own process on one thread")
+    so.add_argument("--seed", default="0", help="seed of every task's model (default 0)")
+    so.add_argument("--out", default=None, help="output directory (default arc-solve-SPLIT); a rerun resumes it")
+    so.add_argument("--quiet", action="store_true", help="no progress bar and no line per task")
     p.set_defaults(fn=run_arc, load_run=load_run)
 
 
@@ -266,8 +283,47 @@ def _eval_run(args, run_dir: Path, max_tasks: int, ttft, batch) -> int:
     return 0
 
 
+def _cmd_solve(args) -> int:
+    split = _split(args.split)[0]
+    if args.minutes_per_task is None:
+        raise PonderError("ponder arc solve needs --minutes-per-task M (the budget of each task)")
+    minutes = _number("--minutes-per-task", args.minutes_per_task, float, 0)
+    if not 0 < minutes <= 24 * 60:
+        raise PonderError(f"--minutes-per-task must be > 0 and at most a day, got {args.minutes_per_task}")
+    jobs = _number("--jobs", args.jobs, int, 1)
+    seed = _number("--seed", args.seed, int, 0)
+    if args.small and args.max_side is not None:
+        raise PonderError(f"--small means --max-side {SMALL_SIDE}; give one of them")
+    side = SMALL_SIDE if args.small else _max_side(args.max_side)
+    selection = _tasks(split, side)
+    if args.tasks is not None:
+        wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not wanted:
+            raise PonderError("--tasks names no task id")
+        ids = {t.id for t in selection}
+        unknown = [t for t in wanted if t not in ids]
+        if unknown:
+            raise PonderError(f"--tasks: {unknown[0]!r} is not one of the {_scope(split, side, len(selection))}")
+        selection = tuple(t for t in selection if t.id in set(wanted))
+    out = Path(args.out or f"arc-solve-{split}")
+    if out.exists() and not out.is_dir():
+        raise PonderError(f"--out {out} is a file; name a directory")
+    settings = settings_with(minutes * 60, seed=seed)
+    log = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
+    with silenced(args.quiet):
+        log(f"ARC mode (c) on {_scope(split, side, len(selection))} ({DATA_VERSION}): {minutes:g} min per task, "
+            f"{jobs} at a time, one thread each; writing {out}")
+        run, paths = run_solve(selection, settings, out, split=split, max_side=side, jobs=jobs,
+                               all_tasks=args.tasks is None, log=log)
+    print(format_score_table(score_rows(run)))
+    print(f"tasks solved by the model (all test inputs, pass@2): {_ids(run.report.solved_ids(2))}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    print(f"check: {solve_score_command(run, paths['submission'], args.tasks is None)}")
+    return 0
+
+
 def run_arc(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise PonderError(f"ponder arc {args.arc_command} takes no overrides, got {' '.join(extra)}")
     return {"score": _cmd_score, "baselines": _cmd_baselines, "leakage": _cmd_leakage,
-            "eval": _cmd_eval}[args.arc_command](args)
+            "eval": _cmd_eval, "solve": _cmd_solve}[args.arc_command](args)

