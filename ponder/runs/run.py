@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed, atomic_write_text
 from ponder.core.lock import DirectoryLock, command_line
 from ponder.core.progress import silenced
+from ponder.core.types import IGNORE
 from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.models.cell import CellReasoner
@@ -47,7 +49,7 @@ from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, p
 from ponder.training.compiling import settle
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
-from ponder.training.loop import Run, resolve_device, set_threads, train
+from ponder.training.loop import Run, resolve_device, set_flush_denormal, set_threads, train
 from ponder.training.objectives import build_objective
 from ponder.training.optim import ExponentialMovingAverage, build_optimizer
 from ponder.training.precision import autocast, check_precision, record_setup
@@ -71,7 +73,18 @@ def _build_cell(cfg: Config, task: TaskData) -> CellReasoner:
         raise PonderError(f"model.kind=cell reads only a sample's inputs; task {cfg.task.name!r} conditions on "
                           f"{what} (use model.kind=recursive)")
     head = build_halting(cfg.halt, cfg.model.d_model)
-    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head)
+    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
+                        answer_positions=supervised_positions(task))
+
+
+def supervised_positions(task: TaskData) -> list[int] | None:
+    """The positions whose label is not IGNORE in some sample of either split (parity: position 0
+    only); None when that is every position."""
+    used = np.zeros(task.seq_len, dtype=bool)
+    for split in (task.train, task.test):
+        if len(split):
+            used |= (np.asarray(split.labels) != IGNORE).any(0)
+    return None if used.all() else np.flatnonzero(used).tolist()
 
 
 # model kind -> build(cfg, task); the language models take their vocabulary and length from
@@ -183,6 +196,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     shard.local_size(tc.batch_size)  # the global batch must divide among the processes
     check_precision(tc.precision, device)  # an explicit bf16 the device cannot run: refused before any work
     set_threads(tc.threads)
+    set_flush_denormal(tc.flush_denormal)
     lock = _lock_run_dir(run_dir, shard)
     try:
         return _open_locked(cfg, run_dir, shard, device, lock, resume=resume, init_from=init_from,
@@ -365,6 +379,7 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
     load_weights(model, weights, source)
     model.to(device)
     set_threads(cfg.train.threads)
+    set_flush_denormal(cfg.train.flush_denormal)
     if wants_calibration(cfg):
         with autocast(device, cfg.train.precision):
             calibrate(model, task, cfg, device=device, held_out=wants_calibration(saved))
