@@ -47,6 +47,7 @@ from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, p
                                         read_training_state, read_weights, remove_stale_temporaries, resolve_checkpoint,
                                         run_dir_of, stopped_by_write)
 from ponder.training.compiling import settle
+from ponder.training.curriculum import CurriculumCallback
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
 from ponder.training.loop import Run, resolve_device, set_flush_denormal, set_threads, train
@@ -249,15 +250,19 @@ def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: boo
     tc = cfg.train
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
+    curriculum = task.curriculum
+    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment,
+                          limit=None if curriculum is None else curriculum.start)
     estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
     objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
                                 loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator, shard=shard)
     log = MetricsLog(run_dir, writes=shard.main)
     run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
               ema=ema, stream=stream, objective=objective,
-              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device,
-              shard=shard, lock=lock)
+              callbacks=Callbacks([*build_health_callbacks(cfg),
+                                   *([] if curriculum is None else [CurriculumCallback(curriculum)]),
+                                   *(callbacks or [])]),
+              log=log, device=device, shard=shard, lock=lock)
     if source is not None:
         report = partial_load(model, weights)
         if not report["loaded"]:

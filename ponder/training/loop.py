@@ -411,6 +411,7 @@ def _log_train(run: Run, done: int, seconds: float) -> dict:
               **counters, "skipped_steps": run.skipped_steps, "in_flight": obj.in_flight(),
               "samples_dropped": counters["samples_taken"] - counters["samples_completed"] - obj.in_flight(),
               "halted_mean_steps": float(np.mean(hs)) if hs else None,
+              **({} if getattr(run.stream, "limit", None) is None else {"curriculum_limit": run.stream.limit}),
               "time_sec_per_step": seconds / max(1, run.window.n)}
     run.log.write(record)
     run.window = Window()
