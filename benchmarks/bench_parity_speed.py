@@ -16,7 +16,8 @@ two runs of one thread each or one run of two threads make more steps per hour.
 
 Settings (environment): PONDER_BENCH_PARITY_SPEED_SECONDS (per variant, default 20),
 PONDER_BENCH_PARITY_SPEED_PRESET (default parity64-rnn).
-`--no-threads` skips the threads measurement; `--no-write` prints the figures only.
+`--no-threads` skips the threads measurement; `--no-write` prints the figures only;
+`--rewrite` writes the section again from the last figures (benchmarks/results/parity_speed.json).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import counted_flops, matmul_gflops, write_fragment  # noqa: E402
+from benchmarks.common import RESULTS, counted_flops, matmul_gflops, write_fragment  # noqa: E402
 
 SECONDS = float(os.environ.get("PONDER_BENCH_PARITY_SPEED_SECONDS", "20"))
 PRESET = os.environ.get("PONDER_BENCH_PARITY_SPEED_PRESET", "parity64-rnn")
@@ -250,10 +251,11 @@ def threads_measurement(seconds: float) -> dict:
     two = result(launch(2))
     pair = [launch(1), launch(1)]
     ones = [result(p) for p in pair]
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     per_hour = lambda r: r["steps"] / r["seconds"] * 3600  # noqa: E731
     return {"one_run_two_threads_steps_per_hour": round(per_hour(two)),
             "two_runs_one_thread_steps_per_hour": round(sum(per_hour(r) for r in ones)),
-            "two_runs_one_thread_each": [round(per_hour(r)) for r in ones]}
+            "two_runs_one_thread_each": [round(per_hour(r)) for r in ones], "load_average": load}
 
 
 def section(r: dict) -> str:
@@ -277,10 +279,17 @@ def section(r: dict) -> str:
         t = r["threads"]
         better = ("two runs of one thread" if t["two_runs_one_thread_steps_per_hour"] >
                   t["one_run_two_threads_steps_per_hour"] else "one run of two threads")
+        load = t.get("load_average")
         lines += ["", f"Both cores: one run of two threads made {t['one_run_two_threads_steps_per_hour']} steps per "
                   f"hour; two runs of one thread at the same time {t['two_runs_one_thread_steps_per_hour']} together "
-                  f"({' + '.join(map(str, t['two_runs_one_thread_each']))}). The better use is {better}; the seed "
-                  "benchmark (`bench_parity_cell.py`) runs its seeds that way."]
+                  f"({' + '.join(map(str, t['two_runs_one_thread_each']))}): here {better} made more"
+                  + (f" (load average {load} on the cores during the measurement: other jobs shared them)"
+                     if load is not None else "") + ". Every seed needs about the same steps, so runs to accuracy "
+                  "per hour follow these totals. The measurement depends on what else runs on the cores: an "
+                  "earlier one on the same machine under a load of 6-7 found two one-thread runs ten times ahead "
+                  "(172k against 16k steps per hour of a minimal loop). The seed benchmark (`bench_parity_cell.py`) "
+                  "runs two seeds at once with one thread each by default (PONDER_BENCH_PARITY_CELL_JOBS; one run "
+                  "of two threads: JOBS=1 and its runs' train.threads=2)."]
     return "\n".join(lines)
 
 
@@ -288,6 +297,12 @@ def main() -> None:
     if "--worker" in sys.argv:
         i = sys.argv.index("--worker")
         worker(int(sys.argv[i + 1]), float(sys.argv[i + 2]))
+        return
+    if "--rewrite" in sys.argv:
+        r = {k: v for k, v in json.loads((RESULTS / "parity_speed.json").read_text()).items()
+             if k not in ("measured", "machine")}
+        write_fragment("parity_speed", section(r), r)
+        print(section(r))
         return
     r = measure(SECONDS)
     if "--no-threads" not in sys.argv:
