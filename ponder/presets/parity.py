@@ -9,6 +9,7 @@ from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.parity.task import ParityConfig
 from ponder.training.evaluate import EvalConfig
+from ponder.training.optim import AdamWSettings
 
 
 def _parity(length: int, split: str, *, d_model: int, n_layers: int, max_steps: int, steps: int) -> Config:
@@ -67,7 +68,9 @@ def _parity_cell(length: int, split: str, halt: str, steps: int) -> Config:
     number of non-zeros (train on k <= 2 first, x1.25 whenever the logged training exact match
     reaches 95%), Adam at LR 3e-4 (1e-3 and 1e-4 were slower), a deep start (halting bias -3,
     lambda_p = 0.1: a prior mean of 10 steps) and beta = 0.1 (with 0.01 a seed collapsed to
-    halting at step 1 and stalled). Gradient clipping at 1. ACT's ponder cost tau = 0.01 (Graves:
+    halting at step 1 and stalled). Gradient clipping at 1; plain Adam (betas 0.9 / 0.999, no
+    weight decay) as in the loop where the recipe was found (ponder's default AdamW has beta2 0.95
+    and decay 0.1). ACT's ponder cost tau = 0.01 (Graves:
     tau <= 0.03 for parity; sweep it with --halt.act_tau). 200000 distinct training vectors stand
     in for the paper's fresh draws. Denormal floats are flushed (`train.flush_denormal`): the
     tiny RNN's gradient runs into them."""
@@ -80,6 +83,7 @@ def _parity_cell(length: int, split: str, halt: str, steps: int) -> Config:
         task=ParityConfig(length=length, split=split, n_train=200000, n_test=1000, seed=0, curriculum=True),
         model=CellConfig(cell="rnn", d_model=128, embed_dim=128, layer_norm=True),
         halt=halting,
+        optim=AdamWSettings(beta1=0.9, beta2=0.999, weight_decay=0.0),
         train=train,
         eval=EvalConfig(batch_size=1000, train_samples=1000, during_training_samples=1000),
     )
