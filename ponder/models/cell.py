@@ -165,7 +165,7 @@ class CellReasoner(nn.Module):
         one_hot.scatter_(1, inputs + self.offsets, 1.0)  # (b, n * v), n ones per row
         x, c = self.read(one_hot), self.cell
         bias = c.bias_ih if self.cfg.cell == "gru" else c.bias_ih + c.bias_hh
-        return StepContext(torch.addmm(bias.to(x.dtype), x, c.weight_ih.t().to(x.dtype)).unsqueeze(1))
+        return StepContext(torch.addmm(bias, x, c.weight_ih.t()).unsqueeze(1))  # autocast casts as it would the cell
 
     def cycle(self, y: Tensor, z: Tensor, ctx: StepContext, *, grad_calls: int | None = None
               ) -> tuple[Tensor, Tensor]:
@@ -173,16 +173,16 @@ class CellReasoner(nn.Module):
         z: the LSTM's cell state (zeros otherwise), each (b, 1, H); returns the new (y, z).
         `grad_calls` is accepted for the protocol: the one call is always differentiated."""
         xp, h, c = ctx.x[:, 0], y[:, 0], z[:, 0]  # (b, G * H), (b, H), (b, H)
-        w_hh = self.cell.weight_hh.t().to(xp.dtype)
+        w_hh = self.cell.weight_hh.t()
         if self.cfg.cell == "rnn":
-            h = torch.tanh(torch.addmm(xp, h.to(xp.dtype), w_hh))
+            h = torch.tanh(torch.addmm(xp, h, w_hh))
         elif self.cfg.cell == "lstm":
-            i, f, g, o = torch.addmm(xp, h.to(xp.dtype), w_hh).chunk(4, 1)
+            i, f, g, o = torch.addmm(xp, h, w_hh).chunk(4, 1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
         else:  # GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
             xr, xz, xn = xp.chunk(3, 1)
-            hr, hz, hn = torch.addmm(self.cell.bias_hh.to(xp.dtype), h.to(xp.dtype), w_hh).chunk(3, 1)
+            hr, hz, hn = torch.addmm(self.cell.bias_hh, h, w_hh).chunk(3, 1)
             r, u = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
             h = (1 - u) * torch.tanh(xn + r * hn) + u * h
         if self.norm is not None:
@@ -199,16 +199,26 @@ class CellReasoner(nn.Module):
         """(b, 1, H) hidden state -> (b, n, v) token logits (zeros outside `answer_positions`)."""
         if self.answer_positions is None:
             return self.readout(y[:, 0]).view(-1, self.seq_len, self.vocab_size)
+        some = self.position_logits(y)
+        return some.new_zeros(len(some), self.seq_len, self.vocab_size).index_copy(1, self._answer_cols, some)
+
+    def position_logits(self, y: Tensor) -> Tensor:
+        """(b, 1, H) hidden state -> (b, P, v) logits of the `answer_positions` only (all
+        positions when there are none)."""
+        if self.answer_positions is None:
+            return self.answer_logits(y)
         h = y[:, 0]
-        some = F.linear(h, self.readout.weight[self._answer_rows].to(h.dtype))  # (b, P * v)
+        some = F.linear(h, self.readout.weight[self._answer_rows])  # (b, P * v)
         for hook in self.readout._forward_hooks.values():  # what watches the readout sees these logits
             hook(self.readout, (h,), some)
-        some = some.view(len(h), len(self.answer_positions), self.vocab_size)
-        return some.new_zeros(len(h), self.seq_len, self.vocab_size).index_copy(1, self._answer_cols, some)
+        return some.view(len(h), len(self.answer_positions), self.vocab_size)
 
-    def output(self, y: Tensor) -> StepOutput:
+    def output(self, y: Tensor, *, positions_only: bool = False) -> StepOutput:
+        """The step's output; `positions_only`: logits (b, P, v) of the `answer_positions` alone
+        (the trajectory objective then scores them against those positions' labels)."""
         halt_logits, aux = self.halting.logits(y)  # (b,)
-        return StepOutput(logits=self.answer_logits(y), halt_logits=halt_logits, aux=aux)
+        logits = self.position_logits(y) if positions_only else self.answer_logits(y)
+        return StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
 
     def step(self, state: State, ctx: StepContext, *, detach: bool = True) -> tuple[State, StepOutput]:
         """One ACT step. The new state is detached unless `detach` is False (trajectory training

@@ -277,10 +277,6 @@ class Trajectory(_Counters):
         m, b = self.halt_cfg.max_steps, len(batch)
         cols = getattr(self.model, "_answer_cols", None)  # the only positions ever scored, or None
         labels = batch.labels if cols is None else batch.labels[:, cols]
-
-        def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
-            return per_sample_task_loss(logits if cols is None else logits[:, cols], labels, self.loss_kind)
-
         # a model whose gradient runs through its carried state (the recurrent cells) keeps the
         # trajectory's graph between steps, as PonderNet and ACT train
         detach = not self.model.through_steps
@@ -291,9 +287,15 @@ class Trajectory(_Counters):
                 y, z = self.model.recursion(state.y, state.z, ctx)
                 state = State(y.detach(), z.detach()) if detach else State(y, z)
                 ys.append(y)
-            every = self.model.output(torch.cat(ys, 0))  # (M * b, ...), step-major
+            # only the scored positions' logits, against their labels (`labels`), where the model
+            # has such positions
+            every = self.model.output(torch.cat(ys, 0), **({} if cols is None else {"positions_only": True}))
             outs = [StepOutput(logits=lg, halt_logits=hl, aux={k: v[i * b:(i + 1) * b] for k, v in every.aux.items()})
                     for i, (lg, hl) in enumerate(zip(every.logits.split(b), every.halt_logits.split(b)))]
+            out_labels = labels
+
+            def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+                return per_sample_task_loss(logits, labels, self.loss_kind)
 
             def step_losses() -> Tensor:  # (b, M): one cross-entropy call for the whole trajectory
                 return task_loss(every.logits, labels.repeat(m, 1)).view(m, b).t()
@@ -302,7 +304,11 @@ class Trajectory(_Counters):
             for _ in range(m):
                 state, out = self.model.step(state, ctx, detach=detach)
                 outs.append(out)
-        correct = _LazyCorrect(self.metric, outs, batch.labels)  # only heads that read it pay for it
+            out_labels = batch.labels  # the outputs hold every position's logits
+
+            def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+                return per_sample_task_loss(logits if cols is None else logits[:, cols], labels, self.loss_kind)
+        correct = _LazyCorrect(self.metric, outs, out_labels)  # only heads that read it pay for it
         first = torch.ones(b, dtype=torch.long, device=self.device)
         segment = Segment(outs, first, labels, task_loss, correct, train_step=train_step, step_losses=step_losses)
         loss, stats = self.head.loss(segment)
@@ -326,7 +332,7 @@ class Trajectory(_Counters):
                     stop = torch.where(new, t, stop)
                 self._stop = stop
                 if self.detailed:
-                    scores = self.metric.score(answer, batch.labels)
+                    scores = self.metric.score(answer, out_labels)
                     metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
                                **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
         return _with_aux(loss, ctx), metrics
