@@ -271,6 +271,8 @@ def section(r: dict) -> str:
              f"| ponder `{r['preset']}` | {r['ponder_ms']} | {r['ponder_mflop']} |",
              f"| minimal eager loop | {r['minimal_ms']} | {r['minimal_mflop']} |",
              f"| FLOP-based limit (minimal FLOPs / matmul rate) | {r['flop_limit_ms']} | |", "",
+             "The limit divides by the same-run 128^3 matmul rate (the larger of the two readings), which other jobs "
+             "on the cores depress as much as the steps; the two step times are the comparison that holds.", "",
              f"ponder / minimal loop: **{r['ratio']}x** (issue 28's goal: <= 0.6x; before this work 4.9-6.5x). "
              f"Denormal floats flushed in the run: {r['flush_denormal']} (`train.flush_denormal`). The minimal loop "
              f"with denormals kept: {r['minimal_denormals_kept_ms']} ms, flushed: "
@@ -280,7 +282,8 @@ def section(r: dict) -> str:
         better = ("two runs of one thread" if t["two_runs_one_thread_steps_per_hour"] >
                   t["one_run_two_threads_steps_per_hour"] else "one run of two threads")
         load = t.get("load_average")
-        lines += ["", f"Both cores: one run of two threads made {t['one_run_two_threads_steps_per_hour']} steps per "
+        when = f" (measured {r['threads_measured']})" if r.get("threads_measured") else ""
+        lines += ["", f"Both cores{when}: one run of two threads made {t['one_run_two_threads_steps_per_hour']} steps per "
                   f"hour; two runs of one thread at the same time {t['two_runs_one_thread_steps_per_hour']} together "
                   f"({' + '.join(map(str, t['two_runs_one_thread_each']))}): here {better} made more"
                   + (f" (load average {load} on the cores during the measurement: other jobs shared them)"
