@@ -41,6 +41,8 @@ def test_settings_are_checked_and_none_is_ignored():
         ParityConfig(length=8, n_train=100, n_test=10, curriculum_factor=2.0).validate()
     with pytest.raises(PonderError):
         ParityConfig(length=8, n_train=100, n_test=10, curriculum=True, curriculum_factor=1.0).validate()
+    with pytest.raises(PonderError, match="log_every"):  # nothing logged: it could never rise
+        _cfg("--train.log_every=0").validate()
     task = build_task(ParityConfig(length=8, n_train=100, n_test=10, split="extrapolation", curriculum=True))
     assert task.curriculum == Curriculum(start=2, top=4, factor=1.25, threshold=0.95)
     assert build_task(ParityConfig(length=8, n_train=100, n_test=10)).curriculum is None
@@ -91,3 +93,13 @@ def test_figures_of_logged_steps_only_and_stops_of_every_step(tmp_path):
     assert all("step_exact" in r and 1 <= r["halted_mean_steps"] <= 4 for r in train)
     assert train[-1]["samples_completed"] == 12 * 16
     assert np.isfinite([r["halt_logit_mean"] for r in train]).all()
+
+
+def test_deep_supervision_rises_on_logged_steps_only(tmp_path):
+    # Q-halt trains one ACT step at a time and reports its figures on every step; the curriculum
+    # still judges only the logged ones: one rise per log record at most
+    cfg = _cfg("--task.curriculum_threshold=0.01", "--halt.kind=q_halt", "--train.steps=6")
+    train_run(cfg, tmp_path / "q", final_eval=False)
+    limits = [2.0] + [r["curriculum_limit"] for r in records(tmp_path / "q") if r["kind"] == "train"]
+    rise = Curriculum(start=2, top=8, factor=1.25, threshold=0.01).raised
+    assert all(b in (a, rise(a)) for a, b in zip(limits, limits[1:])) and limits[-1] > 2

@@ -29,7 +29,7 @@ class SampleStream:
     def __init__(self, split: Split, *, seed: int, augment: Augment | None, limit: float | None = None):
         self.split, self.seed, self.augment = split, seed, augment
         self.epoch, self.pos, self.delivered = 0, 0, 0
-        self.limit = limit
+        self.limit = None if limit is None else float(limit)
         self._perm = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
