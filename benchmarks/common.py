@@ -21,9 +21,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity", "parity_cell", "throughput", "contention",
-         "precision_compile", "scale_out", "deltanet", "lm_compare", "arc_baselines", "arc_runs", "arc_solve",
-         "arc_cycles",
+ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity",
+         "parity_cell", "parity_speed", "throughput", "contention", "precision_compile", "scale_out", "deltanet",
+         "lm_compare", "arc_baselines", "arc_runs", "arc_solve", "arc_cycles",
          "health", "rescue", "estimators", "decisive"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 

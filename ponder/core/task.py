@@ -14,6 +14,7 @@ of a task:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
@@ -111,6 +112,8 @@ class TaskData:
             adaptive-halting answer, ponder.runs.report.sample_figures).
         num_puzzle_ids: puzzle identifiers in use (0: the task has none).
         context_len: context tokens per sample (0: the task has none).
+        curriculum: the order in which training samples are drawn by difficulty, or None (all
+            at once).
     """
 
     name: str
@@ -127,6 +130,32 @@ class TaskData:
     sample_figures: Optional[Callable[..., list[str]]] = None
     num_puzzle_ids: int = 0
     context_len: int = 0
+    curriculum: Optional[Curriculum] = None
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Train on the easy samples first: only samples of difficulty <= a limit are drawn, and the
+    limit rises when the logged training figure `figure` reaches `threshold`
+    (ponder.training.curriculum applies it; the limit is part of the sample stream's state).
+
+    Attributes:
+        start: the first limit.
+        top: the last limit (the hardest training samples).
+        factor: each rise multiplies the limit by this (and adds at least 1), up to `top`.
+        threshold: the training figure that earns a rise.
+        figure: the logged training figure judged (the deployed answer's exact match on the
+            logged step's batch).
+    """
+
+    start: float
+    top: float
+    factor: float
+    threshold: float
+    figure: str = "step_exact"
+
+    def raised(self, limit: float) -> float:
+        return float(min(self.top, max(limit + 1, math.ceil(limit * self.factor))))
 
 
 @dataclass(frozen=True)

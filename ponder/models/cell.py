@@ -8,12 +8,17 @@ training objectives, the health monitors and the gradient diagnostics use it unc
 
 - `prepare(batch) -> StepContext`: the input read once per batch, x = W onehot(inputs): a
   linear map of the whole one-hot input (one learned vector per position and token, summed), so
-  a vector of L entries is one cell input (b, 1, E), whatever L is;
-- `cycle(y, z, ctx)`: one cell application; y is the hidden state h, z the LSTM's cell state c
-  (zeros for the RNN and GRU cells, which have none); both (b, 1, H);
+  a vector of L entries is one cell input (b, 1, E), whatever L is; the cell's input projection
+  W_ih x + b (every gate's) is computed there too, once per trajectory, since x does not change
+  over the steps: the context holds it, (b, 1, G * H);
+- `cycle(y, z, ctx)`: one cell application on the projected input, the formulas of torch's cells
+  (nn.RNNCell with tanh, nn.GRUCell, nn.LSTMCell, whose parameters the model keeps); y is the
+  hidden state h, z the LSTM's cell state c (zeros for the RNN and GRU cells); both (b, 1, H);
 - `recursion`: `h_cycles` cell applications per ACT step (PonderNet: 1);
-- `output(y)`: token logits for every position from h (one linear map to (n, v)) and the
-  halting head's logits of h;
+- `output(y)`: token logits from h (one linear map to (n, v)) and the halting head's logits of h.
+  A task that supervises only some positions (parity: position 0) builds the model with
+  `answer_positions`: only those positions' logits are computed (the rest are 0, never scored:
+  their labels are IGNORE in every sample), which is most of the step's arithmetic otherwise;
 - `step(state, ctx)`: recursion then output.
 
 Gradient through the carried state: the papers differentiate the whole unrolled trajectory.
@@ -22,7 +27,9 @@ between ACT steps when `through_steps` is on (the default), so the loss of step 
 cell applications of steps 1..n (backpropagation through time). Deep supervision (Q-halt,
 Q-continue) carries the state across optimizer steps and always detaches it.
 
-The cell is torch's own (nn.RNNCell with tanh, nn.GRUCell, nn.LSTMCell). Options: LayerNorm on
+The cell's parameters are torch's own cells' (nn.RNNCell with tanh, nn.GRUCell, nn.LSTMCell),
+applied by the same formulas in `cycle` with the input projection hoisted into `prepare` (the
+sums differ from torch's cell only in their order). Options: LayerNorm on
 the new hidden state (`layer_norm`), orthogonal recurrent weights (`orthogonal_init`, per gate
 block). The cell reads only the inputs: a task whose samples carry a puzzle identifier or
 context tokens for conditioning is refused when the model is built (ponder.runs.run).
@@ -33,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponder.core.settings import check, setting
@@ -86,12 +94,25 @@ class CellReasoner(nn.Module):
         vocab_size: number of token ids v.
         seq_len: number of positions n of every sample.
         halting: a `HaltingHead` of width cfg.d_model; it becomes a submodule.
+        answer_positions: the positions whose logits are ever scored (the task's labels are IGNORE
+            everywhere else); None: all. The others' logits are returned as zeros.
     """
 
-    def __init__(self, cfg: CellConfig, *, vocab_size: int, seq_len: int, halting: nn.Module):
+    def __init__(self, cfg: CellConfig, *, vocab_size: int, seq_len: int, halting: nn.Module,
+                 answer_positions: list[int] | None = None):
         super().__init__()
         cfg.validate()
         self.cfg, self.vocab_size, self.seq_len = cfg, vocab_size, seq_len
+        if answer_positions is not None and sorted(set(answer_positions)) == list(range(seq_len)):
+            answer_positions = None
+        if answer_positions is not None:
+            if not answer_positions or not all(0 <= p < seq_len for p in answer_positions):
+                raise ValueError(f"answer_positions must be positions 0..{seq_len - 1}, got {answer_positions}")
+            answer_positions = sorted(set(answer_positions))
+            rows = torch.tensor([p * vocab_size + t for p in answer_positions for t in range(vocab_size)])
+            self.register_buffer("_answer_rows", rows, persistent=False)  # readout rows of those positions
+            self.register_buffer("_answer_cols", torch.tensor(answer_positions), persistent=False)
+        self.answer_positions = answer_positions
         h, e = cfg.d_model, cfg.embed_dim
         self.read = nn.Linear(seq_len * vocab_size, e, bias=False)  # a column per (position, token)
         self.register_buffer("offsets", torch.arange(seq_len) * vocab_size, persistent=False)
@@ -109,6 +130,10 @@ class CellReasoner(nn.Module):
                     nn.init.orthogonal_(block)
                 self.cell.bias_hh.zero_()
                 self.cell.bias_ih.zero_()
+
+    # the trajectory objective may read every step's output from one call on the stacked states
+    # (`output` acts on each hidden state alone): one readout and one halting map per trajectory
+    outputs_at_once = True
 
     @property
     def through_steps(self) -> bool:
@@ -130,24 +155,36 @@ class CellReasoner(nn.Module):
     # ----------------------------------------------------------------------------- the parts
 
     def prepare(self, batch: Batch) -> StepContext:
-        """The cell's input x (b, 1, E): the linear map of the one-hot input (b, n * v)."""
+        """The cell's projected input (b, 1, G * H): W_ih x + b_ih (+ b_hh for the RNN and LSTM,
+        whose recurrent bias adds to the same sum; the GRU keeps b_hh inside its reset gate), with
+        x = the linear map of the one-hot input (b, n * v). Once per trajectory: x is constant."""
         inputs = batch.inputs
         if inputs.shape[1] != self.seq_len:
             raise ValueError(f"inputs have {inputs.shape[1]} positions, model built for {self.seq_len}")
         one_hot = self.read.weight.new_zeros(len(inputs), self.seq_len * self.vocab_size)
         one_hot.scatter_(1, inputs + self.offsets, 1.0)  # (b, n * v), n ones per row
-        return StepContext(self.read(one_hot).unsqueeze(1))
+        x, c = self.read(one_hot), self.cell
+        bias = c.bias_ih if self.cfg.cell == "gru" else c.bias_ih + c.bias_hh
+        return StepContext(torch.addmm(bias, x, c.weight_ih.t()).unsqueeze(1))  # autocast casts as it would the cell
 
     def cycle(self, y: Tensor, z: Tensor, ctx: StepContext, *, grad_calls: int | None = None
               ) -> tuple[Tensor, Tensor]:
-        """One cell application. y: hidden state h, z: the LSTM's cell state (zeros otherwise),
-        each (b, 1, H); returns the new (y, z). `grad_calls` is accepted for the protocol: the one
-        call is always differentiated."""
-        x, h = ctx.x[:, 0], y[:, 0]  # (b, E), (b, H)
-        if self.cfg.cell == "lstm":
-            h, c = self.cell(x, (h, z[:, 0]))  # (b, H) each
-        else:
-            h, c = self.cell(x, h), z[:, 0]
+        """One cell application on the projected input (torch's cell formulas). y: hidden state h,
+        z: the LSTM's cell state (zeros otherwise), each (b, 1, H); returns the new (y, z).
+        `grad_calls` is accepted for the protocol: the one call is always differentiated."""
+        xp, h, c = ctx.x[:, 0], y[:, 0], z[:, 0]  # (b, G * H), (b, H), (b, H)
+        w_hh = self.cell.weight_hh.t()
+        if self.cfg.cell == "rnn":
+            h = torch.tanh(torch.addmm(xp, h, w_hh))
+        elif self.cfg.cell == "lstm":
+            i, f, g, o = torch.addmm(xp, h, w_hh).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:  # GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            xr, xz, xn = xp.chunk(3, 1)
+            hr, hz, hn = torch.addmm(self.cell.bias_hh, h, w_hh).chunk(3, 1)
+            r, u = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - u) * torch.tanh(xn + r * hn) + u * h
         if self.norm is not None:
             h = self.norm(h)
         return h.unsqueeze(1), c.unsqueeze(1)
@@ -159,12 +196,29 @@ class CellReasoner(nn.Module):
         return y, z
 
     def answer_logits(self, y: Tensor) -> Tensor:
-        """(b, 1, H) hidden state -> (b, n, v) token logits."""
-        return self.readout(y[:, 0]).view(-1, self.seq_len, self.vocab_size)
+        """(b, 1, H) hidden state -> (b, n, v) token logits (zeros outside `answer_positions`)."""
+        if self.answer_positions is None:
+            return self.readout(y[:, 0]).view(-1, self.seq_len, self.vocab_size)
+        some = self.position_logits(y)
+        return some.new_zeros(len(some), self.seq_len, self.vocab_size).index_copy(1, self._answer_cols, some)
 
-    def output(self, y: Tensor) -> StepOutput:
+    def position_logits(self, y: Tensor) -> Tensor:
+        """(b, 1, H) hidden state -> (b, P, v) logits of the `answer_positions` only (all
+        positions when there are none)."""
+        if self.answer_positions is None:
+            return self.answer_logits(y)
+        h = y[:, 0]
+        some = F.linear(h, self.readout.weight[self._answer_rows])  # (b, P * v)
+        for hook in self.readout._forward_hooks.values():  # what watches the readout sees these logits
+            hook(self.readout, (h,), some)
+        return some.view(len(h), len(self.answer_positions), self.vocab_size)
+
+    def output(self, y: Tensor, *, positions_only: bool = False) -> StepOutput:
+        """The step's output; `positions_only`: logits (b, P, v) of the `answer_positions` alone
+        (the trajectory objective then scores them against those positions' labels)."""
         halt_logits, aux = self.halting.logits(y)  # (b,)
-        return StepOutput(logits=self.answer_logits(y), halt_logits=halt_logits, aux=aux)
+        logits = self.position_logits(y) if positions_only else self.answer_logits(y)
+        return StepOutput(logits=logits, halt_logits=halt_logits, aux=aux)
 
     def step(self, state: State, ctx: StepContext, *, detach: bool = True) -> tuple[State, StepOutput]:
         """One ACT step. The new state is detached unless `detach` is False (trajectory training

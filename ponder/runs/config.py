@@ -105,6 +105,8 @@ class Config:
         self.eval.validate()
         self.health.validate()
         self.halting_health.validate()
+        if getattr(self.task, "curriculum", False) and not self.train.log_every:
+            raise PonderError("task.curriculum rises on the logged training figures, but train.log_every=0 logs none")
         if not isinstance(self.estimator, TRMRule) and HALTING.get(self.halt.kind).trains_on != "step":
             raise PonderError(f"estimator.kind={self.estimator.name} needs a halting head trained one step at a time "
                               f"(q_halt, q_continue); halt.kind={self.halt.kind} trains on whole trajectories")

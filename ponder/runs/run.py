@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed, atomic_write_text
 from ponder.core.lock import DirectoryLock, command_line
 from ponder.core.progress import silenced
+from ponder.core.types import IGNORE
 from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.models.cell import CellReasoner
@@ -45,9 +47,10 @@ from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, p
                                         read_training_state, read_weights, remove_stale_temporaries, resolve_checkpoint,
                                         run_dir_of, stopped_by_write)
 from ponder.training.compiling import settle
+from ponder.training.curriculum import CurriculumCallback
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
-from ponder.training.loop import Run, resolve_device, set_threads, train
+from ponder.training.loop import Run, resolve_device, set_flush_denormal, set_threads, train
 from ponder.training.objectives import build_objective
 from ponder.training.optim import ExponentialMovingAverage, build_optimizer
 from ponder.training.precision import autocast, check_precision, record_setup
@@ -71,7 +74,18 @@ def _build_cell(cfg: Config, task: TaskData) -> CellReasoner:
         raise PonderError(f"model.kind=cell reads only a sample's inputs; task {cfg.task.name!r} conditions on "
                           f"{what} (use model.kind=recursive)")
     head = build_halting(cfg.halt, cfg.model.d_model)
-    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head)
+    return CellReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
+                        answer_positions=supervised_positions(task))
+
+
+def supervised_positions(task: TaskData) -> list[int] | None:
+    """The positions whose label is not IGNORE in some sample of either split (parity: position 0
+    only); None when that is every position."""
+    used = np.zeros(task.seq_len, dtype=bool)
+    for split in (task.train, task.test):
+        if len(split):
+            used |= (np.asarray(split.labels) != IGNORE).any(0)
+    return None if used.all() else np.flatnonzero(used).tolist()
 
 
 # model kind -> build(cfg, task); the language models take their vocabulary and length from
@@ -183,6 +197,7 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pat
     shard.local_size(tc.batch_size)  # the global batch must divide among the processes
     check_precision(tc.precision, device)  # an explicit bf16 the device cannot run: refused before any work
     set_threads(tc.threads)
+    set_flush_denormal(tc.flush_denormal)
     lock = _lock_run_dir(run_dir, shard)
     try:
         return _open_locked(cfg, run_dir, shard, device, lock, resume=resume, init_from=init_from,
@@ -235,15 +250,19 @@ def _open_locked(cfg: Config, run_dir: Path, shard, device, lock, *, resume: boo
     tc = cfg.train
     optimizer = build_optimizer(model, cfg.optim, lr=tc.lr, halting_lr_scale=cfg.halt.lr_scale)
     ema = ExponentialMovingAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment)
+    curriculum = task.curriculum
+    stream = SampleStream(training_split(task.train, cfg), seed=tc.seed, augment=task.augment,
+                          limit=None if curriculum is None else curriculum.start)
     estimator = None if isinstance(cfg.estimator, TRMRule) else cfg.estimator
     objective = build_objective(model, stream, task.metric, batch_size=tc.batch_size, halt_cfg=cfg.halt,
                                 loss_kind=tc.loss, device=device, seed=tc.seed, estimator=estimator, shard=shard)
     log = MetricsLog(run_dir, writes=shard.main)
     run = Run(cfg=cfg, config_dict=to_dict(cfg), run_dir=run_dir, task=task, model=model, optimizer=optimizer,
               ema=ema, stream=stream, objective=objective,
-              callbacks=Callbacks([*build_health_callbacks(cfg), *(callbacks or [])]), log=log, device=device,
-              shard=shard, lock=lock)
+              callbacks=Callbacks([*build_health_callbacks(cfg),
+                                   *([] if curriculum is None else [CurriculumCallback(curriculum)]),
+                                   *(callbacks or [])]),
+              log=log, device=device, shard=shard, lock=lock)
     if source is not None:
         report = partial_load(model, weights)
         if not report["loaded"]:
@@ -365,6 +384,7 @@ def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | No
     load_weights(model, weights, source)
     model.to(device)
     set_threads(cfg.train.threads)
+    set_flush_denormal(cfg.train.flush_denormal)
     if wants_calibration(cfg):
         with autocast(device, cfg.train.precision):
             calibrate(model, task, cfg, device=device, held_out=wants_calibration(saved))

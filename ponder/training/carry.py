@@ -21,16 +21,31 @@ class SampleStream:
     """Endless, seeded, resumable stream of training samples.
 
     Each epoch is a fresh permutation (seeded by (seed, epoch)); augmentation of the k-th
-    delivered sample is seeded by (seed, k), so the stream's whole state is three integers.
+    delivered sample is seeded by (seed, k), so the stream's whole state is three integers, and
+    the difficulty limit of a curriculum (`set_limit`: only samples of difficulty <= limit are
+    drawn; a new limit starts a new epoch over the samples it admits).
     """
 
-    def __init__(self, split: Split, *, seed: int, augment: Augment | None):
+    def __init__(self, split: Split, *, seed: int, augment: Augment | None, limit: float | None = None):
         self.split, self.seed, self.augment = split, seed, augment
         self.epoch, self.pos, self.delivered = 0, 0, 0
+        self.limit = None if limit is None else float(limit)
         self._perm = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.limit is None:
+            return rng.permutation(len(self.split))
+        admitted = np.flatnonzero(np.asarray(self.split.difficulty) <= self.limit)
+        if len(admitted) == 0:
+            raise ValueError(f"no training sample has difficulty <= {self.limit:g}")
+        return admitted[rng.permutation(len(admitted))]
+
+    def set_limit(self, limit: float) -> None:
+        """Draw only samples of difficulty <= `limit` from now on (from a fresh epoch)."""
+        self.limit = float(limit)
+        self.epoch, self.pos = self.epoch + 1, 0
+        self._perm = self._permutation(self.epoch)
 
     def take(self, k: int) -> Batch:
         """The next k samples (crossing epoch boundaries as needed)."""
@@ -49,10 +64,12 @@ class SampleStream:
         return batch_of(sub)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "delivered": self.delivered}
+        out = {"epoch": self.epoch, "pos": self.pos, "delivered": self.delivered}
+        return out if self.limit is None else {**out, "limit": self.limit}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos, self.delivered = state["epoch"], state["pos"], state["delivered"]
+        self.limit = state.get("limit", self.limit)
         self._perm = self._permutation(self.epoch)
 
 

@@ -73,6 +73,11 @@ class TrainConfig:
         compile: torch.compile of the recursion's networks: True, False or "auto" (on only where
             a recorded measurement says it pays over the run's length; ponder.training.compiling),
             resolved when the run opens like `precision`.
+        flush_denormal: on the CPU, compute with denormal floats flushed to zero (the process's
+            setting, applied when the run opens; off keeps torch's default). The gradient of a
+            small recurrent net decays into denormal numbers, which the CPU handles many times
+            slower (BENCHMARKS.md, parity step speed); flushing them changes values only below
+            about 1e-38.
     """
 
     seed: int = setting(0, ge=0)
@@ -97,6 +102,7 @@ class TrainConfig:
     tensorboard: str = setting("auto", choices=("auto", "on", "off"))
     precision: str = setting("auto", choices=PRECISIONS)
     compile: bool | Literal["auto"] = "auto"
+    flush_denormal: bool = False
 
     def inactive(self) -> dict[str, str]:
         out = {}
@@ -104,6 +110,8 @@ class TrainConfig:
             out["min_lr_ratio"] = "train.schedule=constant does not decay"
         if self.eval_every == 0:
             out["target"] = "train.eval_every=0: nothing is evaluated during training"
+        if self.flush_denormal and self.device not in ("cpu", "auto"):
+            out["flush_denormal"] = f"train.device={self.device}: it sets the CPU's arithmetic only"
         return out
 
     def validate(self) -> None:
@@ -148,6 +156,12 @@ def set_threads(threads: int) -> int:
     return n
 
 
+def set_flush_denormal(on: bool) -> None:
+    """Apply `train.flush_denormal` to this process's CPU arithmetic (both ways, so a run opened
+    after another in one process computes as it would alone)."""
+    torch.set_flush_denormal(on)
+
+
 def device_rng_state(device: torch.device) -> torch.Tensor | None:
     """The RNG state of an accelerator `device` (None on the CPU, whose generator is torch's global one)."""
     if device.type == "cuda":
@@ -169,25 +183,30 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> No
 
 
 class Window:
-    """Running sums of per-step metrics between two log records."""
+    """Running sums of per-step metrics between two log records; each figure is averaged over
+    the steps that reported it (some are computed only on the logged step: the objective's
+    `detailed` figures)."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.n = 0
 
     def add(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.n += 1
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.n) for k, v in self.sums.items()}
+        return {k: v / max(1, self.counts.get(k, self.n)) for k, v in self.sums.items()}
 
     def state_dict(self) -> dict:
-        return {"sums": dict(self.sums), "n": self.n}
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "n": self.n}
 
     def load_state_dict(self, s: dict) -> None:
         self.sums, self.n = dict(s["sums"]), s["n"]
+        self.counts = dict(s.get("counts") or {k: self.n for k in self.sums})  # before: every figure every step
 
 
 @dataclass
@@ -467,11 +486,17 @@ def _log_train(run: Run, done: int, seconds: float) -> dict:
               **counters, "skipped_steps": run.skipped_steps, "in_flight": obj.in_flight(),
               "samples_dropped": counters["samples_taken"] - counters["samples_completed"] - obj.in_flight(),
               "halted_mean_steps": float(np.mean(hs)) if hs else None,
+              **({} if getattr(run.stream, "limit", None) is None else {"curriculum_limit": run.stream.limit}),
               "time_sec_per_step": seconds / max(1, run.window.n)}
     run.log.write(record)
     run.window = Window()
     obj.halt_steps = []
     return record
+
+
+def logged_step(tc: TrainConfig, done: int) -> bool:
+    """Is the step that makes `done` steps written to the training log?"""
+    return bool(tc.log_every) and (done % tc.log_every == 0 or done == tc.steps)
 
 
 def train_step(run: Run) -> dict:
@@ -480,6 +505,8 @@ def train_step(run: Run) -> dict:
     callbacks saw them (step, loss, skipped, pre-clip grad_norm and the objective's figures)."""
     step = run.step
     _set_lr(run, step)
+    if hasattr(run.objective, "detailed"):  # the figures that only logged steps need
+        run.objective.detailed = logged_step(run.cfg.train, step + 1)
     run.callbacks.call("on_step_start", run, step)
     with autocast(run.device, run.cfg.train.precision):  # one region: each weight is cast once per step
         loss, metrics = run.objective.forward(step)
@@ -517,7 +544,7 @@ def _train(run: Run) -> str:
             train_step(run)
             done = run.step
             bar.update(1)
-            if tc.log_every and (done % tc.log_every == 0 or done == tc.steps):
+            if logged_step(tc, done):
                 record = _log_train(run, done, time.perf_counter() - t_window)
                 t_window = time.perf_counter()
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",

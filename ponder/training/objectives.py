@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ponder.core.errors import PonderError
 from ponder.core.metrics import Metric
-from ponder.core.types import IGNORE
+from ponder.core.types import IGNORE, State, StepOutput
 from ponder.models.halting import Segment
 from ponder.training.carry import Carry, SampleStream
 from ponder.training.distributed import SINGLE, Shard
@@ -221,6 +221,38 @@ class DeepSupervision(_Counters):
         return int((~needs).sum())
 
 
+class _LazyCorrect:
+    """Per step of a trajectory, is that step's answer exactly right: a (b,) bool per output,
+    computed on first reading (Q-learning heads read it; PonderNet and ACT do not)."""
+
+    def __init__(self, metric: Metric, outs: list, labels: Tensor):
+        self._args, self._items = (metric, outs, labels), None
+
+    def _all(self) -> list[Tensor]:
+        if self._items is None:
+            metric, outs, labels = self._args
+            with torch.no_grad():
+                self._items = [metric.correct(metric.score(o.logits, labels)) for o in outs]
+        return self._items
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._args[1])
+
+
+def _fast_stops(head, halt_logits: Tensor) -> Tensor | None:
+    """(b,) step at which the head's deployed rule stops each sample of a trajectory with (b, M)
+    raw halt logits, computed at once (`head.stopping_steps`), or None where the head has no such
+    shortcut (then the rule is replayed step by step: e.g. a rule that draws at random)."""
+    fn = getattr(head, "stopping_steps", None)
+    return None if fn is None else fn(halt_logits)
+
+
 class Trajectory(_Counters):
     """Whole trajectories: a fresh batch runs all M steps; the head's loss of the trajectory trains it."""
 
@@ -231,47 +263,79 @@ class Trajectory(_Counters):
         self.halt_cfg, self.loss_kind, self.device, self.batch_size = halt_cfg, loss_kind, device, batch_size
         self.rows = shard.rows(batch_size)  # this rank's part of each global batch
         self.context = None
+        self.detailed = True  # score the deployed answer this step (the loop sets it: on logged steps)
 
     def forward(self, train_step: int) -> tuple[Tensor, dict[str, float]]:
+        """The trajectory's loss. The context is prepared once per trajectory (the recurrent
+        cells read their constant input projection from it at every step); the deployed rule's
+        stopping step of each sample is computed every step (vectorised where the head allows:
+        the counters need it), its answer's score and the spread of the halt logits only on the
+        steps whose figures are logged (`detailed`, set by the loop; no host read in between)."""
         batch = self._take_share()
         state = self.model.init_state(len(batch), self.device)
-        outs, aux = [], None
-        for _ in range(self.halt_cfg.max_steps):
-            # each step prepares its own context, so the embedding's gradient is summed in the
-            # order it was before the step was composed, and trajectory runs (parity) reproduce
-            # bit for bit; preparing once per trajectory changed a 2500-step parity run's result
-            ctx = self.context = self.model.prepare(batch)
-            if ctx.aux_loss is not None:
-                aux = ctx.aux_loss if aux is None else aux + ctx.aux_loss
-            # a model whose gradient runs through its carried state (the recurrent cells) keeps
-            # the trajectory's graph between steps, as PonderNet and ACT train
-            state, out = self.model.step(state, ctx, detach=not self.model.through_steps)
-            outs.append(out)
-        with torch.no_grad():
-            correct = [self.metric.correct(self.metric.score(o.logits, batch.labels)) for o in outs]
-        first = torch.ones(len(batch), dtype=torch.long, device=self.device)
-        segment = Segment(outs, first, batch.labels,
-                          lambda logits, labels: per_sample_task_loss(logits, labels, self.loss_kind), correct,
-                          train_step=train_step)
+        ctx = self.context = self.model.prepare(batch)
+        m, b = self.halt_cfg.max_steps, len(batch)
+        cols = getattr(self.model, "_answer_cols", None)  # the only positions ever scored, or None
+        labels = batch.labels if cols is None else batch.labels[:, cols]
+        # a model whose gradient runs through its carried state (the recurrent cells) keeps the
+        # trajectory's graph between steps, as PonderNet and ACT train
+        detach = not self.model.through_steps
+        step_losses = None
+        if getattr(self.model, "outputs_at_once", False):  # the recursion, then every output in one call
+            ys = []
+            for _ in range(m):
+                y, z = self.model.recursion(state.y, state.z, ctx)
+                state = State(y.detach(), z.detach()) if detach else State(y, z)
+                ys.append(y)
+            # only the scored positions' logits, against their labels (`labels`), where the model
+            # has such positions
+            every = self.model.output(torch.cat(ys, 0), **({} if cols is None else {"positions_only": True}))
+            outs = [StepOutput(logits=lg, halt_logits=hl, aux={k: v[i * b:(i + 1) * b] for k, v in every.aux.items()})
+                    for i, (lg, hl) in enumerate(zip(every.logits.split(b), every.halt_logits.split(b)))]
+            out_labels = labels
+
+            def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+                return per_sample_task_loss(logits, labels, self.loss_kind)
+
+            def step_losses() -> Tensor:  # (b, M): one cross-entropy call for the whole trajectory
+                return task_loss(every.logits, labels.repeat(m, 1)).view(m, b).t()
+        else:
+            outs = []
+            for _ in range(m):
+                state, out = self.model.step(state, ctx, detach=detach)
+                outs.append(out)
+            out_labels = batch.labels  # the outputs hold every position's logits
+
+            def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+                return per_sample_task_loss(logits if cols is None else logits[:, cols], labels, self.loss_kind)
+        correct = _LazyCorrect(self.metric, outs, out_labels)  # only heads that read it pay for it
+        first = torch.ones(b, dtype=torch.long, device=self.device)
+        segment = Segment(outs, first, labels, task_loss, correct, train_step=train_step, step_losses=step_losses)
         loss, stats = self.head.loss(segment)
-        with torch.no_grad():  # the deployed rule on this trajectory: where would each sample stop?
-            memo = self.head.start(len(batch), self.device)
-            stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
-            answer = None  # in the head's answer dtype (ACT's running answer is float32 under bf16)
-            for t, out in enumerate(outs, start=1):
-                halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
-                new = halt & (stop == 0)
-                given = self.head.answer(out, memo)  # (b, n, v)
-                answer = torch.zeros_like(given) if answer is None else answer
-                # where, not a boolean-mask write: that would read the mask back to the host
-                answer = torch.where(new.view(-1, 1, 1), given, answer)
-                stop = torch.where(new, t, stop)
-            scores = self.metric.score(answer, batch.labels)
-        self._stop = stop
-        halt_logits = torch.stack([o.halt_logits for o in outs], 1)  # (b, M)
-        metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
-                   **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
-        return loss if aux is None else loss + aux / len(outs), metrics
+        metrics = dict(stats)
+        with torch.no_grad():
+            halt_logits = torch.stack([o.halt_logits for o in outs], 1).detach()  # (b, M)
+            fast = None if self.detailed else _fast_stops(self.head, halt_logits)
+            if fast is not None:  # where the deployed rule stops each sample, without its answers
+                self._stop = fast
+            else:  # the deployed rule replayed on this trajectory: where each sample stops, and its answer
+                memo = self.head.start(len(batch), self.device)
+                stop = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+                answer = None  # in the head's answer dtype (ACT's running answer is float32 under bf16)
+                for t, out in enumerate(outs, start=1):
+                    halt, memo = self.head.decide(out, torch.full_like(stop, t), memo)
+                    new = halt & (stop == 0)
+                    given = self.head.answer(out, memo)  # (b, n, v)
+                    answer = torch.zeros_like(given) if answer is None else answer
+                    # where, not a boolean-mask write: that would read the mask back to the host
+                    answer = torch.where(new.view(-1, 1, 1), given, answer)
+                    stop = torch.where(new, t, stop)
+                self._stop = stop
+                if self.detailed:
+                    scores = self.metric.score(answer, out_labels)
+                    metrics = {**{f"step_{k}": v for k, v in self.metric.summarize_batch(scores).items()},
+                               **_halt_spread(halt_logits.mean(1)), **stats}  # the head's own figures win
+        return _with_aux(loss, ctx), metrics
 
     def pending(self) -> dict[str, Tensor]:
         return {"_stop": self._stop}  # where the deployed rule stops each sample

@@ -108,6 +108,10 @@ class ACTHead(ProbeHead):
         """(b, M) raw halt logits -> (b,) step N each sample halts at (what `decide` returns)."""
         return self._trajectory(halt_logits, steps)["N"]
 
+    def stopping_steps(self, halt_logits: Tensor) -> Tensor:
+        """(b, M) raw halt logits of steps 1..M -> (b,) step at which `decide` stops each sample."""
+        return self.halting_steps(halt_logits)
+
     # -- training -------------------------------------------------------------------------------
     def loss(self, segment: Segment) -> tuple[Tensor, dict[str, float]]:
         """task_loss(mean-field logits) + act_tau * (N + R) (+ L1 penalty) over the trajectory in

@@ -129,6 +129,8 @@ class Segment:
         train_step: the optimizer step (for the penalty warm-up).
         next_out: the output of the step after the last one, without gradient (HRM's bootstrapped
             Q-continue target), or None when the head does not ask for it.
+        step_losses: () -> (b, len(outs)) every output's `task_loss` in one call, where the
+            objective can compute them at once (the same values); None: call `task_loss` per output.
     """
 
     outs: list[StepOutput]
@@ -138,6 +140,7 @@ class Segment:
     correct: list[Tensor]
     train_step: int = 0
     next_out: Optional[StepOutput] = None
+    step_losses: Optional[Callable[[], Tensor]] = None
 
 
 class HaltingHead(Protocol):

@@ -92,21 +92,21 @@ class PonderNetHead(ThresholdRule, ProbeHead):
 
     def _log_distribution(self, halt_logits: Tensor, steps: Tensor | None = None) -> dict[str, Tensor]:
         """(b, M) raw halt logits -> log p (b, M) (finite everywhere), support (b, M) bool
-        (where p may be non-zero), shaped logits (b, M). Truncation: lambda at column M is 1."""
+        (where p may be non-zero), shaped logits (b, M). Truncation: lambda at column M is 1.
+        All columns at once: the mass not yet halted is a cumulative sum of log(1 - lambda)."""
         b, m = halt_logits.shape
         steps = step_grid(halt_logits, steps)
-        log_p, support, shaped = [], [], []
-        log_remaining = halt_logits.new_zeros(b)
-        for i in range(m):
-            x, allowed, log_halt, log_go_on = self._log_lambdas(halt_logits[:, i].contiguous(),
-                                                                steps[:, i].contiguous())
-            if i == m - 1:  # lambda_M := 1: the rest of the mass halts here
-                log_halt, allowed = torch.zeros_like(log_halt), torch.ones_like(allowed)
-            log_p.append(log_remaining + log_halt)
-            support.append(allowed)
-            shaped.append(x)
-            log_remaining = log_remaining + log_go_on
-        return {"log_p": torch.stack(log_p, 1), "support": torch.stack(support, 1), "shaped": torch.stack(shaped, 1)}
+        shaped = self.probe.shape(halt_logits, steps)
+        allowed = steps >= self.cfg.min_steps
+        zeros = torch.zeros_like(shaped)
+        log_halt = torch.where(allowed, F.logsigmoid(shaped), zeros)
+        log_go_on = torch.where(allowed, F.logsigmoid(-shaped), zeros)
+        # lambda_M := 1: the rest of the mass halts at the last column
+        last = torch.arange(m, device=halt_logits.device) == m - 1
+        log_halt = torch.where(last, zeros, log_halt)
+        support = allowed | last
+        log_remaining = torch.cat([zeros[:, :1], log_go_on[:, :-1].cumsum(1)], 1)  # before each column
+        return {"log_p": log_remaining + log_halt, "support": support, "shaped": shaped}
 
     def halting_distribution(self, halt_logits: Tensor, steps: Tensor | None = None) -> Tensor:
         """(b, M) raw halt logits -> (b, M) halting distribution p (sums to one over the M steps).
@@ -130,6 +130,23 @@ class PonderNetHead(ThresholdRule, ProbeHead):
             halted |= halt
         return stop
 
+    def stopping_steps(self, halt_logits: Tensor) -> Tensor | None:
+        """(b, M) raw halt logits of steps 1..M -> (b,) step at which `decide` stops each sample,
+        all columns at once (a cumulative sum instead of the step-by-step memo); None under
+        eval_rule "sample", whose draws must be made step by step."""
+        if self.cfg.eval_rule != "threshold":
+            return None
+        b, m = halt_logits.shape
+        steps = step_grid(halt_logits, None)
+        shaped = self.probe.shape(halt_logits, steps)
+        allowed = steps >= self.cfg.min_steps
+        log_remaining = torch.where(allowed, F.logsigmoid(-shaped), torch.zeros_like(shaped)).cumsum(1)
+        t = self.threshold_in_use()
+        bound = math.log1p(-t) if t < 1 else -math.inf
+        halt = (allowed & (log_remaining <= bound)) | (steps >= self.cfg.max_steps)
+        halt[:, -1] = True
+        return steps.gather(1, halt.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)
+
     def log_prior(self, m: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """(M,) log of Geometric(prior_lambda) truncated at M and renormalised."""
         lp = self.cfg.prior_lambda
@@ -147,7 +164,8 @@ class PonderNetHead(ThresholdRule, ProbeHead):
         d = self._log_distribution(halt_logits, steps)
         support, log_p = d["support"], d["log_p"]
         p = torch.where(support, log_p.exp(), torch.zeros_like(log_p))
-        losses = torch.stack([segment.task_loss(o.logits, labels) for o in outs], 1).to(p.dtype)  # (b, M)
+        losses = (segment.step_losses() if segment.step_losses is not None else
+                  torch.stack([segment.task_loss(o.logits, labels) for o in outs], 1)).to(p.dtype)  # (b, M)
         reconstruction = (p * losses).sum(1).mean()
         log_prior = self.log_prior(len(outs), halt_logits.device, p.dtype)
         # 0 * log 0 = 0: off-support log p is a finite dummy and p is exactly 0 there

@@ -19,7 +19,10 @@ the same weights (exponential keys), so every request that the counts allow is m
 Tokens: PAD=0, entry 0 -> 1, +1 -> 2, -1 -> 3; label tokens even=4, odd=5; vocab_size = 6.
 The sequence is the L entries (seq_len = L, grid_shape = (1, L)); labels are IGNORE everywhere
 except position 0, which holds the parity token, so *exact* means "the parity is right".
-Difficulty is k, the number of non-zeros. No augmentation.
+Difficulty is k, the number of non-zeros. No augmentation. With `curriculum` on, training starts
+on the vectors with at most `curriculum_start` non-zeros and admits more as the training exact
+match reaches `curriculum_threshold` (ponder.core.task.Curriculum); the held-out split is
+always the whole range.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from ponder.core.cache import cached_arrays
 from ponder.core.errors import PonderError
 from ponder.core.render import UNKNOWN, grid_body, panels_svg, sample_arrays, wrong_cells
 from ponder.core.settings import check, setting
-from ponder.core.task import Split, TaskData, most_frequent_label
+from ponder.core.task import Curriculum, Split, TaskData, most_frequent_label
 from ponder.core.types import IGNORE
 
 __all__ = ["ParityConfig", "build_parity", "count_vectors", "k_range", "to_tokens", "parity_labels", "parity_baselines",
@@ -56,6 +59,19 @@ class ParityConfig:
     n_train: int = setting(20000, ge=0)
     n_test: int = setting(1000, ge=1)
     seed: int = setting(0, ge=0)
+    # a curriculum over the number of non-zeros k: train on k <= limit, the limit starting at
+    # curriculum_start and multiplied by curriculum_factor (at least + 1, up to the top of the
+    # training range) whenever the logged training exact match reaches curriculum_threshold
+    curriculum: bool = False
+    curriculum_start: int = setting(2, ge=1)
+    curriculum_factor: float = setting(1.25, gt=1)
+    curriculum_threshold: float = setting(0.95, gt=0, le=1)
+
+    def inactive(self) -> dict[str, str]:
+        if self.curriculum:
+            return {}
+        why = "task.curriculum=false"
+        return {"curriculum_start": why, "curriculum_factor": why, "curriculum_threshold": why}
 
     def validate(self) -> None:
         _validate(self)
@@ -77,6 +93,10 @@ def count_vectors(length: int, lo: int, hi: int) -> int:
 def _validate(cfg: ParityConfig) -> None:
     check(cfg, "task")
     L = cfg.length
+    top = k_range(L, cfg.split, "train")[1]
+    if cfg.curriculum and cfg.curriculum_start > top:
+        raise PonderError(f"task.curriculum_start={cfg.curriculum_start} is above the training range's largest "
+                          f"number of non-zeros ({top})")
     if cfg.split == "interpolation":
         total = count_vectors(L, 1, L)
         if cfg.n_train + cfg.n_test > total:
@@ -194,7 +214,7 @@ def build_parity(cfg: ParityConfig) -> TaskData:
         TaskData with inputs/labels (n_*, L) int64 tokens and difficulty (n_*,) float32 = k.
     """
     _validate(cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k != "name"}
+    params = {k: v for k, v in asdict(cfg).items() if k != "name" and not k.startswith("curriculum")}
     arrays = cached_arrays("parity", VERSION, params, lambda: _generate(cfg))
 
     def split(prefix: str) -> Split:
@@ -213,6 +233,9 @@ def build_parity(cfg: ParityConfig) -> TaskData:
         difficulty_name="non-zeros",
         baselines=parity_baselines,
         render=render_parity,
+        curriculum=Curriculum(start=cfg.curriculum_start, top=k_range(cfg.length, cfg.split, "train")[1],
+                              factor=cfg.curriculum_factor, threshold=cfg.curriculum_threshold)
+        if cfg.curriculum else None,
     )
 
 
