@@ -36,6 +36,7 @@ from statistics import mean, pstdev
 import numpy as np
 
 from benchmarks.common import ROOT, run_jobs, write_fragment
+from ponder.training.loop import wall_seconds
 from ponder.tasks.parity.task import count_vectors, k_range
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_STEPS", "100000"))
@@ -118,16 +119,19 @@ def row(run_dir: Path) -> dict:
     label = head if head == "pondernet" else f"act (tau {halt['act_tau']:g})"
     task = cfg["task"]
     target = TARGETS[task["split"]]
+    minutes = {r["step"]: t / 60 for r, t in zip(evals, wall_seconds(evals)) if t is not None}  # sessions summed
     reached = next((r for r in evals if r["test_exact"] >= target), None)
     return {"run": run_dir.name, "head": head, "label": label, "split": task["split"], "length": task["length"],
             "target": target, "steps_to_target": reached["step"] if reached else None,
-            "minutes_to_target": reached.get("time_since_start", 0) / 60 if reached else None,
+            "minutes_to_target": minutes.get(reached["step"]) if reached else None,
             "curriculum": [(r["step"], r["curriculum_limit"]) for r in trains if "curriculum_limit" in r],
             "seed": cfg["train"]["seed"], "steps_trained": trains[-1]["step"] if trains else 0,
             "exact": held["exact"], "mean_steps": held["mean_steps"], "spearman": held["spearman_steps_difficulty"],
             "best_fixed": max(held["exact_by_budget"]), "test_k": list(k_range(task["length"], task["split"], "test")),
             "curve": [(r["step"], r["test_exact"]) for r in evals],
-            "minutes": trains[-1].get("time_since_start", 0) / 60 if trains else 0.0}
+            "minutes": max(minutes.values(), default=0.0),
+            "sessions": 1 + sum(b.get("time_since_start", 0) < a.get("time_since_start", 0)
+                                for a, b in zip(evals, evals[1:]))}
 
 
 def fmt(values, pct=True) -> str:
@@ -166,15 +170,18 @@ def plot(rows: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    splits = [split for split in PRESETS if any(r["split"] == split for r in rows)]  # a panel per split run
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     labels = sorted({r["label"] for r in rows})
     colours = {lab: plt.cm.tab10(i) for i, lab in enumerate(labels)}
-    for ax, split in zip(axes, PRESETS):
+    dashes = ("-", "--", ":", "-.")  # the head by colour, the seed by line style
+    for ax, split in zip(axes, splits):
         for r in (r for r in rows if r["split"] == split):
             if r["curve"]:
                 steps, acc = zip(*r["curve"])
                 ax.plot(steps, np.array(acc) * 100, color=colours[r["label"]], alpha=0.8,
-                        label=f"{r['label']} s{r['seed']}")
+                        ls=dashes[r["seed"] % len(dashes)], label=f"{r['label']} s{r['seed']}")
         lengths = sorted({r["length"] for r in rows if r["split"] == split})
         ax.set_title(f"{split}, {'/'.join(map(str, lengths))} entries")
         ax.axhline(50, color="grey", lw=0.8, ls=":")
@@ -251,7 +258,8 @@ def render(rows: list[dict], probes: list[dict]) -> None:
     md += probe_lines(probes)
     md += ["", "Goals (issue):", *[f"- {g}" for g in goals(rows)], "",
            "![held-out exact during training, every run](docs/parity_cell.png)", "",
-           "Runs: " + ", ".join(f"`{r['run']}`" for r in rows) + "."]
+           "Runs: " + ", ".join(f"`{r['run']}`" + (f" ({r['sessions']} sessions: interrupted and resumed; its minutes "
+                                                  "sum them)" if r.get("sessions", 1) > 1 else "") for r in rows) + "."]
     plot(rows)
     write_fragment("parity_cell", "\n".join(md), {"runs": rows, "probes": probes, "steps": STEPS, "seeds": SEEDS})
 

@@ -211,6 +211,7 @@ def test_evaluation_cost_sums_the_sessions_of_a_resumed_run():
     cost = evaluation_cost(evals)
     assert cost == {"evaluations": 3, "seconds": 4.0, "loop_seconds": 22.0 + 10.0, "share": 4.0 / 32.0}
     assert evaluation_cost([{"kind": "eval", "step": 1}]) is None  # logged before evaluations were timed
+    assert loop.wall_seconds([*evals[:2], {"kind": "train", "step": 25}, evals[2]]) == [10.0, 21.0, None, 30.0]
 
 
 @pytest.mark.parametrize("full_exact, stops_at", [(1.0, 10), (0.5, 30)])

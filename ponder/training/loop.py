@@ -411,25 +411,37 @@ def target_reached(record: dict, headline: str, cfg) -> bool:
     return cfg.train.target > 0 and _reaches(full if full is not None else record.get(f"test_{headline}"), cfg)
 
 
+def wall_seconds(records: list[dict]) -> list[float | None]:
+    """The training loop's wall time at each record (its `time_since_start`), the sessions of a
+    resumed run summed: a session is the records up to a fall of `time_since_start`, and a closed
+    session counts to the end of its last timed record (its time plus its evaluation's seconds).
+    The time between a session's last record and its interruption is not in the log and is not
+    counted. None for records without a time."""
+    out: list[float | None] = []
+    offset, last = 0.0, None
+    for r in records:
+        t = r.get("time_since_start")
+        if not isinstance(t, (int, float)):
+            out.append(None)
+            continue
+        if last is not None and t < last[0]:  # a new session began: close the last one
+            offset += last[0] + last[1]
+        last = (t, r.get("time_eval_sec") or 0.0)
+        out.append(offset + t)
+    return out
+
+
 def evaluation_cost(records: list[dict]) -> dict | None:
     """What evaluation inside training cost, from a run's records: evaluations, their seconds
-    (`time_eval_sec`) and the share of the loop's wall time they took (sessions of a resumed run
-    summed: a session is the records up to a fall of `time_since_start`). None without timed
-    evaluations (a run logged before they were timed, or none evaluated)."""
+    (`time_eval_sec`) and the share of the loop's wall time they took (`wall_seconds`: sessions
+    of a resumed run summed). None without timed evaluations (a run logged before they were
+    timed, or none evaluated)."""
     evals = [r for r in records if r.get("kind") == "eval" and isinstance(r.get("time_eval_sec"), (int, float))]
     if not evals:
         return None
     spent = sum(r["time_eval_sec"] for r in evals)
-    wall, last = 0.0, None
-    for r in evals:
-        t = r.get("time_since_start")
-        if not isinstance(t, (int, float)):
-            continue
-        if last is not None and t < last[0]:  # a new session began: close the last one
-            wall += last[0] + last[1]
-        last = (t, r["time_eval_sec"])
-    if last is not None:
-        wall += last[0] + last[1]
+    timed = [(t, r) for t, r in zip(wall_seconds(evals), evals) if t is not None]
+    wall = timed[-1][0] + timed[-1][1]["time_eval_sec"] if timed else 0.0
     return {"evaluations": len(evals), "seconds": spent, "loop_seconds": wall or None,
             "share": spent / wall if wall > 0 else None}
 
