@@ -202,10 +202,13 @@ def markdown(data: dict) -> str:
           "confidence-weighted vote over training iterations). It never sees another task and never a test "
           f"output. {data['data_version']}.", "",
           f"Machine: {m['cpu']}, {m['cores']} cores, bf16 flags: {', '.join(m['bf16_flags']) or 'none'} (fp32 used "
-          f"here); torch {m['torch']}; fp32 1024 matmul {m['matmul_gflops_1_thread']:.1f} GFLOP/s on one thread in "
-          f"the same run. Load average before: {', '.join(f'{x:.1f}' for x in m['loadavg_before'])}; after: "
-          f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_after', m['loadavg_before']))}. "
-          f"{data['jobs']} tasks at a time, one thread each.", ""]
+          f"here); torch {m['torch']}; fp32 1024 matmul {m['matmul_gflops_1_thread']:.1f} GFLOP/s on one thread "
+          + ("and load average {} when this section was rebuilt from the finished runs, not during them (the runs "
+             "left no record of the machine's load). ".format(', '.join(f'{x:.1f}' for x in m['loadavg_before']))
+             if m.get("at_rewrite") else
+             f"in the same run. Load average before: {', '.join(f'{x:.1f}' for x in m['loadavg_before'])}; after: "
+             f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_after', m['loadavg_before']))}. ")
+          + f"{data['jobs']} tasks at a time, one thread each.", ""]
     if data.get("speed"):
         names = list(VARIANTS)
         md += ["Speed of one task's training (iterations per second, one thread; the variants interleaved iteration "
@@ -231,8 +234,8 @@ def markdown(data: dict) -> str:
 
 def _collect(root: Path, eval_dir: Path | None, train_dir: Path | None) -> dict:
     data = json.loads((root / "bench.json").read_text()) if (root / "bench.json").exists() else {}
-    data.setdefault("machine", {**cpu_line(), "loadavg_before": list(os.getloadavg()),
-                                "matmul_gflops_1_thread": matmul_gflops(threads=1)})
+    data.setdefault("machine", {**cpu_line(), "loadavg_before": list(os.getloadavg()),  # no record of the runs' own
+                                "matmul_gflops_1_thread": matmul_gflops(threads=1), "at_rewrite": True})
     data.setdefault("jobs", 2)
     data["data_version"] = DATA_VERSION
     if (root / "speed.json").exists():
