@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -281,6 +282,11 @@ def main(argv=None) -> None:
     if not data["splits"]:
         raise SystemExit(f"no finished run under {root} (nor --eval-dir/--train-dir): nothing to write")
     text = markdown(data)
+    gallery = Path(eval_dir or root / EVAL_SPLIT) / "gallery.png"
+    if gallery.exists():  # the evaluation run's own gallery, kept beside the section
+        shutil.copyfile(gallery, ROOT / "docs" / "arc_solve_gallery.png")
+        text += ("\n\nThe evaluation run's gallery (solved tasks first; the first test input of each):\n\n"
+                 "![mode (c) gallery](docs/arc_solve_gallery.png)")
     write_fragment("arc_solve", text, {k: v for k, v in data.items() if k != "splits"}
                    | {"splits": {k: {"score": v["score"]["summary"], "solved": v["score"]["solved_all_tests_at_2"],
                                      "settings": v["settings"]} for k, v in data["splits"].items()}})
