@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, matmul_gflops, write_fragment
+from benchmarks.common import ROOT, cpu_summary, matmul_gflops, write_fragment
 from ponder.tasks.arc.data import DATA_VERSION, SMALL_SIDE, load_split, small_tasks
 from ponder.tasks.arc.scoring import ScoreReport, TaskScore, format_score_table
 from ponder.tasks.arc.solve import MODEL_ROW, UNION_ROW, run_solve, settings_with
@@ -37,21 +37,6 @@ VARIANTS = {"subnormals kept, Adam for-loop": (False, {}), "subnormals flushed, 
             "subnormals flushed, Adam foreach": (True, {"foreach": True}),
             "subnormals flushed, Adam fused": (True, {"fused": True})}
 GOAL = 8
-
-
-def cpu_line() -> dict:
-    """CPU model, cores and the bf16-related flags from /proc/cpuinfo."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return {"cpu": model, "cores": os.cpu_count(), "bf16_flags": bf16, "torch": torch.__version__}
 
 
 def speed(task_ids=SPEED_TASKS, iters: int = 300) -> dict:
@@ -235,7 +220,7 @@ def markdown(data: dict) -> str:
 
 def _collect(root: Path, eval_dir: Path | None, train_dir: Path | None) -> dict:
     data = json.loads((root / "bench.json").read_text()) if (root / "bench.json").exists() else {}
-    data.setdefault("machine", {**cpu_line(), "loadavg_before": list(os.getloadavg()),  # no record of the runs' own
+    data.setdefault("machine", {**cpu_summary(), "loadavg_before": list(os.getloadavg()),  # no record of the runs' own
                                 "matmul_gflops_1_thread": matmul_gflops(threads=1), "at_rewrite": True})
     data.setdefault("jobs", 2)
     data["data_version"] = DATA_VERSION
@@ -264,7 +249,7 @@ def main(argv=None) -> None:
     eval_dir = Path(args.eval_dir) if args.eval_dir else None
     train_dir = Path(args.train_dir) if args.train_dir else None
     if not args.rewrite:
-        machine = {**cpu_line(), "loadavg_before": list(os.getloadavg()),
+        machine = {**cpu_summary(), "loadavg_before": list(os.getloadavg()),
                    "matmul_gflops_1_thread": matmul_gflops(threads=1)}
         if args.speed_iters and not (root / "speed.json").exists():
             (root / "speed.json").write_text(json.dumps(speed(iters=args.speed_iters), indent=1))

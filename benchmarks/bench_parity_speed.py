@@ -38,26 +38,11 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, counted_flops, matmul_gflops, write_fragment  # noqa: E402
+from benchmarks.common import RESULTS, counted_flops, cpu_summary, matmul_gflops, write_fragment  # noqa: E402
 
 SECONDS = float(os.environ.get("PONDER_BENCH_PARITY_SPEED_SECONDS", "20"))
 PRESET = os.environ.get("PONDER_BENCH_PARITY_SPEED_PRESET", "parity64-rnn")
 BLOCK = 10  # steps per timed block
-
-
-def cpu_flags() -> dict:
-    """CPU model and the bf16-related instruction flags from /proc/cpuinfo."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-    return {"cpu": model, "bf16_flags": bf16}
 
 
 # ----------------------------------------------------------------------------- the minimal loop
@@ -210,7 +195,7 @@ def measure(seconds: float) -> dict:
     torch.set_flush_denormal(flush)
     rate_after = matmul_gflops(1, size=128, repeats=9, inner=50)
     med = {k: statistics.median(v) for k, v in res.items()}
-    return {"preset": PRESET, **cpu_flags(), "threads": 1, "flush_denormal": flush,
+    return {"preset": PRESET, **cpu_summary(), "threads": 1, "flush_denormal": flush,
             "matmul_gflops_128": round(rate, 1), "matmul_gflops_128_after": round(rate_after, 1),
             "ponder_ms": round(med["ponder"], 3), "minimal_ms": round(med["minimal"], 3),
             "ratio": round(med["ponder"] / med["minimal"], 3),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ponder.training.precision import cpu_flags, native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity",
@@ -28,15 +30,26 @@ ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_summary() -> dict:
+    """What a section names of the CPU: model, cores, its native bf16 flags (ponder's own reading,
+    `ponder.training.precision`) and torch's version."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_flags": native_bf16(cpu_flags()) or [],
+            "torch": torch.__version__}
+
+
+def machine() -> str:
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}")
 
