@@ -129,7 +129,7 @@ def row(run_dir: Path) -> dict:
             "exact": held["exact"], "mean_steps": held["mean_steps"], "spearman": held["spearman_steps_difficulty"],
             "best_fixed": max(held["exact_by_budget"]), "test_k": list(k_range(task["length"], task["split"], "test")),
             "curve": [(r["step"], r["test_exact"]) for r in evals],
-            "minutes": max(minutes.values(), default=0.0),
+            "minutes": max(minutes.values(), default=0.0), "max_minutes": cfg["train"].get("max_minutes", 0),
             "sessions": 1 + sum(b.get("time_since_start", 0) < a.get("time_since_start", 0)
                                 for a, b in zip(evals, evals[1:]))}
 
@@ -164,6 +164,11 @@ def goals(rows: list[dict]) -> list[str]:
         out.append(f"extrapolation pondering longer than interpolation: {'met' if b > a else 'NOT met'} "
                    f"({b:.2f} against {a:.2f} mean steps)")
     return out
+
+
+def _sessions(row: dict) -> str:
+    n = row.get("sessions", 1)
+    return f" ({n} sessions: interrupted and resumed; its minutes sum them)" if n > 1 else ""
 
 
 def plot(rows: list[dict]) -> None:
@@ -258,8 +263,8 @@ def render(rows: list[dict], probes: list[dict]) -> None:
     md += probe_lines(probes)
     md += ["", "Goals (issue):", *[f"- {g}" for g in goals(rows)], "",
            "![held-out exact during training, every run](docs/parity_cell.png)", "",
-           "Runs: " + ", ".join(f"`{r['run']}`" + (f" ({r['sessions']} sessions: interrupted and resumed; its minutes "
-                                                  "sum them)" if r.get("sessions", 1) > 1 else "") for r in rows) + "."]
+           "Runs (each with its time limit): "
+           + ", ".join(f"`{r['run']}` ({r['max_minutes']:g} min)" + _sessions(r) for r in rows) + "."]
     plot(rows)
     write_fragment("parity_cell", "\n".join(md), {"runs": rows, "probes": probes, "steps": STEPS, "seeds": SEEDS})
 
