@@ -62,6 +62,8 @@ def main() -> None:
                f"{os.cpu_count()}-core CPU whose fp32 1024x1024 matmul ran at {rate:.0f} GFLOP/s in the same run. "
                f"Times scale roughly inversely with that rate: measure yours with `make bench`.")
     table = format_report(report).split("\n", 2)[2]
+    # the report's "Evaluated:" line names the run's checkpoint, a folder this benchmark deletes
+    table = "\n".join(line for line in table.split("\n") if not line.startswith("Evaluated: ")).lstrip("\n")
     md = ["## Default preset `demo` (`make demo`)", "",
           summary + f" Load average at the start {load:.1f}; matmul rate {rate_before:.0f} before and "
                     f"{rate_after:.0f} GFLOP/s after.", "",
