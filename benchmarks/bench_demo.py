@@ -18,7 +18,8 @@ import torch
 from benchmarks.common import ROOT, machine, matmul_gflops, write_fragment
 from ponder.presets import get_config
 from ponder.runs.report import format_report
-from ponder.training.loop import auto_threads, evaluation_cost, target_reached
+from ponder.training.in_training import evaluation_cost, target_reached
+from ponder.training.loop import auto_threads
 
 START, END = "<!-- {0} -->", "<!-- /{0} -->"
 

@@ -36,7 +36,7 @@ from statistics import mean, pstdev
 import numpy as np
 
 from benchmarks.common import ROOT, run_jobs, write_fragment
-from ponder.training.loop import wall_seconds
+from ponder.training.in_training import wall_seconds
 from ponder.tasks.parity.task import count_vectors, k_range
 
 STEPS = int(os.environ.get("PONDER_BENCH_PARITY_CELL_STEPS", "100000"))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from run_support import CrashAt, records
+from run_support import assert_resume_matches, records
 
 from ponder.core.errors import PonderError
 from ponder.core.types import StepOutput
@@ -20,7 +20,6 @@ from ponder.runs.config import apply_overrides
 from ponder.runs.run import build_model, train_run
 from ponder.tasks import build_task
 from ponder.training.carry import SampleStream, batch_of
-from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
 from ponder.training.evaluate import evaluate_split
 from ponder.training.objectives import build_objective, per_sample_task_loss
 
@@ -156,13 +155,7 @@ def test_early_exit_scores_equal_the_full_rollout_at_each_halting_step():
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     cfg = _cfg("--halt.kind=pondernet")
     train_run(cfg, tmp_path / "a", final_eval=False)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(cfg, tmp_path / "b", callbacks=[CrashAt(6)], final_eval=False)  # after checkpoint 4
-    train_run(cfg, tmp_path / "b", resume=True, final_eval=False)
-    assert records(tmp_path / "a") == records(tmp_path / "b")
-    wa = load_checkpoint(resolve_checkpoint(tmp_path / "a"))["model"]
-    wb = load_checkpoint(resolve_checkpoint(tmp_path / "b"))["model"]
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_resume_matches(cfg, tmp_path / "a", tmp_path / "b", crash_at=6)  # after checkpoint 4
 
 
 def test_gradient_diagnostics_run_on_a_cell():

@@ -14,7 +14,7 @@ import torch
 from run_support import CrashAt
 from run_support import records as _records
 
-import ponder.training.loop as loop
+import ponder.training.in_training as in_training
 import ponder.training.objectives as objectives
 from ponder.core.errors import PonderError
 from ponder.presets import get_config
@@ -22,7 +22,7 @@ from ponder.runs.config import apply_overrides
 from ponder.reports.page import build_page
 from ponder.runs.run import train_run
 from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
-from ponder.training.loop import evaluation_cost, target_reached
+from ponder.training.in_training import evaluation_cost, target_reached
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ def test_evaluation_cost_sums_the_sessions_of_a_resumed_run():
     cost = evaluation_cost(evals)
     assert cost == {"evaluations": 3, "seconds": 4.0, "loop_seconds": 22.0 + 10.0, "share": 4.0 / 32.0}
     assert evaluation_cost([{"kind": "eval", "step": 1}]) is None  # logged before evaluations were timed
-    assert loop.wall_seconds([*evals[:2], {"kind": "train", "step": 25}, evals[2]]) == [10.0, 21.0, None, 30.0]
+    assert in_training.wall_seconds([*evals[:2], {"kind": "train", "step": 25}, evals[2]]) == [10.0, 21.0, None, 30.0]
 
 
 @pytest.mark.parametrize("full_exact, stops_at", [(1.0, 10), (0.5, 30)])
@@ -220,7 +220,7 @@ def test_a_target_reached_on_the_subset_is_confirmed_on_the_whole_split(tmp_path
     """train.target stops training only when the whole held-out split confirms what the subset
     says: the subset's score (here always 1.0) starts a whole-split evaluation, whose score decides."""
     cfg = _cfg("--eval.during_training_samples=16", "--train.target=0.9")
-    real = loop.evaluate_split
+    real = in_training.evaluate_split
     sizes = []
 
     def scored(model, split, metric, **kw):
@@ -228,7 +228,7 @@ def test_a_target_reached_on_the_subset_is_confirmed_on_the_whole_split(tmp_path
         sizes.append(len(split))
         return {**r, "exact": full_exact if len(split) == cfg.task.n_test else 1.0}
 
-    monkeypatch.setattr(loop, "evaluate_split", scored)
+    monkeypatch.setattr(in_training, "evaluate_split", scored)
     train_run(cfg, tmp_path, final_eval=False)
     evals = [r for r in _records(tmp_path) if r["kind"] == "eval"]
     assert evals[-1]["step"] == stops_at
@@ -238,9 +238,9 @@ def test_a_target_reached_on_the_subset_is_confirmed_on_the_whole_split(tmp_path
 
 def test_a_subset_within_its_sampling_error_of_the_target_has_the_whole_split_scored():
     cfg = _cfg("--train.target=0.99")
-    assert loop._may_reach(0.98, 100, cfg) and loop._may_reach(0.99, 100, cfg)  # 98/100: 99% not ruled out
-    assert not loop._may_reach(0.90, 100, cfg) and not loop._may_reach(0.98, 2000, cfg)
-    assert not loop._may_reach(None, 100, cfg)
+    assert in_training._may_reach(0.98, 100, cfg) and in_training._may_reach(0.99, 100, cfg)  # 98/100: 99% not ruled out
+    assert not in_training._may_reach(0.90, 100, cfg) and not in_training._may_reach(0.98, 2000, cfg)
+    assert not in_training._may_reach(None, 100, cfg)
 
 
 def test_a_target_reached_on_the_whole_split_needs_no_confirmation(tmp_path):

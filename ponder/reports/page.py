@@ -30,7 +30,7 @@ from ponder.runs.report import sample_figures
 from ponder.runs.run import health_report, load_trained
 from ponder.tasks import TASKS
 from ponder.training.callbacks import MetricsLog
-from ponder.training.loop import evaluation_cost
+from ponder.training.in_training import evaluation_cost
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#111;padding:0 1em}
@@ -308,7 +308,7 @@ def _evaluated(v: RunView) -> str | None:
 
 
 def _cost_text(cost: dict) -> str:
-    """What evaluation inside training cost (ponder.training.loop.evaluation_cost), in words."""
+    """What evaluation inside training cost (ponder.training.in_training.evaluation_cost), in words."""
     share = "" if cost["share"] is None else f", {100 * cost['share']:.1f}% of the loop's {cost['loop_seconds']:.0f} s"
     return f"{cost['evaluations']} evaluations, {cost['seconds']:.1f} s{share}"
 
