@@ -4,9 +4,9 @@ per preset family, with the same-run matmul rates of both precisions.
 For each preset a real training step (`train_step`: the objective's forward, backward, clip,
 optimizer) is timed after warm-up, eager in fp32 and bf16, then compiled in each precision,
 where the first steps' excess over the steady step is the compile time. The recursive presets
-compile as `train.compile=true` does (the recursion stack); the recurrent cell and the language
-model have no such stack, so their whole step function is compiled here to show what compile
-would give them. Matrix FLOPs per step are counted as the step runs (benchmarks.common.counted_flops),
+compile as `train.compile=true` does (the recursion stack; the recurrent cell's whole training
+trajectory); the language model has no recursion, so its whole loss function is compiled here to
+show what compile would give it. Matrix FLOPs per step are counted as the step runs (benchmarks.common.counted_flops),
 so the achieved rate can be put beside the matmul rate of the same precision. The TRM-size step
 (d=512, 2 layers, T=3, n=6, batch 64, 81 tokens) is measured the same way.
 
@@ -54,7 +54,8 @@ def _config(name: str, precision: str, compiled: bool):
     return apply_overrides(cfg, over)
 
 
-_STACKED = ("demo", "sudoku9", "maze9", "trm-size")  # presets whose recursion stack train.compile compiles
+# presets whose recursion train.compile compiles (the stack of blocks; the cell's trajectory)
+_STACKED = ("demo", "sudoku9", "maze9", "parity64-rnn", "trm-size")
 
 
 def measure(name: str, precision: str, compiled: bool) -> dict:

@@ -19,7 +19,7 @@ from ponder.presets import get_config
 from ponder.runs.config import apply_overrides
 from ponder.runs.run import build_model, open_run
 from ponder.training.compiling import compile_model, resolve_compile
-from ponder.training.loop import train
+from ponder.training.loop import train, train_step
 
 CPU = torch.device("cpu")
 
@@ -125,10 +125,53 @@ def test_auto_turns_compile_on_only_where_a_measurement_says_it_pays(monkeypatch
     assert resolve_compile(False, model, CPU, steps=10**9, step_seconds=timer).value == "off"
 
 
-def test_models_without_a_recursion_stack_refuse_compile(tmp_path):
-    cfg = get_config("parity64-rnn")
-    with pytest.raises(PonderError, match="train.compile=true does not apply to model.kind=cell"):
-        apply_overrides(cfg, ["--train.compile=true"])
-    with pytest.raises(PonderError, match="no recursion stack"):
+def test_models_without_a_recursion_refuse_compile():
+    with pytest.raises(PonderError, match="no recursion to compile"):
         resolve_compile(True, torch.nn.Linear(2, 2), CPU, steps=1, step_seconds=lambda: 1.0)
     assert resolve_compile("auto", torch.nn.Linear(2, 2), CPU, steps=1, step_seconds=lambda: 1.0).value == "off"
+
+
+# ----------------------------------------------------------------------------- the recurrent cell
+
+def _cell_config(compile_, cell="rnn", extra=()):
+    return apply_overrides(get_config("parity64-rnn"), [
+        "--task.length=12", "--task.n_train=256", "--task.n_test=32", "--train.batch_size=16",
+        f"--model.cell={cell}", f"--train.compile={compile_}", "--train.eval_every=0", "--train.checkpoint_every=0",
+        "--train.tensorboard=off", "--train.progress=false", "--train.log_every=2", *extra])
+
+
+def _cell_run(tmp_path, name, compile_, cell="rnn"):
+    run = open_run(_cell_config(compile_, cell), tmp_path / name)
+    run.callbacks.call("on_train_start", run)
+    return run
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_the_cell_trajectory_compiles_to_one_graph_and_trains_as_the_eager_one(tmp_path, cell):
+    """`train.compile=true` on a recurrent cell compiles its whole unrolled trajectory (forward and
+    backward) as one graph, without breaks; with the eager backend the arithmetic is the same op
+    for op, so the weights after several steps are bit-identical to an uncompiled run's."""
+    eager, compiled = _cell_run(tmp_path, "eager", "false", cell), _cell_run(tmp_path, "compiled", "true", cell)
+    assert compiled.model.compile_backend == "eager" and eager.model.compile_backend is None
+    assert compiling.family(compiled.model) == f"cell-{cell}"
+    for _ in range(5):
+        a, b = train_step(eager), train_step(compiled)
+        assert a["loss"] == b["loss"]
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_a_compiled_cell_trains_evaluates_and_resumes(tmp_path):
+    """Evaluation (early exit, eager: its batch shrinks as samples halt) runs beside the compiled
+    trajectory without a graph break; a resumed run compiles its trajectory again."""
+    run = open_run(_cell_config("true", extra=["--train.steps=4", "--train.eval_every=4"]), tmp_path / "r")
+    assert train(run) == "done"
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 1
+    assert copy.deepcopy(run.model).compile_backend == "eager"  # the EMA copy keeps the backend's name only
+    run.close()
+    again = open_run(_cell_config("true", extra=["--train.steps=6"]), tmp_path / "r", resume=True)
+    assert again.step == 4 and again.model.compile_backend == "eager"
+    assert train(again) == "done" and again.step == 6
+    again.close()

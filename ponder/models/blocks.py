@@ -21,15 +21,15 @@ forward-mode differentiation (torch.func.jvp / vmap: the forward-mode gradient e
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import types
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from ponder.models.compiled import compiled, signature
 
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
 CHUNK_BYTES = 24 * 2**20  # ReasoningNet runs big batches in row chunks with intermediates below this (CPU)
@@ -405,7 +405,7 @@ class ReasoningNet(nn.Module):
             # injection carries the embedding's or the latent's graph) while `hidden` sometimes
             # does not, and each requires_grad pattern of an input would be a graph of its own
             torch._dynamo.maybe_mark_dynamic(h, 0)
-            return _compiled_stack(self.compile_backend, _signature(self))(self, h)
+            return compiled(_run_stack, self.compile_backend, signature(self))(self, h)
         b = h.shape[0]
         rows = chunk_rows(b, self.row_elements * h.element_size(), h.device)
         if b <= rows:
@@ -442,23 +442,3 @@ def _run_stack(net: ReasoningNet, h: Tensor) -> Tensor:
     return h
 
 
-def _signature(net: ReasoningNet) -> tuple:
-    """The structure of `net`: module types and parameter shapes (equal for a deep copy)."""
-    return tuple((name, type(m).__name__) for name, m in net.named_modules()) + tuple(
-        (name, tuple(p.shape)) for name, p in net.named_parameters())
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_stack(backend: str, signature: tuple):
-    """`_run_stack` compiled with `backend` for nets of one structure. The net is an argument, so
-    its weights are graph inputs and a copy of the net (the EMA evaluation's) reuses the graph.
-    TorchDynamo caches graphs per code object up to its recompile limit (8): each structure gets
-    its own copy of the code, so several models in one process (a comparison, the GPU smoke
-    test's presets) never push a later one past the limit into silent eager execution."""
-    code = _run_stack.__code__.replace(co_name=f"_run_stack_{len(_STRUCTURES)}")
-    _STRUCTURES.append(signature)
-    fn = types.FunctionType(code, _run_stack.__globals__, code.co_name)
-    return torch.compile(fn, backend=backend)
-
-
-_STRUCTURES: list[tuple] = []

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ponder.core.settings import check, setting
 from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.blocks import trunc_normal_
+from ponder.models.compiled import compiled, signature
 from ponder.models.recursive import StepContext
 from ponder.models.sections import PlainSection
 
@@ -122,6 +123,7 @@ class CellReasoner(nn.Module):
         self.norm = nn.LayerNorm(h) if cfg.layer_norm else None
         self.readout = nn.Linear(h, seq_len * vocab_size, bias=False)
         self.halting = halting
+        self.compile_backend: str | None = None  # set by `compile_trajectory`
         with torch.no_grad():
             trunc_normal_(self.read.weight, 1.0 / math.sqrt(seq_len))  # n ones per row: unit scale
             trunc_normal_(self.readout.weight, cfg.readout_init_scale / math.sqrt(h))
@@ -131,8 +133,9 @@ class CellReasoner(nn.Module):
                 self.cell.bias_hh.zero_()
                 self.cell.bias_ih.zero_()
 
-    # the trajectory objective may read every step's output from one call on the stacked states
-    # (`output` acts on each hidden state alone): one readout and one halting map per trajectory
+    # the trajectory objective runs the recursion in one call (`trajectory`) and reads every step's
+    # output from one call on the stacked states (`output` acts on each hidden state alone): one
+    # readout and one halting map per trajectory
     outputs_at_once = True
 
     @property
@@ -195,6 +198,24 @@ class CellReasoner(nn.Module):
             y, z = self.cycle(y, z, ctx)
         return y, z
 
+    def trajectory(self, state: State, ctx: StepContext, steps: int) -> tuple[Tensor, State]:
+        """`steps` ACT steps' recursions from `state` in one call: every step's new hidden state,
+        stacked step-major along the batch axis (steps * b, 1, H), and the last state. The carried
+        state keeps its graph between steps when `through_steps` (trajectory training). After
+        `compile_trajectory` the unrolled recursion, forward and backward, runs as one compiled
+        graph (the same arithmetic; the compiler may fuse and reorder it)."""
+        if self.compile_backend is not None:
+            ys, y, z = compiled(_unroll, self.compile_backend, signature(self))(self, state.y, state.z, ctx.x, steps)
+        else:
+            ys, y, z = _unroll(self, state.y, state.z, ctx.x, steps)
+        return ys, State(y, z)
+
+    def compile_trajectory(self, backend: str = "inductor") -> None:
+        """Run `trajectory` through torch.compile from now on (`train.compile`). Only the
+        backend's name is kept: a deep copy (the EMA evaluation's) shares the compiled graph,
+        its weights being graph inputs (ponder.models.compiled)."""
+        self.compile_backend = backend
+
     def answer_logits(self, y: Tensor) -> Tensor:
         """(b, 1, H) hidden state -> (b, n, v) token logits (zeros outside `answer_positions`)."""
         if self.answer_positions is None:
@@ -243,3 +264,15 @@ class CellReasoner(nn.Module):
     def knobs(self) -> dict[str, Knob]:
         """The halting head's runtime settings (the cell declares none)."""
         return dict(self.halting.knobs())
+
+
+def _unroll(model: CellReasoner, y: Tensor, z: Tensor, x: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`steps` recursions of `model` from (y, z) on the projected input x: every step's y
+    concatenated (steps * b, 1, H), and the last (y, z) (`CellReasoner.trajectory`)."""
+    ctx, ys = StepContext(x), []
+    for _ in range(steps):
+        y, z = model.recursion(y, z, ctx)
+        ys.append(y)
+        if not model.cfg.through_steps:  # the carried state without its graph
+            y, z = y.detach(), z.detach()
+    return torch.cat(ys, 0), y, z

@@ -110,9 +110,6 @@ class Config:
         if not isinstance(self.estimator, TRMRule) and HALTING.get(self.halt.kind).trains_on != "step":
             raise PonderError(f"estimator.kind={self.estimator.name} needs a halting head trained one step at a time "
                               f"(q_halt, q_continue); halt.kind={self.halt.kind} trains on whole trajectories")
-        if self.train.compile is True and self.kind("model") == "cell":
-            raise PonderError("train.compile=true does not apply to model.kind=cell: it compiles the recursive "
-                              "reasoner's networks only")
         self._validate_model_kind()
 
     def _validate_model_kind(self) -> None:

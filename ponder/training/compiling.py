@@ -1,12 +1,16 @@
 """torch.compile of the recursion (`train.compile`), and settling a run's arithmetic.
 
 `train.compile` is True, False or "auto" (the default of a new config; configs saved with a
-boolean load unchanged). What compiles is the recursion's stack of blocks
-(`ReasoningNet.compile_stack`): the model's step around it stays eager, the batch axis is
-dynamic, and the custom autograd Functions give way to plain ops inside the graph, so the
-recursion's hot path has no graph break and one graph per grad mode and autocast dtype
-(tests/test_compiling.py counts them). Models without such a stack (the recurrent cell, the
-language models) have nothing to compile: True is refused for them, "auto" is off.
+boolean load unchanged). What compiles is the recursion:
+- the recursive reasoner's stack of blocks (`ReasoningNet.compile_stack`): the model's step
+  around it stays eager, the batch axis is dynamic, and the custom autograd Functions give way to
+  plain ops inside the graph, so the recursion's hot path has no graph break and one graph per
+  grad mode and autocast dtype (tests/test_compiling.py counts them);
+- the recurrent cell's whole unrolled trajectory (`CellReasoner.compile_trajectory`): the M cell
+  applications of a training trajectory, forward and backward, as one graph (its per-step
+  operations are tiny, so the eager step is mostly dispatch); the readout, the halting head's
+  loss and evaluation's early-exit steps stay eager.
+The language models have no recursion: True is refused for them, "auto" is off.
 
 "auto" turns compilation on only where a recorded measurement says it pays over the run:
 MEASURED holds, per device type and model family, the compiled step's speed-up after warm-up and
@@ -37,7 +41,9 @@ BACKEND = "inductor"  # torch.compile's backend for train.compile (tests count g
 # seconds); measured by benchmarks/bench_precision_compile.py on the machine BENCHMARKS.md names
 # (BENCHMARKS.md, precision and compile: the lowest speed-up over the family's presets and both
 # precisions, the longest compile time; a family with a slower row stays off)
-MEASURED: dict[tuple[str, str], tuple[float, float]] = {("cpu", "recursive-mlp"): (0.80, 88.0)}
+MEASURED: dict[tuple[str, str], tuple[float, float]] = {
+    ("cpu", "recursive-mlp"): (1.03, 23.0), ("cpu", "recursive-attention"): (0.98, 14.0),
+    ("cpu", "cell-rnn"): (0.68, 26.0)}
 
 
 def stacks(model: torch.nn.Module) -> list[ReasoningNet]:
@@ -46,19 +52,32 @@ def stacks(model: torch.nn.Module) -> list[ReasoningNet]:
     return [n for n in networks() if isinstance(n, ReasoningNet)] if networks is not None else []
 
 
+def compilable(model: torch.nn.Module) -> bool:
+    """Has `model` a recursion `train.compile` compiles (stacks, or a cell's trajectory)?"""
+    return bool(stacks(model)) or hasattr(model, "compile_trajectory")
+
+
 def family(model: torch.nn.Module) -> str:
-    """The model family MEASURED is keyed by: "recursive-attention", "recursive-mlp", ...."""
+    """The model family MEASURED is keyed by: "recursive-attention", "recursive-mlp", "cell-rnn", ...."""
     cfg = getattr(model, "cfg", None)
     mixer = getattr(cfg, "mixer", None)
-    return f"recursive-{mixer}" if stacks(model) and mixer else type(model).__name__
+    if stacks(model) and mixer:
+        return f"recursive-{mixer}"
+    if hasattr(model, "compile_trajectory"):
+        return f"cell-{cfg.cell}"
+    return type(model).__name__
 
 
 def compile_model(model: torch.nn.Module, backend: str | None = None) -> int:
-    """Compile every stack of `model` with `backend` (default BACKEND), in place: parameter names,
-    hence checkpoints, are unchanged. Returns how many."""
+    """Compile the recursion of `model` with `backend` (default BACKEND), in place: every stack,
+    or the cell's trajectory; parameter names, hence checkpoints, are unchanged. Returns how many
+    parts were compiled."""
     nets = stacks(model)
     for net in nets:
         net.compile_stack(backend or BACKEND)
+    if not nets and hasattr(model, "compile_trajectory"):
+        model.compile_trajectory(backend or BACKEND)
+        return 1
     return len(nets)
 
 
@@ -73,11 +92,12 @@ def resolve_compile(requested: bool | str, model: torch.nn.Module, device: torch
     if requested is False:
         return Choice("off", "asked for")
     kind = family(model)
-    if not stacks(model):
+    if not compilable(model):
         if requested is True:
-            raise PonderError(f"train.compile=true: a {kind} has no recursion stack to compile (the recursive "
-                              f"reasoner's networks are what train.compile compiles)")
-        return Choice("off", f"a {kind} has no recursion stack to compile")
+            raise PonderError(f"train.compile=true: a {kind} has no recursion to compile (the recursive "
+                              f"reasoner's networks and the recurrent cell's trajectory are what train.compile "
+                              f"compiles)")
+        return Choice("off", f"a {kind} has no recursion to compile")
     if requested is True:
         return Choice("on", "asked for")
     measured = MEASURED.get((device.type, kind))

@@ -67,7 +67,8 @@ class TrainConfig:
         precision: "auto", "fp32" or "bf16" (autocast of the forward to bfloat16, in training
             and evaluation; ponder.training.precision says where, and what stays float32).
             "auto" is resolved when the run opens and the result saved in its config.
-        compile: torch.compile of the recursion's networks: True, False or "auto" (on only where
+        compile: torch.compile of the recursion (the reasoner's networks, or the recurrent cell's
+            training trajectory): True, False or "auto" (on only where
             a recorded measurement says it pays over the run's length; ponder.training.compiling),
             resolved when the run opens like `precision`.
         flush_denormal: on the CPU, compute with denormal floats flushed to zero (the process's

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ponder.core.errors import PonderError
 from ponder.core.metrics import Metric
-from ponder.core.types import IGNORE, State, StepOutput
+from ponder.core.types import IGNORE, StepOutput
 from ponder.models.halting import Segment
 from ponder.training.carry import Carry, SampleStream
 from ponder.training.distributed import SINGLE, Shard
@@ -282,14 +282,10 @@ class Trajectory(_Counters):
         detach = not self.model.through_steps
         step_losses = None
         if getattr(self.model, "outputs_at_once", False):  # the recursion, then every output in one call
-            ys = []
-            for _ in range(m):
-                y, z = self.model.recursion(state.y, state.z, ctx)
-                state = State(y.detach(), z.detach()) if detach else State(y, z)
-                ys.append(y)
+            ys, _ = self.model.trajectory(state, ctx, m)  # (m * b, 1, H), step-major
             # only the scored positions' logits, against their labels (`labels`), where the model
             # has such positions
-            every = self.model.output(torch.cat(ys, 0), **({} if cols is None else {"positions_only": True}))
+            every = self.model.output(ys, **({} if cols is None else {"positions_only": True}))
             outs = [StepOutput(logits=lg, halt_logits=hl, aux={k: v[i * b:(i + 1) * b] for k, v in every.aux.items()})
                     for i, (lg, hl) in enumerate(zip(every.logits.split(b), every.halt_logits.split(b)))]
             out_labels = labels
