@@ -16,7 +16,9 @@ The runs live in OUT (default runs/bench-parity-cell/, one directory per split, 
 running the script again skips the finished runs and resumes the interrupted ones, so it can be
 stopped and restarted. `--rewrite` writes the section from the finished runs in OUT without
 training; `--from-runs RUN_DIR ...` from the runs named; `--probes RUN_DIR ...` adds runs stopped
-before the end (their held-out accuracy at each evaluation).
+before the end (their held-out accuracy at each evaluation). A run of another cell than the
+presets' (`--model.cell=gru`, trained by hand into OUT) gets rows of its own, labelled with its
+cell; the issue's goals are checked on the presets' cell.
 
 Settings (environment): PONDER_BENCH_PARITY_CELL_LENGTHS (the two splits' vector lengths,
 default "64,96", the paper's), PONDER_BENCH_PARITY_CELL_SPLITS ("interpolation,extrapolation"),
@@ -49,6 +51,7 @@ ACT_TAUS = tuple(float(x) for x in os.environ.get("PONDER_BENCH_PARITY_CELL_TAUS
 OUT = Path(os.environ.get("PONDER_BENCH_PARITY_CELL_OUT", str(ROOT / "runs" / "bench-parity-cell")))
 PRESETS = {"interpolation": "parity64-rnn", "extrapolation": "parity96-rnn-extrapolation"}
 TARGETS = {"interpolation": 0.99, "extrapolation": 0.95}
+PRESET_CELL = "rnn"  # the presets' cell; runs of another (--model.cell=gru) get rows of their own
 PAPER = {  # what the PonderNet paper reports (REFERENCE.md section 2); no exact figures are given there
     ("pondernet", "interpolation"): "almost perfect; settles near 3 steps",
     ("pondernet", "extrapolation"): "almost perfect; near 5 steps",
@@ -116,12 +119,16 @@ def row(run_dir: Path) -> dict:
     trains = [r for r in records if r.get("kind") == "train"]
     halt = cfg["halt"]
     head = halt["kind"]
+    cell = cfg["model"].get("cell", "rnn")
     label = head if head == "pondernet" else f"act (tau {halt['act_tau']:g})"
+    if cell != PRESET_CELL:  # a departure from the presets' cell: its own row
+        label += f", {cell.upper()} cell"
     task = cfg["task"]
     target = TARGETS[task["split"]]
     minutes = {r["step"]: t / 60 for r, t in zip(evals, wall_seconds(evals)) if t is not None}  # sessions summed
     reached = next((r for r in evals if r["test_exact"] >= target), None)
-    return {"run": run_dir.name, "head": head, "label": label, "split": task["split"], "length": task["length"],
+    return {"run": run_dir.name, "head": head, "label": label, "cell": cell, "split": task["split"],
+            "length": task["length"],
             "target": target, "steps_to_target": reached["step"] if reached else None,
             "minutes_to_target": minutes.get(reached["step"]) if reached else None,
             "curriculum": [(r["step"], r["curriculum_limit"]) for r in trains if "curriculum_limit" in r],
@@ -130,8 +137,17 @@ def row(run_dir: Path) -> dict:
             "best_fixed": max(held["exact_by_budget"]), "test_k": list(k_range(task["length"], task["split"], "test")),
             "curve": [(r["step"], r["test_exact"]) for r in evals],
             "minutes": max(minutes.values(), default=0.0), "max_minutes": cfg["train"].get("max_minutes", 0),
-            "sessions": 1 + sum(b.get("time_since_start", 0) < a.get("time_since_start", 0)
-                                for a, b in zip(evals, evals[1:]))}
+            "sessions": session_minutes(evals)}
+
+
+def session_minutes(evals: list[dict]) -> list[float]:
+    """Minutes of training of each session of a run (a resume restarts time_since_start)."""
+    out = []
+    for before, record in zip([None, *evals], evals):
+        if before is None or record.get("time_since_start", 0) < before.get("time_since_start", 0):
+            out.append(0.0)
+        out[-1] = record.get("time_since_start", 0) / 60
+    return out
 
 
 def fmt(values, pct=True) -> str:
@@ -144,8 +160,9 @@ def fmt(values, pct=True) -> str:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    """The issue's goals, each checked against the PonderNet rows."""
-    pn = {s: [r for r in rows if r["head"] == "pondernet" and r["split"] == s] for s in PRESETS}
+    """The issue's goals, each checked against the PonderNet rows of the presets' cell."""
+    pn = {s: [r for r in rows if r["head"] == "pondernet" and r["split"] == s and r.get("cell", PRESET_CELL) ==
+              PRESET_CELL] for s in PRESETS}
     out = []
     for split, bar in (("interpolation", 0.99), ("extrapolation", 0.95)):
         cell = pn[split]
@@ -167,8 +184,10 @@ def goals(rows: list[dict]) -> list[str]:
 
 
 def _sessions(row: dict) -> str:
-    n = row.get("sessions", 1)
-    return f" ({n} sessions: interrupted and resumed; its minutes sum them)" if n > 1 else ""
+    spans = row.get("sessions", [])
+    if isinstance(spans, int) or len(spans) < 2:  # one session (older rows held a count)
+        return ""
+    return f" ({len(spans)} sessions, resumed, of {' + '.join(f'{m:.1f}' for m in spans)} min: its minutes sum them)"
 
 
 def plot(rows: list[dict]) -> None:
@@ -263,7 +282,7 @@ def render(rows: list[dict], probes: list[dict]) -> None:
     md += probe_lines(probes)
     md += ["", "Goals (issue):", *[f"- {g}" for g in goals(rows)], "",
            "![held-out exact during training, every run](docs/parity_cell.png)", "",
-           "Runs (each with its time limit): "
+           "Runs (the time limit of each run's last session): "
            + ", ".join(f"`{r['run']}` ({r['max_minutes']:g} min)" + _sessions(r) for r in rows) + "."]
     plot(rows)
     write_fragment("parity_cell", "\n".join(md), {"runs": rows, "probes": probes, "steps": STEPS, "seeds": SEEDS})
