@@ -1,7 +1,8 @@
 """The default preset end to end, as a user runs it: `make demo` from a cold data cache (data
 generation, training until the held-out target, final evaluation; the install step is done
-before timing). Reports the wall time, the training time to the target, the results table, and
-the same-run fp32 matmul rate (before and after) that the times hold for."""
+before timing). Reports the wall time, the training time to the target, the results table, the
+precision the run resolved (the preset's `auto`) with its reason, and the CPU with its native bf16
+flags and the same-run fp32 and bf16 matmul rates (before and after) that the times hold for."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, machine, matmul_gflops, write_fragment
+from benchmarks.common import ROOT, cpu_summary, machine, matmul_gflops, write_fragment
 from ponder.presets import get_config
 from ponder.runs.report import format_report
 from ponder.training.in_training import evaluation_cost, target_reached
 from ponder.training.loop import auto_threads
+from ponder.training.precision import cpu_flags, native_bf16
 
 START, END = "<!-- {0} -->", "<!-- /{0} -->"
 
@@ -36,6 +38,8 @@ def main() -> None:
     cfg = get_config("demo")
     threads = auto_threads()
     rate_before = matmul_gflops(threads)
+    bf16 = native_bf16(cpu_flags()) or []
+    bf16_before = matmul_gflops(threads, dtype=torch.bfloat16) if bf16 else None
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PONDER_CACHE_DIR=str(Path(tmp) / "cache"))  # cold cache, as on a fresh machine
@@ -47,9 +51,14 @@ def main() -> None:
         run_dir = ROOT / re.search(r"run directory: (\S+)", done.stderr).group(1)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         report = json.loads((run_dir / "eval" / "report.json").read_text())
+        precision = json.loads((run_dir / "setup.json").read_text())[0]["precision"]  # resolved, with its reason
         shutil.rmtree(run_dir)
     rate_after = matmul_gflops(threads)
     rate = (rate_before + rate_after) / 2
+    bf16_rate = (bf16_before + matmul_gflops(threads, dtype=torch.bfloat16)) / 2 if bf16 else None
+    cpu = cpu_summary()["cpu"]
+    flags = f"native bf16: {', '.join(bf16)}" if bf16 else "no native bf16"
+    rates = f"fp32 1024x1024 matmul ran at {rate:.0f}" + (f" and bf16 at {bf16_rate:.0f}" if bf16_rate else "")
     evals = [r for r in records if r["kind"] == "eval"]
     hit = next((r for r in evals if target_reached(r, "exact", cfg)), None)
     cost = evaluation_cost(records)
@@ -59,8 +68,9 @@ def main() -> None:
                f"did NOT reach {100 * cfg.train.target:.0f}% held-out exact within {cfg.train.steps} steps "
                f"(best {100 * max(r['test_exact'] for r in evals):.1f}%)")
     summary = (f"`make demo` {reached}; whole command **{wall / 60:.1f} min** wall (cold data cache: data generation, "
-               f"training, final evaluation; installation not included), on {threads} thread(s) of a "
-               f"{os.cpu_count()}-core CPU whose fp32 1024x1024 matmul ran at {rate:.0f} GFLOP/s in the same run. "
+               f"training, final evaluation; installation not included), in {precision['value']} (precision auto: "
+               f"{precision['reason']}), on {threads} thread(s) of a {os.cpu_count()}-core {cpu} ({flags}) whose "
+               f"{rates} GFLOP/s in the same run. "
                f"Times scale roughly inversely with that rate: measure yours with `make bench`.")
     table = format_report(report).split("\n", 2)[2]
     # the report's "Evaluated:" line names the run's checkpoint, a folder this benchmark deletes
@@ -83,6 +93,7 @@ def main() -> None:
     write_fragment("demo", "\n".join(md), {"evaluation_cost": cost, "wall_seconds": wall, "target_step": hit and hit["step"],
                                            "target_seconds": hit and hit["time_since_start"],
                                            "matmul_gflops": [rate_before, rate_after], "threads": threads,
+                                           "bf16_matmul_gflops": bf16_rate, "precision": precision,
                                            "evals": evals, "report": report})
     readme = ROOT / "README.md"
     text = replace_block(readme.read_text(), "demo-time", summary)

@@ -24,7 +24,8 @@ from ponder.training.precision import cpu_flags, native_bf16
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity",
-         "parity_cell", "parity_speed", "throughput", "contention", "precision_compile", "scale_out", "deltanet",
+         "parity_cell", "parity_speed", "throughput", "contention", "precision_compile", "bf16_accuracy",
+         "scale_out", "deltanet",
          "lm_compare", "arc_baselines", "arc_runs", "arc_solve", "arc_cycles",
          "health", "rescue", "estimators", "decisive"]
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
@@ -139,13 +140,16 @@ def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple
     """Re-evaluate a trained run with stricter Q-halt thresholds (no retraining): exact vs steps."""
     from ponder.runs.run import load_trained
     from ponder.training.evaluate import evaluate_split
+    from ponder.training.precision import autocast
 
     torch.set_num_threads(threads)
     rows = []
     for t in thresholds:
         model, task, cfg, _ = load_trained(run_dir, [f"--halt.threshold={t}"])
-        r = evaluate_split(model, task.test, task.metric, max_steps=cfg.halt.max_steps, batch_size=250,
-                           device=next(model.parameters()).device, budgets=False)  # the run's device
+        device = next(model.parameters()).device  # the run's device, in the run's precision
+        with autocast(device, cfg.train.precision):
+            r = evaluate_split(model, task.test, task.metric, max_steps=cfg.halt.max_steps, batch_size=250,
+                               device=device, budgets=False)
         rows.append({"threshold": t, "exact": r["exact"], "mean_steps": r["mean_steps"],
                      "wrong_halt_frac": r["wrong_halt_frac"], "seconds": r["seconds_adaptive"]})
     m = cfg.halt.max_steps
