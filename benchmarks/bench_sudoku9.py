@@ -66,7 +66,9 @@ def main() -> None:
           f"augmentation, {h['n']} held-out puzzles), then evaluation of the EMA weights. Run: "
           f"`ponder train sudoku9 --train.max_minutes={MINUTES:g} --train.threads={THREADS} "
           f"--train.precision={PRECISION}`; whole benchmark {wall / 60:.1f} min. {machine_text}", "",
-          format_report(report).split("\n", 2)[2], "",
+          # the report's "Evaluated:" line names the run's checkpoint by its path on this machine
+          "\n".join(line for line in format_report(report).split("\n", 2)[2].split("\n")
+                    if not line.startswith("Evaluated: ")).lstrip("\n"), "",
           f"**Adaptive halting vs always {m} steps:** {100 * h['exact']:.1f}% exact with {h['mean_steps']:.2f} "
           f"mean steps ({100 * h['mean_steps'] / m:.0f}% of the steps) vs {100 * h['exact_by_budget'][-1]:.1f}% "
           f"with {m}; inference wall time {h['seconds_adaptive']:.2f}s vs {h['seconds_all_steps']:.2f}s.", "",
@@ -74,7 +76,8 @@ def main() -> None:
     write_fragment("sudoku9", "\n".join(md), {"minutes": MINUTES, "threads": THREADS, "load": load,
                                               "precision": PRECISION, "matmul_gflops": [before, after],
                                               "steps": steps_done, "wall_seconds": wall,
-                                              "report": report, "run_dir": run_dir.name})
+                                              "report": json.loads(json.dumps(report).replace(str(ROOT) + "/", "")),
+                                              "run_dir": run_dir.name})
     add_thresholds(run_dir)
 
 
