@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from statistics import mean, pstdev
 
-from benchmarks.common import ROOT, cpu_summary, run_jobs, write_fragment
+from benchmarks.common import ROOT, cpu_summary, finished_run, run_jobs, write_fragment
 from ponder.training.in_training import wall_seconds
 from ponder.training.precision import cpu_flags, native_bf16
 
@@ -43,10 +43,6 @@ def run_name(preset: str, precision: str, seed: int) -> str:
     return f"{preset}-{precision}-s{seed}"
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / "eval" / "report.json").exists()
-
-
 def train_all() -> None:
     """Every run in OUT, one at a time (each uses every core): finished kept, interrupted resumed."""
     commands = []
@@ -54,7 +50,7 @@ def train_all() -> None:
         for seed in range(SEEDS):
             for precision in PRECISIONS:  # alternating, so a drift of the machine hits both alike
                 run_dir = OUT / run_name(preset, precision, seed)
-                if finished(run_dir):
+                if finished_run(run_dir):
                     continue
                 if (run_dir / "config.json").exists():
                     commands.append([sys.executable, "-m", "ponder", "train", preset, "--resume", str(run_dir)])
@@ -120,7 +116,7 @@ def main() -> None:
     if "--rewrite" not in sys.argv:
         train_all()
     dirs = [OUT / run_name(p, q, s) for p in PRESETS for s in range(SEEDS) for q in PRECISIONS]
-    missing = [d for d in dirs if not finished(d)]
+    missing = [d for d in dirs if not finished_run(d)]
     if missing:
         sys.exit(f"bench_bf16_accuracy: {len(missing)} runs are not finished, e.g. {missing[0]}")
     rows = [row(d) for d in dirs]

@@ -37,7 +37,7 @@ from statistics import mean, pstdev
 
 import numpy as np
 
-from benchmarks.common import ROOT, run_jobs, write_fragment
+from benchmarks.common import ROOT, finished_run, run_jobs, write_fragment
 from ponder.training.in_training import wall_seconds
 from ponder.tasks.parity.task import count_vectors, k_range
 
@@ -83,17 +83,13 @@ def jobs() -> list[tuple[str, list[str], str]]:
     return out
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / "eval" / "report.json").exists()
-
-
 def train_all() -> list[Path]:
     """Every run of `jobs()` in OUT: finished ones kept, interrupted ones resumed, the rest started."""
     run_dirs, commands = [], []
     for name, overrides, split in jobs():  # JOBS at a time, one thread each
         run_dir = OUT / name
         run_dirs.append(run_dir)
-        if finished(run_dir):
+        if finished_run(run_dir):
             continue
         if (run_dir / "config.json").exists():  # interrupted: continue it exactly
             commands.append([sys.executable, "-m", "ponder", "train", PRESETS[split], "--resume", str(run_dir)])
@@ -299,13 +295,13 @@ def _values_after(flag: str) -> list[Path]:
 
 def main() -> None:
     if "--rewrite" in sys.argv:
-        dirs = sorted(d for d in OUT.iterdir() if finished(d)) if OUT.exists() else []
+        dirs = sorted(d for d in OUT.iterdir() if finished_run(d)) if OUT.exists() else []
         if not dirs:
             sys.exit(f"bench_parity_cell: no finished run in {OUT}")
     elif "--from-runs" in sys.argv:
         dirs = _values_after("--from-runs")
     else:
-        dirs = [d for d in train_all() if finished(d)]
+        dirs = [d for d in train_all() if finished_run(d)]
     probes = _values_after("--probes") if "--probes" in sys.argv else []
     render([row(d) for d in dirs], [probe_row(d) for d in probes])
 

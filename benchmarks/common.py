@@ -115,6 +115,11 @@ def run_jobs(commands: list[list[str]], jobs: int, *, env: dict | None = None) -
                 sys.exit(f"failed: {' '.join(map(str, proc.args))}\n{tail}")
 
 
+def finished_run(run_dir: Path) -> bool:
+    """Has the run in `run_dir` ended with its final evaluation (eval/report.json)?"""
+    return (run_dir / "eval" / "report.json").exists()
+
+
 def write_fragment(name: str, markdown: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -277,9 +277,6 @@ class Trajectory(_Counters):
         m, b = self.halt_cfg.max_steps, len(batch)
         cols = getattr(self.model, "_answer_cols", None)  # the only positions ever scored, or None
         labels = batch.labels if cols is None else batch.labels[:, cols]
-        # a model whose gradient runs through its carried state (the recurrent cells) keeps the
-        # trajectory's graph between steps, as PonderNet and ACT train
-        detach = not self.model.through_steps
         step_losses = None
         if getattr(self.model, "outputs_at_once", False):  # the recursion, then every output in one call
             ys, _ = self.model.trajectory(state, ctx, m)  # (m * b, 1, H), step-major
@@ -296,6 +293,9 @@ class Trajectory(_Counters):
             def step_losses() -> Tensor:  # (b, M): one cross-entropy call for the whole trajectory
                 return task_loss(every.logits, labels.repeat(m, 1)).view(m, b).t()
         else:
+            # a model whose gradient runs through its carried state keeps the trajectory's graph
+            # between steps, as PonderNet and ACT train (the cells' `trajectory` does the same)
+            detach = not self.model.through_steps
             outs = []
             for _ in range(m):
                 state, out = self.model.step(state, ctx, detach=detach)
