@@ -134,7 +134,8 @@ class Config:
                    (self.train.target > 0, f"train.target={self.train.target:g}",
                     "a language model's headline figure is a perplexity, not a share to reach"),
                    (self.health.controller, "health.controller=true", "language models declare no controller knobs"),
-                   (self.train.compile is True, "train.compile=true", "it compiles the recursive reasoner's networks only")]
+                   (self.train.compile is True, "train.compile=true",
+                    "it compiles the recursion of the recursive reasoner and of the recurrent cell only")]
         if kind == "hybrid_lm":
             default = QHaltSettings()  # the section's default (Config.halt)
             refused += [(self.halt != default, "a non-default halt section", "model.kind=hybrid_lm has no halting head"),
