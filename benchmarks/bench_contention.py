@@ -128,7 +128,7 @@ def main() -> None:
         measure(args)
         return
     from benchmarks.common import write_fragment
-    from ponder.training.loop import auto_threads
+    from ponder.training.host import auto_threads
 
     t0 = time.perf_counter()
     rows = run_all(args.repeats, args.seconds)

@@ -20,7 +20,7 @@ from benchmarks.common import ROOT, cpu_summary, machine, matmul_gflops, write_f
 from ponder.presets import get_config
 from ponder.runs.report import format_report
 from ponder.training.in_training import evaluation_cost, target_reached
-from ponder.training.loop import auto_threads
+from ponder.training.host import auto_threads
 from ponder.training.precision import cpu_flags, native_bf16
 
 START, END = "<!-- {0} -->", "<!-- /{0} -->"

@@ -65,6 +65,6 @@ def test_resume_purges_events_after_the_checkpoint(tmp_path):
 
 
 def test_on_without_the_package_is_refused(monkeypatch):
-    monkeypatch.setattr("ponder.training.loop.tensorboard_available", lambda: False)
+    monkeypatch.setattr("ponder.training.train_config.tensorboard_available", lambda: False)
     with pytest.raises(PonderError, match="tensorboard package is not installed"):
         apply_overrides(get_config("debug"), ["--train.tensorboard=on"]).validate()

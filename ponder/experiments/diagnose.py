@@ -39,7 +39,7 @@ from ponder.runs.run import build_model, load_trained
 from ponder.tasks import build_task
 from ponder.training.carry import batch_of
 from ponder.training.estimator_hook import recursion_problem
-from ponder.training.loop import resolve_device, set_threads
+from ponder.training.host import resolve_device, set_threads
 from ponder.training.objectives import task_loss
 
 MEMORY_METHOD = ("peak live bytes of the PyTorch CPU allocator during the call, from torch.profiler "

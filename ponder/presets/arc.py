@@ -7,7 +7,7 @@ from ponder.presets.base import fp32_train, preset
 from ponder.runs.config import Config
 from ponder.tasks.arc.task import ArcConfig
 from ponder.training.evaluate import EvalConfig
-from ponder.training.loop import TrainConfig
+from ponder.training.train_config import TrainConfig
 from ponder.training.optim import AdamATan2Settings
 
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 from ponder.core.registry import Registry
 from ponder.runs.config import Config
-from ponder.training.loop import TrainConfig
+from ponder.training.train_config import TrainConfig
 
 DEFAULT_PRESET = "demo"
 

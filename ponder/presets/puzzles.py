@@ -9,7 +9,7 @@ from ponder.runs.config import Config
 from ponder.tasks.mazes.task import MazeConfig
 from ponder.tasks.sudoku.task import SudokuConfig
 from ponder.training.evaluate import EvalConfig
-from ponder.training.loop import TrainConfig
+from ponder.training.train_config import TrainConfig
 from ponder.training.optim import AdamATan2Settings
 
 

@@ -37,7 +37,7 @@ from ponder.models.recursive import ModelConfig
 from ponder.tasks import TASKS
 from ponder.training.estimator_hook import ESTIMATOR_SETTINGS, TRMRule, validate_estimator
 from ponder.training.evaluate import EvalConfig
-from ponder.training.loop import TrainConfig
+from ponder.training.train_config import TrainConfig
 from ponder.training.optim import OPTIMIZERS, AdamWSettings
 
 SECTIONS = ("task", "model", "halt", "estimator", "optim", "train", "eval", "health", "halting_health")

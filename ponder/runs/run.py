@@ -50,7 +50,8 @@ from ponder.training.compiling import settle
 from ponder.training.curriculum import CurriculumCallback
 from ponder.training.distributed import join, leave
 from ponder.training.estimator_hook import TRMRule
-from ponder.training.loop import Run, resolve_device, set_flush_denormal, set_threads, train
+from ponder.training.host import resolve_device, set_flush_denormal, set_threads
+from ponder.training.loop import Run, train
 from ponder.training.objectives import build_objective
 from ponder.training.optim import ExponentialMovingAverage, build_optimizer
 from ponder.training.precision import autocast, check_precision, record_setup

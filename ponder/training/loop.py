@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,158 +24,17 @@ from tqdm import tqdm
 from ponder.core.errors import PonderError
 from ponder.core.files import WriteFailed
 from ponder.core.progress import silenced
-from ponder.core.settings import check, setting
 from ponder.core.task import TaskData
 from ponder.training.callbacks import Callbacks, MetricsLog
 from ponder.training.carry import SampleStream
 from ponder.training.checkpoint import save_checkpoint, stopped_by_write
-from ponder.training.distributed import SINGLE, Shard, local_world
+from ponder.training.distributed import SINGLE, Shard
+from ponder.training.host import device_rng_state, set_device_rng_state
 from ponder.training.in_training import evaluate_during_training, evaluation_cost, target_reached
 from ponder.training.optim import ExponentialMovingAverage, lr_factor
-from ponder.training.precision import PRECISIONS, autocast
-from ponder.training.tensorboard import tensorboard_available
+from ponder.training.precision import autocast
+from ponder.training.train_config import TrainConfig
 from ponder.training.transfer import fetch
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    """Training settings.
-
-    Attributes:
-        seed: seeds weights, sample order, augmentation and exploration.
-        batch_size: B, slots in the deep-supervision carry.
-        steps: optimizer steps (each is one ACT step of every slot).
-        lr: base learning rate (the update rule and its constants are the `optim` section).
-        warmup_steps, schedule ("constant" | "cosine"), min_lr_ratio: learning-rate schedule.
-        grad_clip: max global gradient norm (0 = off).
-        ema_decay: EMA of weights used for evaluation (0 = off).
-        loss: "softmax" cross-entropy or TRM's "stablemax" (computed in float64).
-        log_every, eval_every, checkpoint_every: intervals in optimizer steps (0 = never).
-        keep_checkpoints: newest checkpoints kept on disk.
-        device: "cpu", "cuda", "cuda:N", "mps" or "auto".
-        threads: torch CPU threads; 0 = one per usable core (`auto_threads`), with OpenMP's passive
-            waiting (set when ponder is imported), so a competing process does not stall every op.
-        progress: show a progress bar with ETA.
-        max_minutes: stop (checkpoint, final evaluation) after this much training wall time (0 = off).
-        target: stop (checkpoint, final evaluation) at the first evaluation whose held-out
-            headline score (exact match for puzzles) reaches this on the whole held-out split
-            (0 = off); a subset within its sampling error of the target has the whole split scored.
-        tensorboard: TensorBoard event files in RUN_DIR/tensorboard/ beside the JSONL and CSV:
-            "auto" (when the tensorboard package is installed), "on" (an error without it), "off".
-        precision: "auto", "fp32" or "bf16" (autocast of the forward to bfloat16, in training
-            and evaluation; ponder.training.precision says where, and what stays float32).
-            "auto" is resolved when the run opens and the result saved in its config.
-        compile: torch.compile of the recursion (the reasoner's networks, or the recurrent cell's
-            training trajectory): True, False or "auto" (on only where
-            a recorded measurement says it pays over the run's length; ponder.training.compiling),
-            resolved when the run opens like `precision`.
-        flush_denormal: on the CPU, compute with denormal floats flushed to zero (the process's
-            setting, applied when the run opens; off keeps torch's default). The gradient of a
-            small recurrent net decays into denormal numbers, which the CPU handles many times
-            slower (BENCHMARKS.md, parity step speed); flushing them changes values only below
-            about 1e-38.
-    """
-
-    seed: int = setting(0, ge=0)
-    batch_size: int = setting(64, ge=1)
-    steps: int = setting(1000, ge=1)
-    lr: float = setting(1e-3, gt=0)
-    warmup_steps: int = setting(100, ge=0)
-    schedule: str = setting("constant", choices=("constant", "cosine"))
-    min_lr_ratio: float = setting(0.1, ge=0, le=1)
-    grad_clip: float = setting(1.0, ge=0)
-    ema_decay: float = setting(0.0, ge=0, lt=1)
-    loss: str = setting("softmax", choices=("softmax", "stablemax"))
-    log_every: int = setting(50, ge=0)
-    eval_every: int = setting(500, ge=0)
-    checkpoint_every: int = setting(500, ge=0)
-    keep_checkpoints: int = setting(2, ge=1)
-    device: str = "cpu"
-    threads: int = setting(0, ge=0)
-    progress: bool = True
-    max_minutes: float = setting(0.0, ge=0)
-    target: float = setting(0.0, ge=0, le=1)
-    tensorboard: str = setting("auto", choices=("auto", "on", "off"))
-    precision: str = setting("auto", choices=PRECISIONS)
-    compile: bool | Literal["auto"] = "auto"
-    flush_denormal: bool = False
-
-    def inactive(self) -> dict[str, str]:
-        out = {}
-        if self.schedule == "constant":
-            out["min_lr_ratio"] = "train.schedule=constant does not decay"
-        if self.eval_every == 0:
-            out["target"] = "train.eval_every=0: nothing is evaluated during training"
-        if self.flush_denormal and self.device not in ("cpu", "auto"):
-            out["flush_denormal"] = f"train.device={self.device}: it sets the CPU's arithmetic only"
-        return out
-
-    def validate(self) -> None:
-        check(self, "train")
-        if self.tensorboard == "on" and not tensorboard_available():
-            raise PonderError("train.tensorboard=on but the tensorboard package is not installed "
-                              "(pip install 'ponder[tensorboard]')")
-        if not (self.device in ("cpu", "cuda", "mps", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise PonderError(f"train.device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an unavailable device is a PonderError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PonderError("train.device=cuda but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise PonderError("train.device=mps but MPS is not available")
-    return torch.device(name)
-
-
-def auto_threads() -> int:
-    """Threads for torch on the CPU when `train.threads` is 0: one per core this process may use
-    (divided among the processes torchrun started on this machine).
-    ponder sets OMP_WAIT_POLICY=PASSIVE before torch loads (ponder/__init__.py): with threads that
-    spin while they wait, one other busy process stalled every op of every step; waiting
-    passively, a thread per core kept the idle speed of all cores and lost little to a
-    competitor (BENCHMARKS.md, busy machines: both measured against one thread)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // local_world())  # processes started together by torchrun share the cores
-
-
-def set_threads(threads: int) -> int:
-    """Apply `train.threads` (0 = `auto_threads()`); returns the count used."""
-    n = threads if threads > 0 else auto_threads()
-    torch.set_num_threads(n)
-    return n
-
-
-def set_flush_denormal(on: bool) -> None:
-    """Apply `train.flush_denormal` to this process's CPU arithmetic (both ways, so a run opened
-    after another in one process computes as it would alone)."""
-    torch.set_flush_denormal(on)
-
-
-def device_rng_state(device: torch.device) -> torch.Tensor | None:
-    """The RNG state of an accelerator `device` (None on the CPU, whose generator is torch's global one)."""
-    if device.type == "cuda":
-        return torch.cuda.get_rng_state(device)
-    if device.type == "mps":
-        return torch.mps.get_rng_state()
-    return None
-
-
-def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
-    """Restore `device_rng_state`; None (a checkpoint of a CPU run, or of one saved before it was
-    kept) leaves the device's RNG as it is."""
-    if state is None:
-        return
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state.cpu(), device)
-    elif device.type == "mps":
-        torch.mps.set_rng_state(state.cpu())
 
 
 class Window:

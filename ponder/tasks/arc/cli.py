@@ -31,7 +31,7 @@ from ponder.tasks.arc.solve import score_command as solve_score_command
 from ponder.tasks.arc.task import ArcTaskData
 from ponder.tasks.arc.ttft import TTFTSettings
 from ponder.training.checkpoint import resolve_checkpoint, run_dir_of
-from ponder.training.loop import resolve_device, set_threads
+from ponder.training.host import resolve_device, set_threads
 
 LEAKAGE_DEFAULT = "arc-leakage.md"
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from ponder.core.errors import PonderError
 from ponder.tasks.lm.generate import format_depths, generate, run_tokenizer
-from ponder.training.loop import set_threads
+from ponder.training.host import set_threads
 
 
 def _cmd_generate(args, extra) -> int:
