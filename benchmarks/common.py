@@ -23,7 +23,7 @@ from ponder.training.precision import cpu_flags, native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "finetune", "pathology", "parity",
+ORDER = ["demo", "equivalence", "sudoku9", "maze9", "thresholds", "hard_data", "hard_recipes", "finetune", "pathology", "parity",
          "parity_cell", "parity_speed", "throughput", "contention", "precision_compile", "bf16_accuracy",
          "scale_out", "deltanet",
          "lm_compare", "arc_baselines", "arc_runs", "arc_solve", "arc_cycles",

@@ -1,7 +1,8 @@
 """Analytic matmul FLOPs of one ACT step of a RecursiveReasoner (TRM / HRM).
 
 Counts 2*m*n*k per matrix product: the q/k/v and output projections, the attention score and
-value products, the SwiGLU projections (or the sequence-MLP mixer), and the readout. Elementwise
+value products, the SwiGLU projections (or the sequence-MLP mixer), the board convolution
+(2*k*k per channel and position, with model.board_conv=k), and the readout. Elementwise
 work (norms, rotary, activations, residuals), the embedding lookup and the halting head are not
 counted. The backward pass is taken as 2x the differentiated forward (grad input + grad weight
 per product); note that a flash-style attention backward also recomputes the scores, which this
@@ -25,7 +26,8 @@ def block_flops(cfg: ModelConfig, *, seq_len: int, batch_size: int) -> int:
         hidden_t = swiglu_hidden(n, cfg.expansion)
         mixer = 6 * (b * d) * n * hidden_t  # gate_up (2 * hidden_t outputs) + down, per channel
     ffn = 6 * tokens * d * swiglu_hidden(d, cfg.expansion)
-    return mixer + ffn
+    local = 2 * tokens * d * cfg.board_conv ** 2
+    return mixer + ffn + local
 
 
 def step_flops(cfg: ModelConfig, *, seq_len: int, vocab_size: int, batch_size: int) -> dict[str, int]:

@@ -36,8 +36,8 @@ from ponder.core.errors import PonderError
 from ponder.core.settings import check, setting
 from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.adapters import AdapterFactors, HyperLoRA, soft_clamp
-from ponder.models.blocks import (Attention, ReasoningNet, Rotary, SequenceMLP, TransformerBlock, swiglu_hidden,
-                                  trunc_normal_)
+from ponder.models.blocks import (Attention, BoardConv, ReasoningNet, Rotary, SequenceMLP, TransformerBlock,
+                                  swiglu_hidden, trunc_normal_)
 
 STYLES = ("trm", "hrm")
 MIXERS = ("attention", "mlp")
@@ -73,6 +73,9 @@ class ModelConfig:
         readout_init_scale: readout std = readout_init_scale / sqrt(d). 1.0 is TRM's LeCun init;
             the default 0.1 starts from near-uniform predictions (all Sudoku and maze figures use
             it), but it slows learning parity badly; the parity presets use 1.0 (DESIGN.md).
+        board_conv: k, the kernel of a depthwise k x k convolution over the task's grid applied to
+            every block's feed-forward input (local mixing on the board, as nano-trm's
+            BoardConvSwiGLU; blocks.BoardConv); 0 = off, else odd.
     """
 
     style: str = setting("trm", choices=STYLES)
@@ -95,6 +98,7 @@ class ModelConfig:
     logit_clamp: float = setting(0.0, ge=0)
     logit_clamp_max: float = setting(100.0, gt=0)
     readout_init_scale: float = setting(0.1, gt=0)
+    board_conv: int = setting(0, ge=0)
 
     def inactive(self) -> dict[str, str]:
         """Settings that do nothing under the current values."""
@@ -115,6 +119,8 @@ class ModelConfig:
             raise PonderError(f"model d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.mixer == "attention" and self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise PonderError(f"model head size {self.d_model // self.n_heads} must be even for rope")
+        if self.board_conv % 2 == 0 and self.board_conv:
+            raise PonderError(f"model board_conv must be 0 (off) or an odd kernel size, got {self.board_conv}")
         if self.logit_clamp > 0 and self.logit_clamp_max <= self.logit_clamp:
             raise PonderError(f"model logit_clamp must be 0 (off) or below logit_clamp_max, got "
                               f"{self.logit_clamp} and {self.logit_clamp_max}")
@@ -186,10 +192,11 @@ class RecursiveReasoner(nn.Module):
             with gradient). It becomes a submodule, so its parameters are the model's.
         num_puzzle_ids: puzzle identifiers of the task (for conditioning "puzzle").
         context_len: context tokens per sample of the task (for conditioning "context").
+        grid_shape: (rows, cols) laying out the seq_len positions (for model.board_conv).
     """
 
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, seq_len: int, halting: nn.Module,
-                 num_puzzle_ids: int = 0, context_len: int = 0):
+                 num_puzzle_ids: int = 0, context_len: int = 0, grid_shape: tuple[int, int] | None = None):
         super().__init__()
         cfg.validate()
         if vocab_size <= 0 or seq_len <= 0:
@@ -198,6 +205,10 @@ class RecursiveReasoner(nn.Module):
             raise PonderError("model.conditioning=puzzle needs a task with puzzle identifiers; this one has none")
         if cfg.conditioning == "context" and context_len <= 0:
             raise PonderError("model.conditioning=context needs a task with context tokens; this one has none")
+        if cfg.board_conv and (grid_shape is None or grid_shape[0] * grid_shape[1] != seq_len):
+            raise PonderError(f"model.board_conv needs the task's grid of {seq_len} positions; got "
+                              f"{'none' if grid_shape is None else 'x'.join(map(str, grid_shape))}")
+        self.grid_shape = grid_shape
         self.cfg, self.vocab_size, self.seq_len = cfg, vocab_size, seq_len
         d = cfg.d_model
         self.embed_scale = math.sqrt(d)
@@ -235,7 +246,8 @@ class RecursiveReasoner(nn.Module):
                 mixer: nn.Module = Attention(cfg.d_model, cfg.n_heads, self.rotary)
             else:
                 mixer = SequenceMLP(self.seq_len, cfg.expansion)
-            blocks.append(TransformerBlock(mixer, cfg.d_model, cfg.expansion, cfg.norm_eps))
+            local = BoardConv(cfg.d_model, self.grid_shape, cfg.board_conv) if cfg.board_conv else None
+            blocks.append(TransformerBlock(mixer, cfg.d_model, cfg.expansion, cfg.norm_eps, local))
         return ReasoningNet(blocks, row_elements=self._row_elements())
 
     def _row_elements(self) -> int:

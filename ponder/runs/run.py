@@ -63,7 +63,8 @@ def _build_reasoner(cfg: Config, task: TaskData) -> RecursiveReasoner:
     cfg.model.validate()
     head = build_halting(cfg.halt, cfg.model.d_model)
     return RecursiveReasoner(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len, halting=head,
-                             num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len)
+                             num_puzzle_ids=task.num_puzzle_ids, context_len=task.context_len,
+                             grid_shape=task.grid_shape)
 
 
 def _build_cell(cfg: Config, task: TaskData) -> CellReasoner:
