@@ -118,7 +118,9 @@ def collect() -> dict:
         runs = {v: row(out / v) for v in VARIANTS if finished_run(out / v)}
         if runs:
             machine = out / "machine.json"
-            data[preset] = {"runs": runs, "machine": json.loads(machine.read_text()) if machine.exists() else None}
+            cfg = json.loads((out / next(iter(runs)) / "config.json").read_text())
+            data[preset] = {"runs": runs, "machine": json.loads(machine.read_text()) if machine.exists() else None,
+                            "subset": cfg["eval"]["during_training_samples"]}
     return data
 
 
@@ -154,6 +156,12 @@ def render(data: dict) -> str:
         first = next(iter(d["runs"].values()))
         for name, b in first["baselines"].items():
             md.append(f"| baseline: {name} | | {_pct(b.get('exact'))} | | {_pct(b.get('cell'))} | | | | |")
+        md += ["", f"Precision: {first['precision']['value']} ({first['precision']['reason']}; the preset's run "
+                   "chose it and the other run of the pair was given the same).", "",
+               f"Held-out exact / cell accuracy during training ({d['subset']} held-out samples at each evaluation; "
+               "minutes of training in brackets):", ""]
+        md += [f"- {v}: " + ", ".join(f"{_pct(e)} / {_pct(c)} ({m:.0f})" for m, e, c in r["curve"])
+               for v, r in d["runs"].items()]
         best = max(d["runs"].values(), key=lambda r: r["exact"])
         met = "met" if best["exact"] >= GOAL else "not met"
         md += ["", f"Goal >= {GOAL:.0%} held-out exact ({first['n']} held-out): **{met}** (best "

@@ -124,28 +124,32 @@ def trm_maze_hard() -> Config:
 
 
 @preset("sudoku-hard-cpu", "9x9 minimal Sudoku needing >= 3 backtracks (generated once, cached), sudoku9's model "
-        "and training: d=96 TRM-mlp, T=2, n=2, M=16", "~30 min")
+        "and training: d=96 TRM-mlp, T=2, n=2, M=16, bf16 where the CPU has it; what an hour reaches: BENCHMARKS.md, "
+        "hard recipes", "~60 min")
 def sudoku_hard_cpu() -> Config:
-    """The sudoku9 recipe on hard puzzles, so the two can be compared (BENCHMARKS.md, hard data)."""
+    """The sudoku9 recipe on hard puzzles, so the two can be compared (BENCHMARKS.md, hard data),
+    for an hour in `train.precision=auto`: bf16 where the CPU has it natively and the run's probe
+    measures it faster (BENCHMARKS.md, hard recipes, records the probe of the measured runs)."""
     cfg = sudoku9()
     cfg.task = SudokuConfig(box_rows=3, box_cols=3, generator="minimal", min_backtracks=3, n_train=2000, n_test=500,
                             seed=0)  # 2000 training puzzles: generating them takes minutes, not an hour
-    cfg.train.max_minutes = 30.0
+    cfg.train.max_minutes = 60.0
     cfg.train.steps = 1000000
+    cfg.train.precision = "auto"
     return cfg
 
 
 @preset("maze-hard-cpu", "30x30 mazes with shortest paths > 110 steps (Maze-Hard's rule), d=32 attention, T=2, "
-        "n=1, M=8", "~30 min")
+        "n=1, M=8, bf16 where the CPU has it; what an hour reaches: BENCHMARKS.md, hard recipes", "~60 min")
 def maze_hard_cpu() -> Config:
     """Sized down from maze9's model (d=32, one latent update per cycle, batch 16) because attention
-    runs over 900 cells instead of 81."""
+    runs over 900 cells instead of 81; an hour in `train.precision=auto` (as sudoku-hard-cpu)."""
     return Config(
         task=MazeConfig(size=29, canvas=30, min_path_len=111, loop_fraction=0.05, n_train=3000, n_test=200, seed=0),
         model=ModelConfig(d_model=32, n_heads=2, n_layers=2, mixer="attention", positions="rope", h_cycles=2,
                           l_cycles=1),
         halt=halt_config(max_steps=8),
-        train=fp32_train(batch_size=16, steps=1000000, max_minutes=30.0, lr=1e-3, warmup_steps=100, ema_decay=0.99,
-                          log_every=50, eval_every=500, checkpoint_every=500),
+        train=TrainConfig(batch_size=16, steps=1000000, max_minutes=60.0, lr=1e-3, warmup_steps=100, ema_decay=0.99,
+                          log_every=50, eval_every=500, checkpoint_every=500, precision="auto", compile=False),
         eval=EvalConfig(batch_size=100, train_samples=100, during_training_samples=100),
     )
