@@ -40,7 +40,7 @@ def test_carry_refills_only_finished_slots():
     cfg = get_config("debug")
 
     class Task:
-        vocab_size, seq_len, num_puzzle_ids, context_len = 8, 4, 0, 0
+        vocab_size, seq_len, num_puzzle_ids, context_len, grid_shape = 8, 4, 0, 0, (2, 2)
 
     model = build_model(cfg, Task)
     stream = SampleStream(_split(), seed=0, augment=None)

@@ -117,7 +117,7 @@ def test_halting_head_gets_its_own_learning_rate_group():
     cfg = apply_overrides(get_config("debug"), ["--halt.lr_scale=0.1"])
 
     class Task:
-        vocab_size, seq_len, num_puzzle_ids, context_len = 6, 16, 0, 0
+        vocab_size, seq_len, num_puzzle_ids, context_len, grid_shape = 6, 16, 0, 0, (4, 4)
 
     model = build_model(cfg, Task)
     opt = build_optimizer(model, AdamWSettings(), lr=1e-3, halting_lr_scale=cfg.halt.lr_scale)

@@ -370,7 +370,7 @@ def test_decide_halts_at_the_step_the_trajectory_loss_uses(kind, cfg):
 
 
 class _Task:
-    vocab_size, seq_len, num_puzzle_ids, context_len = 6, 16, 0, 0
+    vocab_size, seq_len, num_puzzle_ids, context_len, grid_shape = 6, 16, 0, 0, (4, 4)
 
 
 class _Stream:
