@@ -46,6 +46,7 @@ class _Task:
     def __init__(self, vocab_size: int, seq_len: int):
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.num_puzzle_ids = self.context_len = 0
+        self.grid_shape = (1, seq_len)
 
 
 def _data(vocab: int, seq: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
