@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ponder.core.errors import PonderError
 from ponder.core.types import Batch
 from ponder.models import ModelConfig, RecursiveReasoner
-from ponder.models.blocks import BoardConv
+from ponder.models.board import BoardConv
 from ponder.models.flops import step_flops
 from tests.test_recursive import MeanHalting
 

@@ -36,8 +36,9 @@ from ponder.core.errors import PonderError
 from ponder.core.settings import check, setting
 from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.adapters import AdapterFactors, HyperLoRA, soft_clamp
-from ponder.models.blocks import (Attention, BoardConv, ReasoningNet, Rotary, SequenceMLP, TransformerBlock,
-                                  swiglu_hidden, trunc_normal_)
+from ponder.models.blocks import (Attention, ReasoningNet, Rotary, SequenceMLP, TransformerBlock, swiglu_hidden,
+                                  trunc_normal_)
+from ponder.models.board import BoardConv
 
 STYLES = ("trm", "hrm")
 MIXERS = ("attention", "mlp")
@@ -75,7 +76,7 @@ class ModelConfig:
             it), but it slows learning parity badly; the parity presets use 1.0 (DESIGN.md).
         board_conv: k, the kernel of a depthwise k x k convolution over the task's grid applied to
             every block's feed-forward input (local mixing on the board, as nano-trm's
-            BoardConvSwiGLU; blocks.BoardConv); 0 = off, else odd.
+            BoardConvSwiGLU; ponder.models.board); 0 = off, else odd.
     """
 
     style: str = setting("trm", choices=STYLES)
