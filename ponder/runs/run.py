@@ -323,15 +323,20 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
             if run.shard.main:
                 write_health_report(run.run_dir, cfg, records)
             if not final_eval:
-                return records[-1] if records else {}
-            model, cfg = run.eval_model(), run.cfg  # run.cfg: precision and compile resolved
-            about = about_evaluation(cfg, run.run_dir / "checkpoints" / f"step-{run.step:07d}", split="test",
-                                     overrides=[], use_ema=cfg.eval.use_ema)
-            with autocast(run.device, cfg.train.precision), silenced(not cfg.train.progress or not run.shard.main):
-                # evaluated in the arithmetic it trained with; halt.threshold=auto: calibrated on the final weights
-                calibrate(model, run.task, cfg, device=run.device, shard=run.shard)
-                return evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
-                                    quiet=not run.shard.main, about=about)
+                result = records[-1] if records else {}
+            else:
+                model, cfg = run.eval_model(), run.cfg  # run.cfg: precision and compile resolved
+                about = about_evaluation(cfg, run.run_dir / "checkpoints" / f"step-{run.step:07d}", split="test",
+                                         overrides=[], use_ema=cfg.eval.use_ema)
+                with autocast(run.device, cfg.train.precision), silenced(not cfg.train.progress or not run.shard.main):
+                    # evaluated in the arithmetic it trained with; halt.threshold=auto: calibrated on the final weights
+                    calibrate(model, run.task, cfg, device=run.device, shard=run.shard)
+                    result = evaluate_run(model, run.task, cfg, run.run_dir, device=run.device, shard=run.shard,
+                                          quiet=not run.shard.main, about=about)
+            # under torchrun the ranks leave together: none tears its connections down while rank 0 still
+            # writes the reports (gloo can abort a process whose peer hangs up under it)
+            run.shard.barrier()
+            return result
         except WriteFailed as e:
             raise stopped_by_write(e, run.run_dir, run.step, finished=True) from None
     finally:
