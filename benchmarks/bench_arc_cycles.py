@@ -27,7 +27,8 @@ import torch
 
 from benchmarks.common import ROOT, matmul_gflops, write_fragment
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import load_trained, read_run_config, train_run
+from ponder.runs.run import read_run_config, train_run
+from ponder.runs.trained import load_trained
 from ponder.tasks.arc.data import DATA_VERSION
 from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval
 from ponder.training.checkpoint import resolve_checkpoint

@@ -31,7 +31,8 @@ import torch
 from benchmarks.common import RESULTS, ROOT, matmul_gflops, run_jobs, write_fragment
 from ponder.presets import PRESETS
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import load_trained, read_run_config, train_run
+from ponder.runs.run import read_run_config, train_run
+from ponder.runs.trained import load_trained
 from ponder.tasks.arc.baselines import score_baselines
 from ponder.tasks.arc.data import DATA_VERSION
 from ponder.tasks.arc.evaluation import evaluate_arc, write_arc_eval

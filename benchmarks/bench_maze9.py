@@ -39,7 +39,7 @@ def main() -> None:
 def _evaluate(run_dir: Path) -> dict:
     import torch
 
-    from ponder.runs.run import load_trained
+    from ponder.runs.trained import load_trained
 
     model, task, cfg, _ = load_trained(run_dir)
     torch.set_num_threads(THREADS)

@@ -34,7 +34,8 @@ import torch
 from benchmarks.common import RESULTS, ROOT, write_fragment
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import load_trained, train_run
+from ponder.runs.run import train_run
+from ponder.runs.trained import load_trained
 from ponder.training.calibrate import replay, trace
 from ponder.training.evaluate import evaluate_split
 

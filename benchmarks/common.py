@@ -143,7 +143,7 @@ def assemble() -> Path:
 
 def threshold_table(run_dir: Path, threads: int, thresholds=THRESHOLDS) -> tuple[str, list[dict]]:
     """Re-evaluate a trained run with stricter Q-halt thresholds (no retraining): exact vs steps."""
-    from ponder.runs.run import load_trained
+    from ponder.runs.trained import load_trained
     from ponder.training.evaluate import evaluate_split
     from ponder.training.precision import autocast
 

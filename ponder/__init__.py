@@ -4,7 +4,8 @@ Re-exported here: the core records `Batch`, `State`, `StepOutput` and `PonderErr
 imported from its module (kept out of this file so `import ponder` stays light):
 - ponder.runs.config: `Config`, `apply_overrides`, `load_config`
 - ponder.presets: `get_config`, `PRESETS`
-- ponder.runs.run: `train_run`, `open_run`, `build_model`, `load_trained` (the run layer);
+- ponder.runs.run: `train_run`, `open_run`, `build_model` (the run layer); ponder.runs.trained:
+  `load_trained` (a trained run, ready to evaluate);
   ponder.training.loop: `train` (the loop over a built `Run`)
 - ponder.training.evaluate: `evaluate_split`, `adaptive_inference`
 - ponder.models: `RecursiveReasoner`, `ModelConfig`; ponder.models.halting: `halt_config`, `HALTING`

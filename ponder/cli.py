@@ -20,8 +20,8 @@ from ponder.experiments.equilibrium import DecisiveConfig, report_markdown, run_
 from ponder.presets import DEFAULT_PRESET, PRESETS, get_config
 from ponder.reports.page import write_page
 from ponder.runs.config import apply_overrides, load_config
-from ponder.runs.run import (check_resumable, evaluate_checkpoint, health_report, load_trained, load_trained_lm,
-                             open_run, train_run)
+from ponder.runs.run import check_resumable, open_run, train_run
+from ponder.runs.trained import evaluate_checkpoint, health_report, load_trained, load_trained_lm
 from ponder.tasks.arc.cli import add_arc_parser
 from ponder.tasks.lm.cli import add_generate_parser
 from ponder.training.checkpoint import read_training_state, resolve_checkpoint

@@ -11,7 +11,8 @@ from ponder.cli import main
 from ponder.core.types import IGNORE
 from ponder.presets import PRESETS
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import load_trained, train_run
+from ponder.runs.run import train_run
+from ponder.runs.trained import load_trained
 from ponder.tasks.arc.canvas import COLOUR0, decode, encode
 from ponder.tasks.arc.evaluation import ArcEval, _answers, view_accuracy, write_arc_eval
 from ponder.tasks.arc.inference import Predictions, predict, view_samples

@@ -16,7 +16,8 @@ from ponder.core.types import StepOutput
 from ponder.models.halting import build_halting, halt_config
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides, from_dict, to_dict
-from ponder.runs.run import build_model, load_trained, open_run, train_run
+from ponder.runs.run import build_model, open_run, train_run
+from ponder.runs.trained import load_trained
 from ponder.tasks import build_task
 from ponder.training.calibrate import GRID, calibrate, calibrate_traces, choose
 from ponder.training.evaluate import evaluate_split

@@ -12,7 +12,8 @@ from ponder.health import faults
 from ponder.presets import get_config
 from ponder.reports.page import build_page
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import build_model, evaluate_checkpoint, open_run, train_run
+from ponder.runs.run import build_model, open_run, train_run
+from ponder.runs.trained import evaluate_checkpoint
 from ponder.tasks import build_task
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ponder.runs.config import load_config
-from ponder.runs.run import load_trained, train_run
+from ponder.runs.run import train_run
+from ponder.runs.trained import load_trained
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_before_layout"
 

@@ -15,7 +15,8 @@ from ponder.core.errors import PonderError
 from ponder.core.types import State
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides, from_dict, to_dict
-from ponder.runs.run import load_trained, open_run, train_run
+from ponder.runs.run import open_run, train_run
+from ponder.runs.trained import load_trained
 from ponder.training.carry import batch_of
 from ponder.training.estimator_hook import estimated_step
 from ponder.training.evaluate import adaptive_inference

@@ -28,7 +28,8 @@ from ponder.core.errors import PonderError
 from ponder.core.lock import LOCK_FILE, DirectoryLock
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import load_trained, train_run
+from ponder.runs.run import train_run
+from ponder.runs.trained import load_trained
 from ponder.training.checkpoint import load_checkpoint, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

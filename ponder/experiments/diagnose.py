@@ -35,7 +35,8 @@ from ponder.estimators import BPTT, ESTIMATORS, Implicit, Phantom, Truncated
 from ponder.models.lm import LM_KINDS
 from ponder.presets import PRESETS, get_config
 from ponder.runs.config import apply_overrides
-from ponder.runs.run import build_model, load_trained
+from ponder.runs.run import build_model
+from ponder.runs.trained import load_trained
 from ponder.tasks import build_task
 from ponder.training.carry import batch_of
 from ponder.training.estimator_hook import recursion_problem

@@ -14,22 +14,19 @@ id="ponder-data">`) so a test can compare the page with the run.
 from __future__ import annotations
 
 import html
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ponder.core.errors import PonderError
 from ponder.core.files import atomic_write_text
-from ponder.core.metrics import FRACTION, ExactMatch, figure_formats, figure_text, lower_is_better
+from ponder.core.metrics import figure_text
 from ponder.core.progress import bar
+from ponder.reports.figures import budget_svg, curves_svg, heatmap_svg, timeline_svg
+from ponder.reports.view import RunView, headline_column
 from ponder.runs.report import sample_figures
-from ponder.runs.run import health_report, load_trained
-from ponder.tasks import TASKS
-from ponder.training.callbacks import MetricsLog
+from ponder.runs.trained import load_trained
 from ponder.training.in_training import evaluation_cost
 
 STYLE = """
@@ -45,198 +42,8 @@ figure{margin:.6em 0}figure svg{max-width:100%;height:auto}
 """
 
 
-class RunView:
-    """What the page shows of one run directory, read from its files. The run's task says how its
-    figures read (its metric's columns, formats and direction) and adds its own sections (ARC)."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = Path(run_dir)
-        if not self.dir.is_dir():
-            raise PonderError(f"no such run directory: {self.dir}")
-        if not (self.dir / "config.json").exists():
-            raise PonderError(f"{self.dir} is not a run directory (no config.json)")
-        self.name = self.dir.name
-        self.health = health_report(self.dir)  # also refreshes health.md / health.json
-        self.config = _read_json(self.dir / "config.json")
-        self.records = MetricsLog(self.dir).records()  # none yet for a run stopped before its first log line
-        task_name = (self.config.get("task") or {}).get("name")
-        self.entry = TASKS.get(task_name) if task_name in TASKS.names() else None
-        metric = self.entry.metric if self.entry else ExactMatch
-        eval_file = self.dir / "eval" / "report.json"
-        report = _read_json(eval_file) if eval_file.exists() else None
-        self.report = report if isinstance(report, dict) else None  # the run's own evaluation, any task
-        # per-sample evaluations (puzzles, language models) have "held_out"; ARC's is by task and view
-        self.eval = self.report if self.report and "held_out" in self.report else None
-        self.columns = list((self.eval or {}).get("columns") or metric.columns)
-        self.formats = {**figure_formats(metric), **(self.eval or {}).get("formats", {})}
-        self.lower = set(lower_is_better(metric)) | set((self.eval or {}).get("lower_is_better", []))
-        self.others = {p.parent.name: r for p in sorted((self.dir / "eval").glob("*/report.json"))
-                       if isinstance(r := _read_json(p), dict)}  # evaluations with overrides or another split
-
-    def fmt(self, column: str):
-        kind = self.formats.get(column, FRACTION)
-        return lambda x: figure_text(x, kind)
-
-    def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
-        rows = [(r["step"], r[key]) for r in self.records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
-        return [s for s, _ in rows], [float(v) for _, v in rows]
-
-    def actions(self) -> list[dict]:
-        return [r for r in self.records if r.get("kind") == "action"]
-
-    def flags(self) -> list[dict]:
-        return [r for r in self.records if r.get("kind") == "halting_flag"]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PonderError(f"{path} is unreadable or corrupt ({type(e).__name__})") from None
-
-
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
-
-
-def _svg_of(fig) -> str:
-    """A matplotlib figure as inline SVG (without the XML prologue)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "ponder"  # the same run gives the same page
-    return plt
-
-
-# ---------------------------------------------------------------------- figures
-
-
-def curves_svg(views: list[RunView]) -> str:
-    """Training loss, held-out headline figure, steps used and halting probability against step."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
-    panels = (("train", "loss", "training loss", axes[0, 0]),
-              ("eval", "test_{head}", "held-out {head} (adaptive halting)", axes[0, 1]),
-              ("train", "halted_mean_steps", "steps used by halted training samples", axes[1, 0]),
-              ("train", "halt_prob_mean", "mean halting probability (training batch)", axes[1, 1]))
-    for kind, key, title, ax in panels:
-        for v in views:
-            head = _head(v)
-            steps, values = v.series(kind, key.format(head=head))
-            if steps:
-                ax.plot(steps, values, "-o" if len(steps) < 30 else "-", markersize=3, label=v.name)
-        head = _head(views[0])
-        if key == "test_{head}":
-            _figure_axis(ax, views[0], head)
-        ax.set_title(title.format(head=head), fontsize=10)
-        ax.set_xlabel("optimizer step", fontsize=9)
-        ax.grid(alpha=0.3)
-    if len(views) > 1:
-        axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return _svg_of(fig)
-
-
-def budget_svg(views: list[RunView]) -> str | None:
-    """Held-out headline figure against step budget, with each run's adaptive-halting point."""
-    evals = [v for v in views if v.eval]
-    if not evals:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    evals = [v for v in evals if f"{_head(v)}_by_budget" in v.eval["held_out"]]
-    if not evals:
-        return None
-    for v in evals:
-        h, head = v.eval["held_out"], _head(v)
-        budgets = np.arange(1, h["max_steps"] + 1)
-        line, = ax.plot(budgets, h[f"{head}_by_budget"], "-o", markersize=4, label=f"{v.name}: always t steps")
-        ax.plot([h["mean_steps"]], [h[head]], "*", color=line.get_color(), markersize=14,
-                label=f"{v.name}: adaptive ({h['mean_steps']:.2f} steps)")
-    ax.set_xlabel("step budget t")
-    head = _head(evals[0])
-    ax.set_ylabel(f"held-out {head}")
-    _figure_axis(ax, evals[0], head)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _svg_of(fig)
-
-
-def _figure_axis(ax, v: RunView, column: str) -> None:
-    """The y axis of a task's figure: a share from 0 to 1, or a plain number (log scale where
-    lower is better, as perplexity)."""
-    if v.formats.get(column, FRACTION) == FRACTION:
-        ax.set_ylim(-0.02, 1.02)
-    elif column in v.lower:
-        ax.set_yscale("log")
-
-
-def heatmap_svg(v: RunView) -> str | None:
-    """Held-out samples counted by steps used (rows) and difficulty (columns, up to 12 bins)."""
-    if not v.eval or "steps" not in v.eval["held_out"] or "difficulty" not in v.eval["held_out"]:
-        return None
-    h = v.eval["held_out"]
-    steps, diff, m = np.asarray(h["steps"]), np.asarray(h["difficulty"], dtype=float), h["max_steps"]
-    values = np.unique(diff)
-    edges = (np.append(values, values[-1] + 1) - 0.5) if len(values) <= 12 else np.linspace(diff.min(), diff.max(), 13)
-    counts, _, _ = np.histogram2d(steps, diff, bins=[np.arange(0.5, m + 1.5), edges])
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    im = ax.imshow(counts, origin="lower", aspect="auto", cmap="viridis",
-                   extent=(edges[0], edges[-1], 0.5, m + 0.5))
-    fig.colorbar(im, ax=ax, label="held-out samples")
-    ax.set_xlabel(v.eval.get("difficulty_name", "difficulty"), fontsize=8)
-    ax.set_ylabel("steps used")
-    ax.set_title(f"{v.name}: steps used against difficulty", fontsize=10)
-    return _svg_of(fig)
-
-
-def timeline_svg(v: RunView) -> str:
-    """The learning rate over training with the controller's actions, the halting flags and the
-    refused (non-finite) steps marked where they happened."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 2.6))
-    steps, lr = v.series("train", "lr")
-    if steps:
-        ax.plot(steps, lr, "k-", linewidth=1, label="learning rate (logged)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    top = max(lr) if lr else 1.0
-    for i, a in enumerate(v.actions()):
-        ax.axvline(a["step"], color="tab:red", alpha=0.6)
-        ax.annotate(a["action"], (a["step"], top * (0.95 - 0.12 * (i % 5))), fontsize=7, color="tab:red", rotation=0)
-    for f in v.flags():
-        ax.axvline(f["step"], color="tab:orange", linestyle="--", alpha=0.7)
-        ax.annotate(f"halting: {f['verdict']}", (f["step"], top * 0.4), fontsize=7, color="tab:orange")
-    s_steps, skipped = v.series("train", "skipped_steps")
-    prev = 0.0
-    for s, k in zip(s_steps, skipped):
-        if k > prev:
-            ax.axvline(s, color="tab:purple", linestyle=":", alpha=0.7)
-        prev = k
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{v.name}: controller actions (red), halting flags (orange), refused steps (purple)", fontsize=9)
-    fig.tight_layout()
-    return _svg_of(fig)
-
-
-# ---------------------------------------------------------------------- tables
-
-
-def _head(v: RunView) -> str:
-    return v.columns[0]
 
 
 def summary_table(views: list[RunView]) -> str:
@@ -252,7 +59,7 @@ def summary_table(views: list[RunView]) -> str:
     row("evaluated", "evaluation", lambda v: _evaluated(v), str)
     row("evaluation inside training", "eval_cost", lambda v: evaluation_cost(v.records), _cost_text)
     cols = sorted({c for v in views if v.eval for c in v.columns},
-                  key=lambda c: [_head(v) for v in views].count(c), reverse=True)
+                  key=lambda c: [headline_column(v) for v in views].count(c), reverse=True)
     fmt = {c: next(v.fmt(c) for v in views if c in v.columns) for c in cols}
     for c in cols:
         row(f"held-out {c}, adaptive halting", f"held_out.{c}", lambda v, c=c: _eval(v, "held_out", c), fmt[c])
@@ -371,7 +178,7 @@ def samples_section(v: RunView, k: int) -> str:
 def other_evaluations_table(v: RunView) -> str:
     """The evaluations written beside the run's own (other splits, overrides): what each measured
     and its headline figure."""
-    head = _head(v)
+    head = headline_column(v)
     rows = []
     for name, r in v.others.items():
         about = r.get("evaluation") or {}
@@ -392,7 +199,7 @@ def page_data(views: list[RunView]) -> dict:
     """The figures the page plots and tabulates, per run (embedded as JSON in the page)."""
     out = {}
     for v in views:
-        head = _head(v)
+        head = headline_column(v)
         out[v.name] = {"loss": v.series("train", "loss"), f"test_{head}": v.series("eval", f"test_{head}"),
                        "halted_mean_steps": v.series("train", "halted_mean_steps"),
                        "actions": [[a["step"], a["action"]] for a in v.actions()],
@@ -416,7 +223,7 @@ def build_page(run_dirs: list[Path], *, samples: int = 6) -> str:
              "<h2>Figures</h2>", summary_table(views),
              "<h2>Training curves</h2>", f"<figure>{curves_svg(views)}</figure>"]
     budget = budget_svg(views)
-    heads = sorted({_head(v) for v in views})
+    heads = sorted({headline_column(v) for v in views})
     if budget:
         parts += [f"<h2>Held-out {_esc(' / '.join(heads))} against step budget</h2>", f"<figure>{budget}</figure>"]
     elif not any(v.report for v in views):

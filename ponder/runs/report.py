@@ -5,6 +5,7 @@ task's renderer (samples.html) under RUN_DIR/eval/.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,20 @@ def plot_budget_curve(r: dict, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path, "the accuracy-vs-steps plot", dpi=110)
     plt.close(fig)
+
+
+def evaluation_name(overrides: list[str], split: str) -> str:
+    """The folder under RUN_DIR/eval/ of an evaluation with these overrides or another split ("" for
+    the run's own evaluation: the held-out split, no overrides), e.g. "split-train+halt.threshold=0.95"."""
+    parts = ([f"split-{split}"] if split != "test" else []) + [o.lstrip("-") for o in overrides]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "+".join(parts))[:120]
+
+
+def about_evaluation(cfg, ckpt: Path, *, split: str, overrides: list[str], use_ema: bool) -> dict:
+    """What an evaluation measures, recorded in its report: split, overrides, halting head and
+    threshold, weights and checkpoint."""
+    halt = {"kind": cfg.halt.kind}
+    if hasattr(cfg.halt, "threshold"):
+        halt["threshold"] = cfg.halt.threshold
+    return {"split": split, "overrides": list(overrides), "halt": halt, "checkpoint": str(ckpt),
+            "weights": "EMA" if use_ema and cfg.train.ema_decay > 0 else "raw"}

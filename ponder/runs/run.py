@@ -1,4 +1,4 @@
-"""The run layer: run directories, building the parts, resume, init-from, loading trained runs.
+"""The run layer: run directories, building the parts, resume, init-from.
 
 - `build_model(cfg, task)`: the model of `cfg.model`'s kind (the recursive reasoner or the
   recurrent-cell reasoner with its halting head, sized for the task; or a language model,
@@ -7,8 +7,8 @@
   every part built, a checkpoint resumed (after checking that it is this run's and that every
   file of it fits) or another run's matching weights loaded, the config saved.
 - `train_run(...)`: open, train, write the health report and the final evaluation.
-- `load_trained(path)`: model, task and config of a run or checkpoint, for evaluation.
-- `health_report(run_dir)`: the health report of any run directory.
+
+Using a trained run (`load_trained`, `health_report`, `ponder eval`) lives in ponder.runs.trained.
 
 Every way a run directory can be unusable (a file missing, truncated, overwritten, or from a run
 of another size) ends here in one PonderError line naming the file.
@@ -16,7 +16,6 @@ of another size) ends here in one PonderError line naming the file.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,18 @@ from ponder.health import build_health_callbacks
 from ponder.health.report import write_health_report
 from ponder.models.cell import CellReasoner
 from ponder.models.halting import build_halting
-from ponder.models.lm import LM_KINDS
 from ponder.models.lm.hybrid import HybridLM
 from ponder.models.lm.recursive_lm import RecursiveLM
 from ponder.models.recursive import RecursiveReasoner
-from ponder.runs.config import Config, apply_overrides, from_dict, load_config, save_config, to_dict
-from ponder.runs.report import evaluate_run
+from ponder.runs.config import Config, from_dict, save_config, to_dict
+from ponder.runs.report import about_evaluation, evaluate_run
 from ponder.tasks import TaskData, build_task
 from ponder.training.calibrate import calibrate, training_split, wants_calibration
 from ponder.training.callbacks import Callbacks, MetricsLog
 from ponder.training.carry import SampleStream
-from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, partial_load, read_config, read_latest,
+from ponder.training.checkpoint import (format_load_report, nonfinite_tensors, partial_load, read_config,
                                         read_training_state, read_weights, remove_stale_temporaries, resolve_checkpoint,
-                                        run_dir_of, stopped_by_write)
+                                        stopped_by_write)
 from ponder.training.compiling import settle
 from ponder.training.curriculum import CurriculumCallback
 from ponder.training.distributed import join, leave
@@ -141,6 +139,19 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     """Load `weights` into `model` exactly (names and shapes), refusing non-finite values."""
     check_fit(model.state_dict(), weights, source)
     model.load_state_dict(weights)
+
+
+def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dict, Path]:
+    """The weights a trained run is used with: the EMA's when the run kept one and `use_ema`,
+    else the raw ones. A run that kept an EMA whose file is gone is incomplete, not silently
+    evaluated with other weights. Returns (weights, the file they came from)."""
+    if use_ema and cfg.train.ema_decay > 0:
+        weights = read_weights(ckpt, "ema")
+        if weights is None:
+            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run kept an EMA; "
+                              f"--eval.use_ema=false evaluates the raw weights)")
+        return weights, ckpt / "ema.safetensors"
+    return read_weights(ckpt, "model"), ckpt / "model.safetensors"
 
 
 def _check_compatible(saved: Config, cfg: Config, run_dir: Path) -> None:
@@ -343,139 +354,3 @@ def train_run(cfg: Config, run_dir: Path, *, resume: bool = False, init_from: Pa
         if run is not None:
             run.close()
         leave()
-
-
-def read_trained_weights(ckpt: Path, cfg: Config, *, use_ema: bool) -> tuple[dict, Path]:
-    """The weights a trained run is used with: the EMA's when the run kept one and `use_ema`,
-    else the raw ones. A run that kept an EMA whose file is gone is incomplete, not silently
-    evaluated with other weights. Returns (weights, the file they came from)."""
-    if use_ema and cfg.train.ema_decay > 0:
-        weights = read_weights(ckpt, "ema")
-        if weights is None:
-            raise PonderError(f"checkpoint {ckpt} is incomplete: missing ema.safetensors (the run kept an EMA; "
-                              f"--eval.use_ema=false evaluates the raw weights)")
-        return weights, ckpt / "ema.safetensors"
-    return read_weights(ckpt, "model"), ckpt / "model.safetensors"
-
-
-def load_trained(path, overrides: list[str] | None = None, *, use_ema: bool | None = None, change_head: bool = False):
-    """Model, task and config of a run directory or checkpoint, ready to evaluate.
-
-    Args:
-        path: RUN_DIR (its latest checkpoint) or a checkpoint directory.
-        overrides: `--section.key=value` changes to the saved config (e.g. a halting threshold);
-            one that changes the halting head (`--halt.kind`) needs `change_head=True`.
-        use_ema: load the EMA weights (default: `cfg.eval.use_ema`, when the run kept an EMA).
-    Returns:
-        (model, task, cfg, checkpoint directory). A checkpoint whose weights do not fit its own
-        config's model, or hold NaN or inf, is a PonderError. With halt.threshold=auto (saved or
-        given as an override, e.g. on a run trained with a fixed threshold) the model comes back
-        calibrated (ponder.training.calibrate). The model is on cfg.train.device (cfg.train.threads
-        set): callers evaluate it there, under the run's precision (`autocast`), where it trained.
-    """
-    def read(ckpt: Path):
-        saved = read_run_config(ckpt)
-        cfg = apply_overrides(saved, overrides or [])
-        if cfg.halt.kind != saved.halt.kind and not change_head:
-            raise PonderError(f"--halt.kind={cfg.halt.kind} changes the halting head this run was trained with "
-                              f"({saved.halt.kind}): its halting weights were trained for {saved.halt.kind}; add "
-                              f"--change-head to evaluate them under {cfg.halt.kind} anyway")
-        weights, source = read_trained_weights(ckpt, cfg, use_ema=cfg.eval.use_ema if use_ema is None else use_ema)
-        return saved, cfg, weights, source
-
-    ckpt_dir, (saved, cfg, weights, source) = read_latest(Path(path), read)
-    device = resolve_device(cfg.train.device)
-    check_precision(cfg.train.precision, device)  # e.g. a bf16 run read on a CPU without native bf16
-    task = build_task(cfg.task)
-    model = build_model(cfg, task)
-    load_weights(model, weights, source)
-    model.to(device)
-    set_threads(cfg.train.threads)
-    set_flush_denormal(cfg.train.flush_denormal)
-    if wants_calibration(cfg):
-        with autocast(device, cfg.train.precision):
-            calibrate(model, task, cfg, device=device, held_out=wants_calibration(saved))
-    return model, task, cfg, ckpt_dir
-
-
-def load_trained_lm(path):
-    """Model, config and checkpoint directory of a language-model run (its task is not built: the
-    corpus is not needed), in eval mode, with the weights `eval.use_ema` names."""
-    ckpt = resolve_checkpoint(Path(path))
-    cfg = read_run_config(ckpt)
-    kind = cfg.kind("model")
-    if kind not in LM_KINDS:
-        raise PonderError(f"{path} is a run of model.kind={kind}, not a language model")
-    weights, source = read_trained_weights(ckpt, cfg, use_ema=cfg.eval.use_ema)
-    model = build_model(cfg, None)
-    load_weights(model, weights, source)
-    model.eval()
-    return model, cfg, ckpt
-
-
-def health_report(run_dir: Path) -> dict:
-    """Write RUN_DIR/health.md and health.json from the run's config and metrics; returns the payload."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PonderError(f"no such run directory: {run_dir}")
-    if not (run_dir / "config.json").exists():
-        raise PonderError(f"{run_dir} is not a run directory (no config.json)")
-    cfg = load_config(run_dir / "config.json")
-    return write_health_report(run_dir, cfg, run_records(run_dir, cfg))
-
-
-def run_records(run_dir: Path, cfg: Config) -> list[dict]:
-    """The run's metric records. A run stopped before its first log line has none yet (its
-    reports say "no data"); a run with a checkpoint past its first log step but no metrics.jsonl
-    has lost its log, which is refused in one line."""
-    log = MetricsLog(run_dir)
-    if not log.jsonl.exists() and (run_dir / "checkpoints").exists() and cfg.train.log_every:
-        try:
-            step = read_training_state(resolve_checkpoint(run_dir))["step"]
-        except PonderError:
-            step = 0
-        if step >= cfg.train.log_every:
-            raise PonderError(f"{log.jsonl} is missing, but the run has a checkpoint at step {step} (it logs every "
-                              f"{cfg.train.log_every} steps): its log was lost")
-    return log.records()
-
-
-def evaluation_name(overrides: list[str], split: str) -> str:
-    """The folder under RUN_DIR/eval/ of an evaluation with these overrides or another split ("" for
-    the run's own evaluation: the held-out split, no overrides), e.g. "split-train+halt.threshold=0.95"."""
-    parts = ([f"split-{split}"] if split != "test" else []) + [o.lstrip("-") for o in overrides]
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "+".join(parts))[:120]
-
-
-def about_evaluation(cfg: Config, ckpt: Path, *, split: str, overrides: list[str], use_ema: bool) -> dict:
-    """What an evaluation measures, recorded in its report: split, overrides, halting head and
-    threshold, weights and checkpoint."""
-    halt = {"kind": cfg.halt.kind}
-    if hasattr(cfg.halt, "threshold"):
-        halt["threshold"] = cfg.halt.threshold
-    return {"split": split, "overrides": list(overrides), "halt": halt, "checkpoint": str(ckpt),
-            "weights": "EMA" if use_ema and cfg.train.ema_decay > 0 else "raw"}
-
-
-def evaluate_checkpoint(path, overrides: list[str], *, split: str = "test", write: bool = True, name: str | None = None,
-                        change_head: bool = False, quiet: bool = False) -> dict:
-    """`ponder eval`: the full evaluation of a run or checkpoint, written while holding the run's
-    writer lock into RUN_DIR/eval/ (the run's own evaluation: held-out split, no overrides) or,
-    with overrides or another split, into RUN_DIR/eval/NAME/ beside it (NAME from the overrides
-    unless given; name="" writes over the run's own). `write=False`: printed only, nothing
-    written, no lock, so it can read a run that is being trained."""
-    lock = None
-    if write:
-        run_dir = run_dir_of(resolve_checkpoint(Path(path)))
-        lock = DirectoryLock(run_dir, command_line()).acquire()
-    try:
-        model, task, cfg, ckpt_dir = load_trained(path, overrides, change_head=change_head)
-        device = resolve_device(cfg.train.device)
-        sub = evaluation_name(overrides, split) if name is None else name
-        about = about_evaluation(cfg, ckpt_dir, split=split, overrides=overrides, use_ema=cfg.eval.use_ema)
-        with autocast(device, cfg.train.precision), silenced(quiet):  # in the arithmetic it trained with
-            return evaluate_run(model, task, cfg, run_dir_of(ckpt_dir), device=device, split=split,
-                                out=(Path("eval") / sub).as_posix() if write else None, about=about)
-    finally:
-        if lock is not None:
-            lock.release()

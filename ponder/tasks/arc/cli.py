@@ -38,7 +38,7 @@ LEAKAGE_DEFAULT = "arc-leakage.md"
 
 def add_arc_parser(sub: "argparse._SubParsersAction", load_run: Callable) -> None:
     """The `arc` sub-commands. `load_run(path) -> (model, task, cfg, checkpoint dir)` loads a trained
-    run (ponder.runs.run.load_trained); the command line hands it in, so the wing never imports the
+    run (ponder.runs.trained.load_trained); the command line hands it in, so the wing never imports the
     run layer above it."""
     p = sub.add_parser("arc", help="ARC-AGI: score a submission, baselines, leakage report, evaluate a run, "
                                    "solve tasks from scratch (mode c)")

@@ -30,7 +30,7 @@ def _cmd_generate(args, extra) -> int:
 
 def add_generate_parser(sub: "argparse._SubParsersAction", load_lm: Callable) -> None:
     """The `generate` sub-command. `load_lm(path) -> (model, cfg, checkpoint dir)` loads a trained
-    language-model run (ponder.runs.run.load_trained_lm)."""
+    language-model run (ponder.runs.trained.load_trained_lm)."""
     p = sub.add_parser("generate", help="sample text from a trained language-model run")
     p.add_argument("run_dir", help="RUN_DIR (latest checkpoint), a checkpoint directory or RUN_DIR/best")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
