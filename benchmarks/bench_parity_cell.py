@@ -17,8 +17,9 @@ running the script again skips the finished runs and resumes the interrupted one
 stopped and restarted. `--rewrite` writes the section from the finished runs in OUT without
 training; `--from-runs RUN_DIR ...` from the runs named; `--probes RUN_DIR ...` adds runs stopped
 before the end (their held-out accuracy at each evaluation). A run of another cell than the
-presets' (`--model.cell=gru`, trained by hand into OUT) gets rows of its own, labelled with its
-cell; the issue's goals are checked on the presets' cell.
+presets' (`--model.cell=gru`) or with other training signs (`--task.train_signs=uniform_plus`),
+trained by hand into OUT, gets rows of its own, labelled with the departure; the issue's goals
+are checked on the presets' recipe and each departure's result is listed after them.
 
 Settings (environment): PONDER_BENCH_PARITY_CELL_LENGTHS (the two splits' vector lengths,
 default "64,96", the paper's), PONDER_BENCH_PARITY_CELL_SPLITS ("interpolation,extrapolation"),
@@ -117,13 +118,17 @@ def row(run_dir: Path) -> dict:
     head = halt["kind"]
     cell = cfg["model"].get("cell", "rnn")
     label = head if head == "pondernet" else f"act (tau {halt['act_tau']:g})"
+    task = cfg["task"]
+    signs = task.get("train_signs", "random")
     if cell != PRESET_CELL:  # a departure from the presets' cell: its own row
         label += f", {cell.upper()} cell"
-    task = cfg["task"]
+    if signs != "random":  # a departure from the paper's training vectors: its own row
+        label += ", training +1 counts uniform (`task.train_signs=uniform_plus`)"
     target = TARGETS[task["split"]]
     minutes = {r["step"]: t / 60 for r, t in zip(evals, wall_seconds(evals)) if t is not None}  # sessions summed
     reached = next((r for r in evals if r["test_exact"] >= target), None)
     return {"run": run_dir.name, "head": head, "label": label, "cell": cell, "split": task["split"],
+            "presets_recipe": cell == PRESET_CELL and signs == "random",
             "length": task["length"],
             "target": target, "steps_to_target": reached["step"] if reached else None,
             "minutes_to_target": minutes.get(reached["step"]) if reached else None,
@@ -156,9 +161,10 @@ def fmt(values, pct=True) -> str:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    """The issue's goals, each checked against the PonderNet rows of the presets' cell."""
-    pn = {s: [r for r in rows if r["head"] == "pondernet" and r["split"] == s and r.get("cell", PRESET_CELL) ==
-              PRESET_CELL] for s in PRESETS}
+    """The issue's goals, each checked against the PonderNet rows of the presets' recipe (their cell
+    and the paper's training vectors); the rows of a departure are listed after them."""
+    pn = {s: [r for r in rows if r["head"] == "pondernet" and r["split"] == s and r.get("presets_recipe", True)]
+          for s in PRESETS}
     out = []
     for split, bar in (("interpolation", 0.99), ("extrapolation", 0.95)):
         cell = pn[split]
@@ -176,6 +182,13 @@ def goals(rows: list[dict]) -> list[str]:
         a, b = (mean(r["mean_steps"] for r in pn[s]) for s in ("interpolation", "extrapolation"))
         out.append(f"extrapolation pondering longer than interpolation: {'met' if b > a else 'NOT met'} "
                    f"({b:.2f} against {a:.2f} mean steps)")
+    for r in rows:
+        if r["head"] == "pondernet" and not r.get("presets_recipe", True):
+            bar = TARGETS[r["split"]]
+            out.append(f"with a departure from the presets' recipe ({r['label']}), {r['split']} seed {r['seed']}: "
+                       f"{100 * r['exact']:.1f}% ({'reaches' if r['exact'] >= bar else 'short of'} "
+                       f"{100 * bar:.0f}%), {r['mean_steps']:.2f} mean steps, Spearman "
+                       + ("undefined" if r["spearman"] is None else f"{r['spearman']:+.2f}"))
     return out
 
 
@@ -256,7 +269,8 @@ def render(rows: list[dict], probes: list[dict]) -> None:
           "beta = 0.1, lambda_p = 0.1 and halting bias -3, ACT with epsilon = 0.01 at the ponder costs tau listed; "
           "one thread per run, two runs at a time; each run stops at the held-out target (99% interpolation, 95% "
           "extrapolation) or its time limit. Departures from the paper: LayerNorm, the curriculum, beta 0.1 and the "
-          "deep start (the preset's docstring says why each was needed). Held-out exact = the parity is right on "
+          "deep start (the preset's docstring says why each was needed); a row whose label names a GRU cell or uniform "
+          "+1 counts in training adds that departure. Held-out exact = the parity is right on "
           "1000 held-out vectors (chance 50%). The paper's column is what REFERENCE.md records of the PonderNet "
           "paper (it gives curves, not a table).", "",
           "| split | entries (test non-zeros) | head | steps trained | held-out exact, adaptive | per seed | "

@@ -141,3 +141,33 @@ def test_default_size_is_fast():
     task = build_parity(ParityConfig())
     assert time.perf_counter() - t0 < 1.0
     assert len(task.train) == 20000 and len(task.test) == 1000
+
+
+def _plus_share_at_extremes(values: list[list[int]], k: int) -> float:
+    """Among the vectors with k non-zeros, the share whose +1 entries number 0 or k."""
+    rows_k = [v for v in values if sum(x != 0 for x in v) == k]
+    return sum(sum(x == 1 for x in v) in (0, k) for v in rows_k) / max(len(rows_k), 1)
+
+
+@pytest.mark.parametrize("length, n_train", [(96, 4000), (8, 500)])  # drawn, and enumerated (a small space)
+def test_uniform_plus_training_signs_reach_large_counts_and_keep_the_held_out_split(length, n_train):
+    paper = build_parity(small(length=length, split="extrapolation", n_train=n_train, n_test=200))
+    wide = build_parity(small(length=length, split="extrapolation", n_train=n_train, n_test=200,
+                              train_signs="uniform_plus"))
+    assert rows(wide.test) == rows(paper.test)  # the held-out vectors are the paper's
+    values = values_of(wide.train.inputs)
+    assert len({tuple(v) for v in values}) == n_train
+    assert all(1 <= sum(x != 0 for x in v) <= length // 2 for v in values)  # still the training range of k
+    k = length // 2
+    # p ~ U{0..k}: p in {0, k} has probability 2/(k+1) among vectors with k non-zeros (random signs: 2/2^k)
+    assert _plus_share_at_extremes(values, k) > 1 / (k + 1)
+    assert _plus_share_at_extremes(values_of(paper.train.inputs), k) < 1 / (k + 1)
+    if length == 96:  # +1 counts of 33 or more: sum over k of P(k) (k - 32) / (k + 1) = 6.8%; random signs: 0.03%
+        big = [sum(x == 1 for x in v) >= 33 for v in values]
+        assert np.mean(big) > 0.04
+        assert np.mean([sum(x == 1 for x in v) >= 33 for v in values_of(paper.train.inputs)]) < 0.01
+
+
+def test_uniform_plus_is_refused_for_interpolation():
+    with pytest.raises(PonderError, match="task.train_signs=uniform_plus applies to the extrapolation split"):
+        build_parity(small(train_signs="uniform_plus"))

@@ -5,7 +5,9 @@ positions), the rest 0; its label is the parity of the number of +1 entries (eve
 Splits:
 - "interpolation": k ~ U{1..L} for train and test alike;
 - "extrapolation": train k ~ U{1..L//2}, test k ~ U{L//2+1..L} (PonderNet's harder setting:
-  the test vectors have more non-zeros than any training vector).
+  the test vectors have more non-zeros than any training vector). With `train_signs=uniform_plus`
+  (a departure from the paper) the training vectors' number of +1 entries is drawn uniformly
+  from 0..k instead of each sign at even odds; the held-out vectors are unchanged.
 
 Every vector occurs at most once in the whole data set: i.i.d. draws are de-duplicated by
 their bytes, which is sampling without replacement (so when a small k class has few distinct
@@ -46,6 +48,7 @@ VERSION = 1
 PAD, ZERO, PLUS, MINUS, EVEN, ODD = range(6)
 VOCAB_SIZE = 6
 SPLITS = ("interpolation", "extrapolation")
+TRAIN_SIGNS = ("random", "uniform_plus")
 ENUMERATE_LIMIT = 1 << 18  # enumerate the distinct vectors when there are at most this many
 
 
@@ -66,6 +69,11 @@ class ParityConfig:
     curriculum_start: int = setting(2, ge=1)
     curriculum_factor: float = setting(1.25, gt=1)
     curriculum_threshold: float = setting(0.95, gt=0, le=1)
+    # the signs of the extrapolation split's training vectors: "random" (the paper: each non-zero
+    # is +1 or -1 at even odds, so a vector of k non-zeros holds about k/2 +1 entries) or
+    # "uniform_plus" (the number of +1 entries drawn uniformly from 0..k, so training reaches
+    # counts of +1 up to the top of its range); the held-out vectors keep random signs
+    train_signs: str = setting("random", choices=TRAIN_SIGNS)
 
     def inactive(self) -> dict[str, str]:
         if self.curriculum:
@@ -98,6 +106,9 @@ def _validate(cfg: ParityConfig) -> None:
         raise PonderError(f"task.curriculum_start={cfg.curriculum_start} is above the training range's largest "
                           f"number of non-zeros ({top})")
     if cfg.split == "interpolation":
+        if cfg.train_signs != "random":
+            raise PonderError(f"task.train_signs={cfg.train_signs} applies to the extrapolation split's training "
+                              "vectors; the interpolation split draws training and held-out vectors from one pool")
         total = count_vectors(L, 1, L)
         if cfg.n_train + cfg.n_test > total:
             raise PonderError(f"parity length {L} has only {total} distinct vectors with 1..{L} non-zeros, "
@@ -114,10 +125,14 @@ def _validate(cfg: ParityConfig) -> None:
 # ----------------------------------------------------------------------------- generation
 
 
-def _draw(rng: np.random.Generator, m: int, length: int, lo: int, hi: int) -> np.ndarray:
-    """m i.i.d. vectors (m, L) int8 in {-1, 0, +1}: k ~ U{lo..hi}, random positions and signs."""
+def _draw(rng: np.random.Generator, m: int, length: int, lo: int, hi: int, signs: str = "random") -> np.ndarray:
+    """m i.i.d. vectors (m, L) int8 in {-1, 0, +1}: k ~ U{lo..hi} at random positions; each
+    sign random, or ("uniform_plus") the number p of +1 entries ~ U{0..k} at random among them."""
     k = rng.integers(lo, hi + 1, size=m)
     ranks = rng.random((m, length)).argsort(axis=1).argsort(axis=1)  # a random permutation per row
+    if signs == "uniform_plus":
+        p = rng.integers(0, k + 1)  # +1 at the p lowest ranks, -1 at the next k - p
+        return np.where(ranks < p[:, None], 1, np.where(ranks < k[:, None], -1, 0)).astype(np.int8)
     signs = rng.integers(0, 2, size=(m, length), dtype=np.int8) * 2 - 1
     return np.where(ranks < k[:, None], signs, 0).astype(np.int8)
 
@@ -149,8 +164,10 @@ def _enumerate(length: int, lo: int, hi: int) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def _sample_distinct(rng: np.random.Generator, n: int, length: int, lo: int, hi: int) -> np.ndarray:
-    """n distinct vectors drawn without replacement from the k ~ U{lo..hi} distribution."""
+def _sample_distinct(rng: np.random.Generator, n: int, length: int, lo: int, hi: int,
+                     signs: str = "random") -> np.ndarray:
+    """n distinct vectors drawn without replacement from the k ~ U{lo..hi} distribution (with the
+    signs `_draw` names)."""
     total = count_vectors(length, lo, hi)
     assert n <= total, (n, total)
     if n == 0:
@@ -159,8 +176,15 @@ def _sample_distinct(rng: np.random.Generator, n: int, length: int, lo: int, hi:
         every = _enumerate(length, lo, hi)
         # a vector with k non-zeros is drawn with probability 1 / (n_k C(L, k) 2^k): exponential keys
         # divided by the weights, smallest first, are weighted draws without replacement
-        class_size = np.array([float(math.comb(length, k) << k) for k in range(length + 1)])
-        keys = rng.exponential(size=len(every)) * class_size[np.count_nonzero(every, axis=1)]
+        k = np.count_nonzero(every, axis=1)
+        if signs == "uniform_plus":  # 1 / (n_k C(L, k) (k + 1) C(k, p)), p the number of +1 entries
+            plus = np.count_nonzero(every == 1, axis=1)
+            size = np.array([[float(math.comb(length, a) * (a + 1) * math.comb(a, b)) for b in range(length + 1)]
+                             for a in range(length + 1)])
+            weight = size[k, plus]
+        else:
+            weight = np.array([float(math.comb(length, a) << a) for a in range(length + 1)])[k]
+        keys = rng.exponential(size=len(every)) * weight
         return every[np.argsort(keys, kind="stable")[:n]]
     pool = np.zeros((0, length), dtype=np.int8)
     fresh_rate = 1.0
@@ -168,7 +192,7 @@ def _sample_distinct(rng: np.random.Generator, n: int, length: int, lo: int, hi:
         missing = n - len(pool)
         m = min(int(1.1 * missing / fresh_rate) + 256, 1 << 22)
         before = len(pool)
-        pool = _first_unique(np.concatenate([pool, _draw(rng, m, length, lo, hi)]))
+        pool = _first_unique(np.concatenate([pool, _draw(rng, m, length, lo, hi, signs)]))
         if len(pool) >= n:
             return pool[:n]
         fresh_rate = max((len(pool) - before) / m, 1e-3)
@@ -184,7 +208,7 @@ def _generate(cfg: ParityConfig) -> dict[str, np.ndarray]:
         pool = pool[rng_pool.permutation(len(pool))]  # a random partition: same distribution in both splits
         test, train = pool[:cfg.n_test], pool[cfg.n_test:]
     else:
-        train = _sample_distinct(rng_train, cfg.n_train, L, *k_range(L, cfg.split, "train"))
+        train = _sample_distinct(rng_train, cfg.n_train, L, *k_range(L, cfg.split, "train"), cfg.train_signs)
         test = _sample_distinct(rng_test, cfg.n_test, L, *k_range(L, cfg.split, "test"))
         train, test = train[rng_train.permutation(len(train))], test[rng_test.permutation(len(test))]
     return {"train_values": train, "test_values": test}
