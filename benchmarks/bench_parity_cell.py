@@ -138,7 +138,8 @@ def row(run_dir: Path) -> dict:
             "best_fixed": max(held["exact_by_budget"]), "test_k": list(k_range(task["length"], task["split"], "test")),
             "curve": [(r["step"], r["test_exact"]) for r in evals],
             "minutes": max(minutes.values(), default=0.0), "max_minutes": cfg["train"].get("max_minutes", 0),
-            "sessions": session_minutes(evals)}
+            "sessions": session_minutes(evals),
+            "span": ((run_dir / "config.json").stat().st_mtime, report.stat().st_mtime)}  # its last session's start, end
 
 
 def session_minutes(evals: list[dict]) -> list[float]:
@@ -190,6 +191,15 @@ def goals(rows: list[dict]) -> list[str]:
                        f"{100 * bar:.0f}%), {r['mean_steps']:.2f} mean steps, Spearman "
                        + ("undefined" if r["spearman"] is None else f"{r['spearman']:+.2f}"))
     return out
+
+
+def runs_at_once(row: dict, rows: list[dict]) -> int:
+    """How many of the runs (this one included) were training at the middle of this run's last
+    session, by the times of their files (config.json written at the start, the report at the end)."""
+    if "span" not in row:
+        return 0
+    middle = sum(row["span"]) / 2
+    return sum(1 for r in rows if "span" in r and r["span"][0] <= middle <= r["span"][1])
 
 
 def _sessions(row: dict) -> str:
@@ -267,7 +277,8 @@ def render(rows: list[dict], probes: list[dict]) -> None:
           "unrolled trajectory, N = 20, batch 128, Adam at LR 3e-4, gradient clipping at 1, a curriculum over the "
           "number of non-zeros (from 2, x1.25 whenever the logged training exact match reaches 95%), PonderNet with "
           "beta = 0.1, lambda_p = 0.1 and halting bias -3, ACT with epsilon = 0.01 at the ponder costs tau listed; "
-          "one thread per run, two runs at a time; each run stops at the held-out target (99% interpolation, 95% "
+          "one thread per run, two runs at a time unless the list of runs below says otherwise; each run stops at "
+          "the held-out target (99% interpolation, 95% "
           "extrapolation) or its time limit. Departures from the paper: LayerNorm, the curriculum, beta 0.1 and the "
           "deep start (the preset's docstring says why each was needed); a row whose label names a GRU cell or uniform "
           "+1 counts in training adds that departure. Held-out exact = the parity is right on "
@@ -292,8 +303,10 @@ def render(rows: list[dict], probes: list[dict]) -> None:
     md += probe_lines(probes)
     md += ["", "Goals (issue):", *[f"- {g}" for g in goals(rows)], "",
            "![held-out exact during training, every run](docs/parity_cell.png)", "",
-           "Runs (the time limit of each run's last session): "
-           + ", ".join(f"`{r['run']}` ({r['max_minutes']:g} min)" + _sessions(r) for r in rows) + "."]
+           "Runs (the time limit of each run's last session, and how many runs trained at once in its middle, "
+           "each on one thread of the two cores): "
+           + ", ".join(f"`{r['run']}` ({r['max_minutes']:g} min, {runs_at_once(r, rows)} at once)" + _sessions(r)
+                       for r in rows) + "."]
     plot(rows)
     write_fragment("parity_cell", "\n".join(md), {"runs": rows, "probes": probes, "steps": STEPS, "seeds": SEEDS})
 
