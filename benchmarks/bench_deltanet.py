@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import matmul_gflops, write_fragment
 from ponder.experiments.diagnose import peak_torch_bytes
-from ponder.models.blocks import Rotary
+from ponder.models.attention import Rotary
 from ponder.models.lm.deltanet import GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_recurrent
 from ponder.models.lm.layers import CausalAttention
 

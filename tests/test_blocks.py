@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ponder.models.blocks import (CHUNK_BYTES, SWIGLU_MULTIPLE, Attention, ReasoningNet, Rotary, SequenceMLP, SwiGLU,
-                                  TransformerBlock, lecun_linear, rms_norm, rms_norm_, split_heads, swiglu_hidden)
+from ponder.models.attention import Attention, Rotary, split_heads
+from ponder.models.blocks import CHUNK_BYTES, SWIGLU_MULTIPLE, ReasoningNet, SequenceMLP, SwiGLU, TransformerBlock, lecun_linear, rms_norm, rms_norm_, swiglu_hidden
 
 B, N, D, HEADS = 3, 7, 16, 2
 

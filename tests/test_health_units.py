@@ -10,7 +10,7 @@ from ponder.health.config import TrainingHealthConfig, parse_ramp
 from ponder.health.controller import ramp_value
 from ponder.health.monitors import attention_stats
 from ponder.models.adapters import HyperLoRA, soft_clamp
-from ponder.models.blocks import Attention
+from ponder.models.attention import Attention
 from ponder.presets import get_config
 from ponder.runs.config import apply_overrides, from_dict, to_dict
 from ponder.runs.run import build_model

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ponder.models.blocks import Attention
+from ponder.models.attention import Attention
 
 
 class _AtSteps:

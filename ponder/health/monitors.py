@@ -32,7 +32,7 @@ from ponder.core.errors import PonderError
 from ponder.health.config import TrainingHealthConfig
 from ponder.health.events import StepEvent
 from ponder.health.report import write_health_report
-from ponder.models.blocks import Attention, split_heads
+from ponder.models.attention import Attention, split_heads
 
 LEVELS = ("ok", "warn", "critical", "kill")
 COUNTS = ("nonfinite", "explosions", "spikes", "attention_collapses", "acc_drops", "norm_warn")

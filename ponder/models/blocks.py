@@ -6,7 +6,8 @@ arXiv 2510.04871) and HRM ("Hierarchical Reasoning Model", arXiv 2506.21734): a 
     h = rms_norm(h + mixer(h));  h = rms_norm(h + swiglu(h))
 
 with a parameter-free RMSNorm, a SwiGLU feed-forward, and as mixer either non-causal multi-head
-self-attention (optionally with rotary position embeddings) or TRM's sequence MLP ("mlp_t").
+self-attention (optionally with rotary position embeddings; ponder.models.attention) or TRM's
+sequence MLP ("mlp_t").
 `ReasoningNet` stacks blocks and adds the input injection first.
 
 Speed notes (CPU, fp32): every projection is one large bias-free matmul over all b*n tokens
@@ -51,12 +52,17 @@ def plain_ops() -> Iterator[None]:
         _PLAIN_OPS[0] = previous
 
 
-def _plain() -> bool:
+def plain_ops_requested() -> bool:
+    """Inside `plain_ops()` (forward-mode AD), whether or not torch.compile traces."""
+    return _PLAIN_OPS[0]
+
+
+def plain_ops_active() -> bool:
     """Use plain out-of-place ops instead of the hand-fused autograd Functions and in-place
     buffers: under `plain_ops()` (forward-mode AD) and while torch.compile traces (a custom
     Function's `once_differentiable` backward and the rotary's strided `out=` writes break its
     graph, and inductor fuses the elementwise glue itself)."""
-    return _PLAIN_OPS[0] or torch.compiler.is_compiling()
+    return plain_ops_requested() or torch.compiler.is_compiling()
 
 
 def trunc_normal_(weight: Tensor, std: float) -> Tensor:
@@ -111,7 +117,7 @@ def rms_norm(x: Tensor, eps: float) -> Tensor:
     Returns:
         (..., d) with unit root-mean-square along the last axis.
     """
-    if torch.is_grad_enabled() and x.requires_grad and not _plain():
+    if torch.is_grad_enabled() and x.requires_grad and not plain_ops_active():
         return _RMSNorm.apply(x, eps)
     return x * _rstd(x, eps)
 
@@ -170,7 +176,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (..., width). Returns: (..., width)."""
         gate_up = self.gate_up(x)  # (..., 2 * hidden)
-        if _plain():
+        if plain_ops_active():
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)  # (..., width)
         if torch.is_grad_enabled():
@@ -178,144 +184,6 @@ class SwiGLU(nn.Module):
         # no graph to keep: activate in the fresh gate_up buffer instead of two new tensors
         gate, up = gate_up.chunk(2, dim=-1)  # (..., hidden) each, strided views
         return self.down(F.silu(gate, inplace=True).mul_(up))  # (..., width)
-
-
-def _rotate_into(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, sign: float = 1.0) -> Tensor:
-    """Rotate-half RoPE of x written into `out` (no temporaries).
-
-    With halves x = [x1, x2]: out = [x1 cos - sign x2 sin, x2 cos + sign x1 sin]; sign=-1 is the
-    inverse (= transposed) rotation, used for the gradient.
-
-    Args:
-        x: (..., n, hd) head vectors; out: same shape, must not overlap x.
-        cos, sin: (n, hd/2) tables for the n positions.
-    """
-    x1, x2 = x.chunk(2, dim=-1)  # (..., n, hd/2) each
-    o1, o2 = out.chunk(2, dim=-1)
-    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
-    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
-    return out
-
-
-class _Heads(torch.autograd.Function):
-    """Fused q/k/v projection (b, n, 3d) -> q, k, v as contiguous (b, h, n, hd), RoPE on q and k.
-
-    One pass writes the head-major layout attention reads fastest while rotating q and k; the
-    backward writes the (b, n, 3d) gradient into one buffer (instead of autograd's stack or cat,
-    the layout copy and the rotary products' temporaries). cos = sin = None: no rotation.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv: Tensor, cos: Tensor | None, sin: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        b, n, three_d = qkv.shape
-        src = qkv.view(b, n, 3, n_heads, three_d // (3 * n_heads)).permute(2, 0, 3, 1, 4)  # (3, b, h, n, hd)
-        out = qkv.new_empty(src.shape)  # (3, b, h, n, hd)
-        if cos is None or sin is None:
-            out.copy_(src)
-        else:
-            _rotate_into(src[:2], cos, sin, out[:2])
-            out[2].copy_(src[2])
-        ctx.save_for_backward(cos, sin)
-        ctx.n_heads = n_heads
-        return out[0], out[1], out[2]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_q: Tensor, grad_k: Tensor, grad_v: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        cos, sin = ctx.saved_tensors
-        b, h, n, hd = grad_q.shape
-        grad = grad_q.new_empty(b, n, 3, h, hd)
-        heads = grad.permute(2, 0, 3, 1, 4)  # (3, b, h, n, hd) view
-        if cos is None:
-            heads[0].copy_(grad_q)
-            heads[1].copy_(grad_k)
-        else:
-            _rotate_into(grad_q, cos, sin, heads[0], sign=-1.0)
-            _rotate_into(grad_k, cos, sin, heads[1], sign=-1.0)
-        heads[2].copy_(grad_v)
-        return grad.view(b, n, 3 * h * hd), None, None, None
-
-
-class Rotary(nn.Module):
-    """Rotary position embeddings (RoPE, rotate-half convention): cos/sin tables per position.
-
-    Frequencies w_i = theta^(-i / (hd/2)); position p rotates the pair (x_i, x_{i+hd/2}) by p*w_i,
-    so the dot product of rotated q and k depends only on their position difference.
-
-    Args:
-        head_dim: per-head size (even).
-        max_len: number of positions precomputed.
-        theta: frequency base.
-    """
-
-    def __init__(self, head_dim: int, max_len: int, theta: float):
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"rotary needs an even head dim, got {head_dim}")
-        half = head_dim // 2
-        inv_freq = theta ** -(torch.arange(half, dtype=torch.float64) / half)  # (hd/2,)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (L, hd/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)  # (L, hd/2)
-
-
-def split_heads(qkv: Tensor, n_heads: int, rotary: Rotary | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a fused projection into attention heads, rotating q and k when `rotary` is given.
-
-    Args:
-        qkv: (b, n, 3d) output of the fused q/k/v Linear.
-        n_heads: h.
-        rotary: position tables, or None for no positions.
-    Returns:
-        q, k, v: (b, h, n, hd) each, contiguous.
-    """
-    n = qkv.shape[1]
-    cos, sin = (rotary.cos[:n], rotary.sin[:n]) if rotary is not None else (None, None)
-    if _plain():
-        return _split_heads_plain(qkv, cos, sin, n_heads)
-    return _Heads.apply(qkv.contiguous(), cos, sin, n_heads)
-
-
-def _split_heads_plain(qkv: Tensor, cos: Tensor | None, sin: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`split_heads` with out-of-place ops only (same values as the fused `_Heads`)."""
-    b, n, three_d = qkv.shape
-    q, k, v = qkv.reshape(b, n, 3, n_heads, three_d // (3 * n_heads)).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def rotate(x: Tensor) -> Tensor:  # (b, h, n, hd)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-    if cos is not None and sin is not None:
-        q, k = rotate(q), rotate(k)
-    return q.contiguous(), k.contiguous(), v.contiguous()
-
-
-class Attention(nn.Module):
-    """Non-causal multi-head self-attention with a fused q/k/v projection and no biases.
-
-    Args:
-        d_model: model width.
-        n_heads: number of heads (divides d_model).
-        rotary: shared rotary tables, or None for no positions inside attention.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, rotary: Rotary | None = None):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = lecun_linear(d_model, 3 * d_model)
-        self.out = lecun_linear(d_model, d_model)
-        self.rotary = rotary
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x (b, n, d). Returns: (b, n, d)."""
-        b, n, d = x.shape
-        q, k, v = split_heads(self.qkv(x), self.n_heads, self.rotary)  # (b, h, n, hd) each
-        if _PLAIN_OPS[0]:  # SDPA's CPU kernel has no forward-mode rule
-            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (b, h, n, n)
-            o = weights @ v
-        else:
-            o = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, hd)
-        return self.out(o.transpose(1, 2).reshape(b, n, d))  # (b, n, d)
 
 
 class SequenceMLP(nn.Module):
@@ -340,7 +208,7 @@ class TransformerBlock(nn.Module):
     `local` is the optional board convolution (identity without one).
 
     Args:
-        mixer: token mixer mapping (b, n, d) -> (b, n, d) (Attention or SequenceMLP).
+        mixer: token mixer mapping (b, n, d) -> (b, n, d) (ponder.models.attention.Attention or SequenceMLP).
         d_model: model width.
         expansion: SwiGLU hidden size factor.
         eps: RMSNorm epsilon.
@@ -360,7 +228,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Args: h (b, n, d). Returns: (b, n, d) with unit RMS over d."""
-        if torch.is_grad_enabled() or _plain():
+        if torch.is_grad_enabled() or plain_ops_active():
             h = rms_norm(h + self.mixer(h), self.eps)  # (b, n, d)
             return rms_norm(h + self._feed_forward(h), self.eps)  # (b, n, d)
         # no graph to keep: add the residual into the fresh sublayer output and normalise in place

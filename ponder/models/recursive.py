@@ -36,8 +36,8 @@ from ponder.core.errors import PonderError
 from ponder.core.settings import check, setting
 from ponder.core.types import Batch, Knob, State, StepOutput
 from ponder.models.adapters import AdapterFactors, HyperLoRA, soft_clamp
-from ponder.models.blocks import (Attention, ReasoningNet, Rotary, SequenceMLP, TransformerBlock, swiglu_hidden,
-                                  trunc_normal_)
+from ponder.models.attention import Attention, Rotary
+from ponder.models.blocks import ReasoningNet, SequenceMLP, TransformerBlock, swiglu_hidden, trunc_normal_
 from ponder.models.board import BoardConv
 
 STYLES = ("trm", "hrm")

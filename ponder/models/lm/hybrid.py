@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ponder.core.errors import PonderError
 from ponder.core.settings import check, setting
 from ponder.core.types import IGNORE
-from ponder.models.blocks import Rotary
+from ponder.models.attention import Rotary
 from ponder.models.lm.deltanet import GatedDeltaNet
 from ponder.models.lm.layers import (Block, CausalAttention, check_dims, init_lm_weights, linear_flops, param_count,
                                      score_flops)

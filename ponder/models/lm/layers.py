@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponder.core.errors import PonderError
-from ponder.models.blocks import Rotary, SwiGLU
+from ponder.models.attention import Rotary
+from ponder.models.blocks import SwiGLU
 
 
 def rotate(x: Tensor, rotary: Rotary, positions: Tensor) -> Tensor:
